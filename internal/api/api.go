@@ -1,0 +1,56 @@
+// Package api holds the public shapes that cross the banger RPC boundary:
+// method names, parameter and result records, and the typed error codes.
+//
+// It owns no behaviour. Both the daemon and the CLI import it; it must not
+// import either of them (or anything that touches the host).
+package api
+
+import "time"
+
+// ProtocolVersion is carried by every request. A daemon answers a request
+// whose version differs with CodeBadVersion, so an old CLI talking to a new
+// daemon (or the reverse) fails with a clear sentence instead of misreading
+// fields.
+const ProtocolVersion = 1
+
+// Operation kinds. The Kind field of OperationSummary takes one of these.
+const (
+	OpKindVMCreate   = "vm.create"
+	OpKindImagePull  = "image.pull"
+	OpKindKernelPull = "kernel.pull"
+)
+
+// OperationSummary is the public shape of one async operation, as listed by
+// daemon.operations.list and printed by `banger ops`.
+type OperationSummary struct {
+	ID        string    `json:"id"`
+	Kind      string    `json:"kind"`
+	Target    string    `json:"target"`
+	Stage     string    `json:"stage"`
+	Done      bool      `json:"done"`
+	Error     string    `json:"error,omitempty"`
+	StartedAt time.Time `json:"started_at"`
+	UpdatedAt time.Time `json:"updated_at"`
+}
+
+// OperationsListResult is the result of daemon.operations.list. Done
+// operations are included; callers filter.
+type OperationsListResult struct {
+	Operations []OperationSummary `json:"operations"`
+}
+
+// PingResult is the result of ping.
+type PingResult struct {
+	Version         string `json:"version"`
+	ProtocolVersion int    `json:"protocol_version"`
+	PID             int    `json:"pid"`
+	StartedAt       time.Time `json:"started_at"`
+}
+
+// VersionResult is the result of daemon.version.
+type VersionResult struct {
+	Version         string `json:"version"`
+	Commit          string `json:"commit"`
+	ProtocolVersion int    `json:"protocol_version"`
+	SchemaVersion   int    `json:"schema_version"`
+}

@@ -1,0 +1,89 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"banger/internal/config"
+	"banger/internal/rpc"
+	"banger/internal/system"
+)
+
+// client returns an RPC client for the daemon, starting bangerd first when
+// nothing answers (user mode; --no-autostart turns that off).
+func (a *App) client(ctx context.Context) (*rpc.Client, error) {
+	if a.clientFn != nil {
+		return a.clientFn(ctx)
+	}
+	layout, err := config.LayoutFromEnv(a.Getenv)
+	if err != nil {
+		return nil, err
+	}
+	sock := layout.SocketPath
+	if a.socket != "" {
+		sock = a.socket
+	}
+	c := &rpc.Client{SocketPath: sock}
+	err = c.Call(ctx, "ping", nil, nil)
+	if err == nil {
+		return c, nil
+	}
+	if !errors.Is(err, rpc.ErrDaemonUnreachable) || a.noStart {
+		if errors.Is(err, rpc.ErrDaemonUnreachable) {
+			return nil, fmt.Errorf("bangerd is not running on %s; start it with `bangerd` (or drop --no-autostart)", sock)
+		}
+		return nil, err
+	}
+	if err := startDaemon(layout, sock); err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if err = c.Call(ctx, "ping", nil, nil); err == nil {
+			return c, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return nil, fmt.Errorf("started bangerd but it did not answer on %s within 15s (see %s): %w",
+		sock, filepath.Join(layout.StateDir, "bangerd.log"), err)
+}
+
+// startDaemon launches bangerd detached, preferring the binary installed
+// beside this one.
+func startDaemon(layout config.Layout, sock string) error {
+	bin := ""
+	if self, err := os.Executable(); err == nil {
+		cand := filepath.Join(filepath.Dir(self), "bangerd")
+		if st, err := os.Stat(cand); err == nil && !st.IsDir() {
+			bin = cand
+		}
+	}
+	if bin == "" {
+		p, err := system.LookPath("bangerd")
+		if err != nil {
+			return fmt.Errorf("bangerd is not running and no bangerd binary was found beside banger or on PATH; install it (make install)")
+		}
+		bin = p
+	}
+	if err := os.MkdirAll(layout.StateDir, 0o700); err != nil {
+		return err
+	}
+	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer devnull.Close()
+	proc, err := system.StartDetached(system.DetachedSpec{Argv: []string{bin, "--socket", sock}, Stdout: devnull, Stderr: devnull})
+	if err != nil {
+		return fmt.Errorf("start bangerd: %w", err)
+	}
+	return proc.Release()
+}

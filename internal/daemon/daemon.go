@@ -1,0 +1,124 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"banger/internal/config"
+	"banger/internal/rpc"
+	"banger/internal/store"
+	"banger/internal/system"
+	"banger/internal/version"
+)
+
+// Options configure a Daemon.
+type Options struct {
+	Layout config.Layout
+	Config config.Config
+	Logger *slog.Logger
+	// AllowedUIDs are answered besides root (system mode adds the owner).
+	AllowedUIDs []uint32
+}
+
+// Daemon is the root every service hangs off.
+type Daemon struct {
+	layout  config.Layout
+	cfg     config.Config
+	log     *slog.Logger
+	store   *store.Store
+	runner  *system.Exec
+	ops     *operations
+	started time.Time
+	now     func() time.Time
+
+	allowedUIDs []uint32
+
+	vmLocksMu sync.Mutex
+	vmLocks   map[string]*sync.Mutex
+}
+
+// Open prepares the state directories and the database (migrating it) and
+// returns a daemon ready to Serve.
+func Open(ctx context.Context, opts Options) (*Daemon, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if err := opts.Layout.Ensure(); err != nil {
+		return nil, err
+	}
+	st, err := store.Open(opts.Layout.DBPath)
+	if err != nil {
+		return nil, err
+	}
+	if err := st.Migrate(ctx); err != nil {
+		st.Close()
+		return nil, err
+	}
+	d := &Daemon{
+		layout:      opts.Layout,
+		cfg:         opts.Config,
+		log:         opts.Logger,
+		store:       st,
+		runner:      &system.Exec{},
+		ops:         newOperations(),
+		started:     time.Now().UTC(),
+		now:         func() time.Time { return time.Now().UTC() },
+		allowedUIDs: opts.AllowedUIDs,
+		vmLocks:     make(map[string]*sync.Mutex),
+	}
+	return d, nil
+}
+
+// Close releases the store.
+func (d *Daemon) Close() error { return d.store.Close() }
+
+// Serve listens on the layout's socket and serves until ctx is cancelled.
+// Running VMs are left running: their VMMs are not children of the daemon.
+func (d *Daemon) Serve(ctx context.Context) error {
+	ln, release, err := Listen(ctx, d.layout.SocketPath)
+	if err != nil {
+		return err
+	}
+	defer release()
+
+	srv := &rpc.Server{Methods: d.Methods(), Logger: d.log, AllowedUIDs: d.allowedUIDs}
+	bg, stopBG := context.WithCancel(ctx)
+	defer stopBG()
+	go d.pruneLoop(bg)
+
+	d.log.Info("bangerd serving", "socket", d.layout.SocketPath, "version", version.Version, "pid", os.Getpid())
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+		ln.Close()
+		srv.Close()
+		<-errc
+		d.log.Info("bangerd stopped")
+		return nil
+	case err := <-errc:
+		srv.Close()
+		if err != nil && !errors.Is(err, net.ErrClosed) {
+			return fmt.Errorf("serve %s: %w", d.layout.SocketPath, err)
+		}
+		return nil
+	}
+}
+
+// vmLock returns the mutex serialising lifecycle changes of one VM name.
+func (d *Daemon) vmLock(name string) *sync.Mutex {
+	d.vmLocksMu.Lock()
+	defer d.vmLocksMu.Unlock()
+	m, ok := d.vmLocks[name]
+	if !ok {
+		m = &sync.Mutex{}
+		d.vmLocks[name] = m
+	}
+	return m
+}

@@ -1,0 +1,91 @@
+package rpc
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"sync/atomic"
+	"syscall"
+
+	"banger/internal/api"
+)
+
+// ErrDaemonUnreachable is wrapped by Call when nothing answers on the socket.
+var ErrDaemonUnreachable = errors.New("bangerd is not running")
+
+// Client calls methods on a bangerd socket.
+type Client struct {
+	SocketPath string
+	// ProtocolVersion overrides api.ProtocolVersion (tests only).
+	ProtocolVersion int
+	seq             atomic.Int64
+}
+
+// Call invokes method with params and decodes the result into result (which
+// may be nil). A daemon error comes back as *api.Error. Cancelling ctx
+// closes the connection, which cancels the request in the daemon.
+func (c *Client) Call(ctx context.Context, method string, params, result any) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.SocketPath)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("%w (no answer on %s): %w", ErrDaemonUnreachable, c.SocketPath, err)
+		}
+		return fmt.Errorf("connect to bangerd at %s: %w", c.SocketPath, err)
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+
+	if params == nil {
+		params = struct{}{}
+	}
+	rawParams, err := json.Marshal(params)
+	if err != nil {
+		return fmt.Errorf("encode params for %s: %w", method, err)
+	}
+	pv := c.ProtocolVersion
+	if pv == 0 {
+		pv = api.ProtocolVersion
+	}
+	id := c.seq.Add(1)
+	req := request{JSONRPC: "2.0", ID: json.RawMessage(fmt.Sprint(id)), Method: method, Params: rawParams, ProtocolVersion: &pv}
+	b, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	if _, err := conn.Write(append(b, '\n')); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("send %s: %w", method, err)
+	}
+	br := bufio.NewReaderSize(conn, 64<<10)
+	line, err := br.ReadBytes('\n')
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return fmt.Errorf("read reply to %s: bangerd closed the connection: %w", method, err)
+	}
+	var resp response
+	if err := json.Unmarshal(line, &resp); err != nil {
+		return fmt.Errorf("malformed reply to %s: %w", method, err)
+	}
+	if resp.Error != nil {
+		code := resp.Error.Data.Code
+		if code == "" {
+			code = api.CodeOperationFailed
+		}
+		return &api.Error{Code: code, Message: resp.Error.Message}
+	}
+	if result != nil && len(resp.Result) > 0 {
+		if err := json.Unmarshal(resp.Result, result); err != nil {
+			return fmt.Errorf("decode result of %s: %w", method, err)
+		}
+	}
+	return nil
+}

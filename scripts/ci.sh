@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it on a fresh Debian 12 machine as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/host-deps.sh
+export PATH=$PATH:/usr/local/go/bin
+go version
+go mod download
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go'))
+if [ -n "$unformatted" ]; then echo "gofmt needed: $unformatted" >&2; exit 1; fi
+echo "== go vet"
+go vet ./...
+echo "== unit and host-integration tests (go test -race)"
+go test -race -count=1 ./...
+if [ -x scripts/e2e.sh ]; then
+  echo "== end-to-end"
+  make e2e
+fi
