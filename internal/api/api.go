@@ -41,9 +41,9 @@ type OperationsListResult struct {
 
 // PingResult is the result of ping.
 type PingResult struct {
-	Version         string `json:"version"`
-	ProtocolVersion int    `json:"protocol_version"`
-	PID             int    `json:"pid"`
+	Version         string    `json:"version"`
+	ProtocolVersion int       `json:"protocol_version"`
+	PID             int       `json:"pid"`
 	StartedAt       time.Time `json:"started_at"`
 }
 
