@@ -26,6 +26,7 @@ type Config struct {
 	DNSListen      string     `toml:"dns_listen"`      // where the NAME.vm resolver listens
 	DefaultDNS     []string   `toml:"default_dns"`     // guest nameservers; empty: the host's
 	VMM            string     `toml:"vmm"`             // auto, firecracker or qemu
+	QEMUAccel      string     `toml:"qemu_accel"`      // auto, kvm or tcg
 	FirecrackerBin string     `toml:"firecracker_bin"` // firecracker binary, by name or path
 	QEMUBin        string     `toml:"qemu_bin"`        // qemu binary, by name or path
 	OpsRetention   Duration   `toml:"ops_retention"`   // how long finished operations stay listed
@@ -65,6 +66,7 @@ const (
 	DefaultTapPoolSize    = 2
 	DefaultDNSListen      = "127.0.0.1:42069"
 	DefaultVMM            = "auto"
+	DefaultQEMUAccel      = "auto"
 	DefaultFirecrackerBin = "firecracker"
 	DefaultQEMUBin        = "qemu-system-x86_64"
 	DefaultOpsRetention   = Duration(time.Hour)
@@ -122,6 +124,7 @@ func Default(host HostInfo) Config {
 		TapPoolSize:    DefaultTapPoolSize,
 		DNSListen:      DefaultDNSListen,
 		VMM:            DefaultVMM,
+		QEMUAccel:      DefaultQEMUAccel,
 		FirecrackerBin: DefaultFirecrackerBin,
 		QEMUBin:        DefaultQEMUBin,
 		OpsRetention:   DefaultOpsRetention,
@@ -174,6 +177,7 @@ type fileConfig struct {
 	DNSListen      *string         `toml:"dns_listen"`
 	DefaultDNS     *[]string       `toml:"default_dns"`
 	VMM            *string         `toml:"vmm"`
+	QEMUAccel      *string         `toml:"qemu_accel"`
 	FirecrackerBin *string         `toml:"firecracker_bin"`
 	QEMUBin        *string         `toml:"qemu_bin"`
 	OpsRetention   *Duration       `toml:"ops_retention"`
@@ -374,6 +378,15 @@ func (c *Config) apply(fc fileConfig, path string, index docIndex) []error {
 			set("vmm")
 		default:
 			fail("vmm", "%q is not a VMM banger drives; use auto, firecracker or qemu", *v)
+		}
+	}
+	if v := fc.QEMUAccel; v != nil {
+		switch *v {
+		case "auto", "kvm", "tcg":
+			c.QEMUAccel = *v
+			set("qemu_accel")
+		default:
+			fail("qemu_accel", "%q is not a QEMU accelerator; use auto, kvm or tcg", *v)
 		}
 	}
 	if v := fc.OpsRetention; v != nil {

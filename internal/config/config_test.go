@@ -50,6 +50,7 @@ tap_pool_size = 0
 dns_listen = "127.0.0.53:5353"
 default_dns = ["1.1.1.1", "2606:4700::1111"]
 vmm = "qemu"
+qemu_accel = "tcg"
 firecracker_bin = "/opt/fc/firecracker"
 qemu_bin = "/usr/bin/qemu-system-x86_64"
 ops_retention = "30m"
@@ -66,7 +67,7 @@ disk_size = "20GiB"
 	want := Config{
 		LogLevel: "debug", DefaultImage: "alpine", BridgeName: "br-test", BridgeCIDR: "10.9.0.254/16",
 		TapPoolSize: 0, DNSListen: "127.0.0.53:5353", DefaultDNS: []string{"1.1.1.1", "2606:4700::1111"},
-		VMM: "qemu", FirecrackerBin: "/opt/fc/firecracker", QEMUBin: "/usr/bin/qemu-system-x86_64",
+		VMM: "qemu", QEMUAccel: "tcg", FirecrackerBin: "/opt/fc/firecracker", QEMUBin: "/usr/bin/qemu-system-x86_64",
 		OpsRetention: Duration(30 * time.Minute),
 		VMDefaults:   VMDefaults{VCPU: 3, MemoryMiB: 2048, DiskSize: "20GiB"},
 	}

@@ -29,6 +29,7 @@ var keyKinds = map[string]valueKind{
 	"dns_listen":             kindString,
 	"default_dns":            kindStringList,
 	"vmm":                    kindString,
+	"qemu_accel":             kindString,
 	"firecracker_bin":        kindString,
 	"qemu_bin":               kindString,
 	"ops_retention":          kindString,

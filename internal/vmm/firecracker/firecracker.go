@@ -1,0 +1,378 @@
+// Package firecracker is banger's primary VMM driver: it boots a VM as a
+// Firecracker microVM, configured through Firecracker's REST API on a unix
+// socket, optionally under Firecracker's jailer.
+//
+// It owns one Firecracker process per VM, started detached from the daemon
+// so the VM outlives a daemon restart, and the files it keeps for that VM:
+// the API socket (fc.sock, the Handle's APISocket), the hybrid-vsock socket
+// (vsock.sock) through which the host reaches the guest agent, and, when
+// jailed, the jail directory with hard links to the kernel and disks. It must
+// not create or change disks, taps or kernels; it only hands them to
+// Firecracker.
+//
+// A start is: launch `firecracker --api-sock SOCK --id ID`, wait for the
+// socket, then PUT /logger, /boot-source, /drives/rootfs, /drives/work,
+// /machine-config, /network-interfaces/eth0, /vsock and finally
+// /actions {"action_type":"InstanceStart"}. A graceful stop is
+// /actions {"action_type":"SendCtrlAltDel"}, which the guest sees as a
+// keyboard controller ctrl-alt-del (it needs the i8042 driver).
+//
+// The API is spoken by a small typed client in this package rather than
+// github.com/firecracker-microvm/firecracker-go-sdk: v1.0.0 is the only
+// version the module proxy serves here, it pulls in a large dependency tree
+// (go-openapi, containernetworking, logrus, ...) for a surface of eight PUTs
+// and one GET, and its process handling would fight banger's own (detached
+// VMMs re-adopted by pid and start time).
+//
+// Kernels: Firecracker boots an uncompressed ELF vmlinux. Debian's kernel
+// finds its virtio-mmio disks only through ACPI, which Firecracker provides on
+// x86_64 only in its recent releases; older ones boot it without disks.
+package firecracker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"banger/internal/vmm/vmmcore"
+)
+
+// Names of this driver, its defaults and the files it keeps.
+const (
+	DriverName    = "firecracker"
+	DefaultBinary = "firecracker"
+	APISocketName = "fc.sock"
+	VsockName     = "vsock.sock"
+	// GuestCID is the guest's vsock context id. With Firecracker's hybrid
+	// vsock the host side is a unix socket per VM, so every VM may use the
+	// first non-reserved CID.
+	GuestCID = 3
+
+	rootDriveID = "rootfs"
+	workDriveID = "work"
+	ifaceID     = "eth0"
+)
+
+// DefaultStartTimeout bounds how long Start waits for Firecracker to
+// answer and start the guest when the caller's context allows longer.
+const DefaultStartTimeout = 30 * time.Second
+
+// Config selects the Firecracker binary and how it runs.
+type Config struct {
+	// Binary is the firecracker executable (default: "firecracker" on PATH).
+	// Under the jailer it must be an absolute path whose file name contains
+	// "firecracker".
+	Binary string
+	// Jailer, when non-nil, runs Firecracker under its jailer. Off by
+	// default.
+	Jailer *JailerConfig
+	// LogLevel is Firecracker's log level (Error, Warning, Info, Debug);
+	// default Info.
+	LogLevel string
+	// StartTimeout defaults to DefaultStartTimeout.
+	StartTimeout time.Duration
+}
+
+// Driver boots VMs with Firecracker. Create it with New.
+type Driver struct {
+	cfg Config
+	// launch starts argv detached with its output appended to console and
+	// returns the pid (vmmcore.Launch). Tests replace it.
+	launch func(argv []string, console *os.File) (int, error)
+}
+
+// New returns a Firecracker driver.
+func New(cfg Config) *Driver {
+	if cfg.Binary == "" {
+		cfg.Binary = DefaultBinary
+	}
+	if cfg.LogLevel == "" {
+		cfg.LogLevel = "Info"
+	}
+	if cfg.StartTimeout <= 0 {
+		cfg.StartTimeout = DefaultStartTimeout
+	}
+	if cfg.Jailer != nil {
+		j := *cfg.Jailer
+		if j.Binary == "" {
+			j.Binary = DefaultJailerBinary
+		}
+		if j.ChrootBase == "" {
+			j.ChrootBase = DefaultChrootBase
+		}
+		cfg.Jailer = &j
+	}
+	return &Driver{cfg: cfg, launch: vmmcore.Launch}
+}
+
+// Name returns "firecracker".
+func (d *Driver) Name() string { return DriverName }
+
+// KernelKind returns "vmlinux": Firecracker boots the uncompressed ELF
+// kernel.
+func (d *Driver) KernelKind() string { return "vmlinux" }
+
+// layout is where one VM's files are, as the host sees them and as
+// Firecracker (possibly chrooted) is told.
+type layout struct {
+	id         string
+	apiHost    string // the API socket, host path
+	vsockHost  string // the vsock socket, host path
+	jailDir    string // <base>/<exec>/<id> when jailed, else ""
+	guestPaths vmPaths
+}
+
+// vmPaths are the paths sent in API calls.
+type vmPaths struct {
+	kernel, initrd, root, work, vsock string
+}
+
+// instanceID turns a VM name into a Firecracker/jailer id: alphanumerics
+// and hyphens, at most 64 characters.
+func instanceID(name string) string {
+	id := strings.Map(func(r rune) rune {
+		if r == '-' || (r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9') {
+			return r
+		}
+		return '-'
+	}, name)
+	if len(id) > 64 {
+		id = id[:64]
+	}
+	if id == "" {
+		id = "vm"
+	}
+	return id
+}
+
+func (d *Driver) layoutFor(spec vmmcore.Spec) (layout, error) {
+	l := layout{id: instanceID(spec.Name)}
+	if d.cfg.Jailer != nil {
+		return d.jailLayout(l, spec)
+	}
+	var err error
+	if l.apiHost, err = vmmcore.SocketPath(spec.RuntimeDir, APISocketName); err != nil {
+		return layout{}, err
+	}
+	if l.vsockHost, err = vmmcore.SocketPath(spec.RuntimeDir, VsockName); err != nil {
+		return layout{}, err
+	}
+	l.guestPaths = vmPaths{kernel: spec.KernelPath, initrd: spec.InitrdPath,
+		root: spec.RootDisk, work: spec.WorkDisk, vsock: l.vsockHost}
+	return l, nil
+}
+
+// Command returns the argv Start runs for spec.
+func (d *Driver) Command(spec vmmcore.Spec) ([]string, error) {
+	l, err := d.layoutFor(spec)
+	if err != nil {
+		return nil, err
+	}
+	return d.command(l), nil
+}
+
+func (d *Driver) command(l layout) []string {
+	if d.cfg.Jailer != nil {
+		return d.jailerCommand(l)
+	}
+	return []string{d.cfg.Binary, "--api-sock", l.apiHost, "--id", l.id}
+}
+
+// Start launches Firecracker, configures the VM and starts it. It returns
+// once Firecracker reports the instance running. On failure it kills what it
+// launched, removes its sockets (and jail) and returns an error carrying the
+// tail of the console log.
+func (d *Driver) Start(ctx context.Context, spec vmmcore.Spec) (vmmcore.Handle, error) {
+	if err := spec.Validate(); err != nil {
+		return vmmcore.Handle{}, err
+	}
+	l, err := d.layoutFor(spec)
+	if err != nil {
+		return vmmcore.Handle{}, err
+	}
+	if err := os.MkdirAll(spec.RuntimeDir, 0o700); err != nil {
+		return vmmcore.Handle{}, fmt.Errorf("start vm %s: create runtime dir: %w", spec.Name, err)
+	}
+	for _, s := range []string{l.apiHost, l.vsockHost} {
+		if err := vmmcore.RemoveStaleSocket(s); err != nil {
+			return vmmcore.Handle{}, fmt.Errorf("start vm %s: %w", spec.Name, err)
+		}
+	}
+	if d.cfg.Jailer != nil {
+		if err := d.prepareJail(l, spec); err != nil {
+			_ = os.RemoveAll(l.jailDir)
+			return vmmcore.Handle{}, fmt.Errorf("start vm %s: %w", spec.Name, err)
+		}
+	}
+	console, err := vmmcore.OpenConsoleLog(spec.ConsoleLog)
+	if err != nil {
+		d.removeFiles(l)
+		return vmmcore.Handle{}, fmt.Errorf("start vm %s: %w", spec.Name, err)
+	}
+	defer console.Close()
+	argv := d.command(l)
+	vmmcore.MarkBoot(console, DriverName, argv)
+
+	pid, err := d.launch(argv, console)
+	if err != nil {
+		d.removeFiles(l)
+		return vmmcore.Handle{}, fmt.Errorf("start vm %s: %w (install Firecracker from https://github.com/firecracker-microvm/firecracker/releases, or set vmm = \"qemu\")", spec.Name, err)
+	}
+	h := vmmcore.Handle{Driver: DriverName, PID: pid, APISocket: l.apiHost}
+	fail := func(err error) (vmmcore.Handle, error) {
+		d.abort(h, l)
+		return vmmcore.Handle{}, vmmcore.WithConsoleTail(fmt.Errorf("start vm %s with firecracker: %w", spec.Name, err), spec.ConsoleLog)
+	}
+	if h.StartTime, err = vmmcore.ProcStartTime(pid); err != nil {
+		return fail(vmmcore.ErrExited)
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.cfg.StartTimeout)
+	defer cancel()
+	if err := vmmcore.WaitSocket(ctx, l.apiHost, func() bool { return Alive(h) }); err != nil {
+		return fail(err)
+	}
+	if err := d.configure(ctx, newClient(l.apiHost), spec, l.guestPaths); err != nil {
+		return fail(err)
+	}
+	return h, nil
+}
+
+// apiCall is one PUT of the configuration sequence.
+type apiCall struct {
+	path string
+	body any
+}
+
+// configure sends the whole VM configuration, then InstanceStart, and
+// checks that Firecracker reports the instance running.
+func (d *Driver) configure(ctx context.Context, c *client, spec vmmcore.Spec, p vmPaths) error {
+	steps := []apiCall{
+		{"/logger", loggerConfig{Level: d.cfg.LogLevel, ShowLevel: true}},
+		{"/boot-source", bootSource{KernelImagePath: p.kernel, BootArgs: spec.Cmdline, InitrdPath: p.initrd}},
+		{"/drives/" + rootDriveID, drive{DriveID: rootDriveID, PathOnHost: p.root, IsRootDevice: true, CacheType: "Writeback"}},
+	}
+	if p.work != "" {
+		steps = append(steps, apiCall{"/drives/" + workDriveID,
+			drive{DriveID: workDriveID, PathOnHost: p.work, CacheType: "Writeback"}})
+	}
+	steps = append(steps, apiCall{"/machine-config", machineConfig{VcpuCount: spec.VCPU, MemSizeMib: spec.MemoryMiB}})
+	if spec.Tap != "" {
+		steps = append(steps, apiCall{"/network-interfaces/" + ifaceID,
+			networkInterface{IfaceID: ifaceID, HostDevName: spec.Tap, GuestMAC: spec.MAC}})
+	}
+	steps = append(steps,
+		apiCall{"/vsock", vsockConfig{GuestCID: GuestCID, UDSPath: p.vsock}},
+		apiCall{"/actions", action{ActionType: "InstanceStart"}},
+	)
+	for _, s := range steps {
+		if err := c.put(ctx, s.path, s.body); err != nil {
+			return err
+		}
+	}
+	var info instanceInfo
+	if err := c.get(ctx, "/", &info); err != nil {
+		return err
+	}
+	if info.State != "Running" {
+		return fmt.Errorf("firecracker reports the instance %q after InstanceStart, want Running", info.State)
+	}
+	return nil
+}
+
+// abort kills a Firecracker that failed to start and removes its files once
+// it is gone.
+func (d *Driver) abort(h vmmcore.Handle, l layout) {
+	_ = d.Kill(h)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = vmmcore.WaitGone(ctx, func() bool { return Alive(h) }, 20*time.Millisecond)
+	d.removeFiles(l)
+}
+
+func (d *Driver) removeFiles(l layout) {
+	_ = os.Remove(l.apiHost)
+	_ = os.Remove(l.vsockHost)
+	if l.jailDir != "" {
+		_ = os.RemoveAll(l.jailDir)
+	}
+}
+
+// Shutdown asks the guest to power off (SendCtrlAltDel). It does not wait;
+// use vmm.WaitExit.
+func (d *Driver) Shutdown(ctx context.Context, h vmmcore.Handle) error {
+	if !Alive(h) {
+		return fmt.Errorf("shut down firecracker pid %d: %w", h.PID, vmmcore.ErrNotRunning)
+	}
+	if err := newClient(h.APISocket).put(ctx, "/actions", action{ActionType: "SendCtrlAltDel"}); err != nil {
+		return fmt.Errorf("shut down firecracker pid %d: %w", h.PID, err)
+	}
+	return nil
+}
+
+// Kill sends SIGKILL to the Firecracker process if it is still the one h
+// names.
+func (d *Driver) Kill(h vmmcore.Handle) error {
+	return vmmcore.Kill(h.PID, h.StartTime, matcher(h))
+}
+
+// Alive reports whether h's Firecracker process is running.
+func (d *Driver) Alive(h vmmcore.Handle) bool { return Alive(h) }
+
+// Cleanup removes the sockets (and the jail) of a VM whose Firecracker has
+// exited. It refuses while the process is alive.
+func (d *Driver) Cleanup(h vmmcore.Handle) error {
+	if Alive(h) {
+		return fmt.Errorf("clean up after firecracker pid %d: it is still running; stop or kill it first", h.PID)
+	}
+	if jailDir, _, ok := jailOf(h.APISocket); ok {
+		if err := os.RemoveAll(jailDir); err != nil {
+			return fmt.Errorf("remove jail: %w", err)
+		}
+		return nil
+	}
+	var errs []error
+	for _, f := range []string{h.APISocket, AgentSocket(h)} {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Alive reports whether the process h names exists, is not a zombie,
+// started at h.StartTime and is h's Firecracker: its command line names
+// h.APISocket or, when jailed (the jailed process only sees its socket as
+// /run/firecracker.socket), carries the jail's id.
+func Alive(h vmmcore.Handle) bool {
+	return h.APISocket != "" && vmmcore.Matches(h.PID, h.StartTime, matcher(h))
+}
+
+func matcher(h vmmcore.Handle) func([]string) bool {
+	if _, id, ok := jailOf(h.APISocket); ok {
+		return func(argv []string) bool {
+			return hasID(argv, id) && vmmcore.ArgMentions(jailAPISocket)(argv)
+		}
+	}
+	return vmmcore.ArgMentions(h.APISocket)
+}
+
+// hasID reports whether argv carries "--id ID" or "--id=ID" (the jailer
+// passes the latter to Firecracker).
+func hasID(argv []string, id string) bool {
+	for i, a := range argv {
+		if a == "--id="+id || (a == "--id" && i+1 < len(argv) && argv[i+1] == id) {
+			return true
+		}
+	}
+	return false
+}
+
+// AgentSocket returns the host unix socket of the VM's hybrid vsock: connect,
+// send "CONNECT <port>\n", read "OK <n>\n", then talk to the guest port.
+func AgentSocket(h vmmcore.Handle) string {
+	return filepath.Join(filepath.Dir(h.APISocket), VsockName)
+}

@@ -1,0 +1,183 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/vmm/firecracker"
+	"banger/internal/vmm/qemu"
+	"banger/internal/vmm/vmmcore"
+)
+
+// fakeHost is a host with or without KVM and with a set of binaries.
+func fakeHost(kvm error, bins ...string) probe {
+	return probe{
+		kvm: func() error { return kvm },
+		lookPath: func(name string) (string, error) {
+			for _, b := range bins {
+				if b == name {
+					return "/usr/bin/" + name, nil
+				}
+			}
+			return "", fmt.Errorf("exec: %q: executable file not found in $PATH", name)
+		},
+	}
+}
+
+func TestSelect(t *testing.T) {
+	noKVM := errors.New("/dev/kvm is missing (no hardware virtualization, or the kvm_intel/kvm_amd module is not loaded)")
+	const fc, qm = "firecracker", "qemu-system-x86_64"
+	cases := []struct {
+		name     string
+		opts     Options
+		host     probe
+		wantName string
+		wantKVM  bool     // for qemu
+		wantErr  []string // substrings
+		badReq   bool
+	}{
+		{"auto: kvm and firecracker", Options{}, fakeHost(nil, fc, qm), "firecracker", false, nil, false},
+		{"auto: kvm, no firecracker", Options{Pref: "auto"}, fakeHost(nil, qm), "qemu", true, nil, false},
+		{"auto: no kvm", Options{}, fakeHost(noKVM, fc, qm), "qemu", false, nil, false},
+		{"auto: nothing", Options{}, fakeHost(noKVM), "", false,
+			[]string{"no usable VMM", "/dev/kvm is missing", "apt-get install qemu-system-x86"}, false},
+		{"auto: kvm but no binaries", Options{}, fakeHost(nil), "", false,
+			[]string{"firecracker binary \"firecracker\" is not on PATH", "apt-get install qemu-system-x86"}, false},
+		{"auto: accel tcg forced", Options{QEMUAccel: "tcg"}, fakeHost(nil, qm), "qemu", false, nil, false},
+		{"firecracker", Options{Pref: "firecracker"}, fakeHost(nil, fc), "firecracker", false, nil, false},
+		{"firecracker without kvm", Options{Pref: "firecracker"}, fakeHost(noKVM, fc), "", false,
+			[]string{`vmm = "firecracker" but /dev/kvm is missing`, `set vmm = "qemu" or "auto"`}, false},
+		{"firecracker without binary", Options{Pref: "firecracker", FirecrackerBin: "/opt/fc"}, fakeHost(nil), "", false,
+			[]string{`firecracker binary "/opt/fc" was not found`, "firecracker/releases"}, false},
+		{"qemu with kvm", Options{Pref: "qemu"}, fakeHost(nil, qm), "qemu", true, nil, false},
+		{"qemu without kvm", Options{Pref: "qemu"}, fakeHost(noKVM, qm), "qemu", false, nil, false},
+		{"qemu custom binary", Options{Pref: "qemu", QEMUBin: "qemu-kvm"}, fakeHost(nil, "qemu-kvm"), "qemu", true, nil, false},
+		{"qemu missing", Options{Pref: "qemu"}, fakeHost(nil, fc), "", false,
+			[]string{`vmm = "qemu" but qemu-system-x86_64 was not found`, "apt-get install qemu-system-x86"}, false},
+		{"qemu kvm demanded, none", Options{Pref: "qemu", QEMUAccel: "kvm"}, fakeHost(noKVM, qm), "", false,
+			[]string{`"kvm" was asked for but /dev/kvm is missing`}, false},
+		{"unknown pref", Options{Pref: "xen"}, fakeHost(nil, fc, qm), "", false, []string{`"xen" is not one of`}, true},
+		{"unknown accel", Options{QEMUAccel: "hvf"}, fakeHost(nil, fc, qm), "", false, []string{`"hvf" is not one of`}, true},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			d, err := selectDriver(tc.opts, tc.host)
+			if tc.wantErr != nil {
+				if err == nil {
+					t.Fatalf("selected %s, want an error", d.Name())
+				}
+				for _, w := range tc.wantErr {
+					if !strings.Contains(err.Error(), w) {
+						t.Errorf("error %q does not contain %q", err, w)
+					}
+				}
+				if got := api.IsCode(err, api.CodeBadRequest); got != tc.badReq {
+					t.Errorf("bad_request = %v, want %v", got, tc.badReq)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.Name() != tc.wantName {
+				t.Fatalf("selected %s, want %s", d.Name(), tc.wantName)
+			}
+			if q, ok := d.(*qemu.Driver); ok && q.KVM() != tc.wantKVM {
+				t.Errorf("qemu KVM = %v, want %v", q.KVM(), tc.wantKVM)
+			}
+			wantKind := map[string]string{"qemu": "bzimage", "firecracker": "vmlinux"}[tc.wantName]
+			if d.KernelKind() != wantKind {
+				t.Errorf("KernelKind = %s, want %s", d.KernelKind(), wantKind)
+			}
+		})
+	}
+}
+
+func TestSelectOnThisHost(t *testing.T) {
+	d, err := Select("auto", "", "")
+	t.Logf("Select(auto) on this host: %v, %v (CheckKVM: %v)", d, err, CheckKVM())
+	if err == nil && d.Name() != "qemu" && d.Name() != "firecracker" {
+		t.Fatalf("Select returned driver %q", d.Name())
+	}
+}
+
+func TestForHandleAndDispatch(t *testing.T) {
+	for _, name := range []string{"qemu", "firecracker"} {
+		d, err := ForHandle(Handle{Driver: name})
+		if err != nil || d.Name() != name {
+			t.Fatalf("ForHandle(%s) = %v, %v", name, d, err)
+		}
+	}
+	if _, err := ForHandle(Handle{Driver: "bhyve"}); err == nil {
+		t.Fatal("ForHandle(bhyve) succeeded")
+	}
+	if err := WaitExit(context.Background(), Handle{Driver: "bhyve"}, time.Millisecond); err == nil {
+		t.Fatal("WaitExit with an unknown driver succeeded")
+	}
+	if Alive(Handle{Driver: "bhyve", PID: os.Getpid()}) {
+		t.Fatal("Alive = true for an unknown driver")
+	}
+
+	h := Handle{Driver: "firecracker", APISocket: "/run/banger/vms/a/fc.sock"}
+	if got := AgentSocket(h); got != "/run/banger/vms/a/vsock.sock" {
+		t.Errorf("AgentSocket(firecracker) = %s", got)
+	}
+	h = Handle{Driver: "qemu", APISocket: "/run/banger/vms/a/qmp.sock"}
+	if got := AgentSocket(h); got != "/run/banger/vms/a/agent.sock" {
+		t.Errorf("AgentSocket(qemu) = %s", got)
+	}
+}
+
+// TestWaitExitFollowsAProcessItDidNotStart waits for a real process through
+// its Handle only, as the daemon does after a restart.
+func TestWaitExitFollowsAProcessItDidNotStart(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, qemu.QMPSocketName)
+	console, err := vmmcore.OpenConsoleLog(filepath.Join(dir, "console.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer console.Close()
+	// A stand-in whose command line names the socket, as QEMU's does, and
+	// which exits by itself after a short while.
+	// bash stays the process (no exec: an exec briefly empties
+	// /proc/PID/cmdline, which Alive counts as "exiting, still ours").
+	pid, err := vmmcore.Launch([]string{"bash", "-c", `sleep 0.3; :`, sock}, console)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start, err := ProcStartTime(pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := Handle{Driver: qemu.DriverName, PID: pid, StartTime: start, APISocket: sock}
+	t.Cleanup(func() { _ = vmmcore.Kill(pid, start, vmmcore.ArgMentions(sock)) })
+	if !Alive(h) {
+		t.Fatal("Alive = false for the running stand-in")
+	}
+	if Alive(Handle{Driver: firecracker.DriverName, PID: pid, StartTime: start, APISocket: sock + ".other"}) {
+		t.Fatal("Alive = true for a handle naming another socket")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	began := time.Now()
+	if err := WaitExit(ctx, h, 10*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if waited := time.Since(began); waited < 100*time.Millisecond {
+		t.Fatalf("WaitExit returned after %v, before the process could have exited", waited)
+	}
+	if Alive(h) {
+		t.Fatal("Alive = true after WaitExit")
+	}
+	if err := Cleanup(h); err != nil {
+		t.Fatal(err)
+	}
+}
