@@ -1,0 +1,170 @@
+package kernel
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// ManifestFile is the name of the manifest inside a kernel directory.
+const ManifestFile = "manifest.json"
+
+// manifestSchema is bumped when Manifest changes incompatibly.
+const manifestSchema = 1
+
+// File roles in Manifest.Files.
+const (
+	RoleVmlinuz = "vmlinuz" // bzImage (QEMU)
+	RoleVmlinux = "vmlinux" // ELF (Firecracker)
+	RoleInitrd  = "initrd"  // gzip'ed newc cpio
+	RoleConfig  = "config"  // the kernel's .config
+)
+
+// Manifest describes a kernel directory.
+type Manifest struct {
+	SchemaVersion int `json:"schema_version"`
+	// Name is the catalog name, e.g. "debian-6.1".
+	Name string `json:"name"`
+	// Version is the kernel release as `uname -r` prints it; it names the
+	// modules directory inside guests (/lib/modules/<Version>).
+	Version string `json:"version"`
+	Arch    string `json:"arch"`
+	Source  Source `json:"source"`
+	// Files maps a role (RoleVmlinuz, ...) to a file in the directory.
+	Files map[string]File `json:"files"`
+	// ModulesDir is the directory, relative to the kernel directory, that
+	// holds the /lib/modules/<Version> tree.
+	ModulesDir string `json:"modules_dir"`
+	// InitrdModules are the modules the initrd loads, in load order.
+	InitrdModules []string `json:"initrd_modules"`
+	// PVH reports whether vmlinux carries a PVH entry point note.
+	PVH bool `json:"pvh"`
+	// Cmdline is the base kernel command line this kernel's initrd expects;
+	// the VMM appends its own arguments.
+	Cmdline string    `json:"cmdline"`
+	BuiltAt time.Time `json:"built_at"`
+}
+
+// Source names the package a kernel was built from.
+type Source struct {
+	// Package is the binary package, e.g. linux-image-6.1.0-56-amd64.
+	Package string `json:"package"`
+	// Version is the package version, e.g. 6.1.192-2.
+	Version string `json:"version"`
+	// Origin says where the package came from, e.g. "debian".
+	Origin string `json:"origin"`
+}
+
+// File is one file of a kernel directory.
+type File struct {
+	// Path is relative to the kernel directory.
+	Path   string `json:"path"`
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
+}
+
+// LoadManifest reads dir/manifest.json and checks that it names a kernel
+// with the files a VMM needs. It does not hash the files; see Verify.
+func LoadManifest(dir string) (Manifest, error) {
+	var m Manifest
+	data, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	if err != nil {
+		return m, fmt.Errorf("read kernel manifest in %s: %w (rebuild or re-pull the kernel)", dir, err)
+	}
+	if err := json.Unmarshal(data, &m); err != nil {
+		return m, fmt.Errorf("parse kernel manifest %s: %w (rebuild or re-pull the kernel)", filepath.Join(dir, ManifestFile), err)
+	}
+	if err := m.validate(); err != nil {
+		return m, fmt.Errorf("kernel manifest %s: %w", filepath.Join(dir, ManifestFile), err)
+	}
+	return m, nil
+}
+
+func (m Manifest) validate() error {
+	if m.SchemaVersion != manifestSchema {
+		return fmt.Errorf("schema version %d, this banger reads %d", m.SchemaVersion, manifestSchema)
+	}
+	if m.Name == "" || m.Version == "" {
+		return errors.New("name or version is empty")
+	}
+	for _, role := range []string{RoleVmlinuz, RoleInitrd} {
+		if _, ok := m.Files[role]; !ok {
+			return fmt.Errorf("no %q file", role)
+		}
+	}
+	for role, f := range m.Files {
+		if !filepath.IsLocal(f.Path) {
+			return fmt.Errorf("file %q has path %q outside the kernel directory", role, f.Path)
+		}
+	}
+	if m.ModulesDir != "" && !filepath.IsLocal(m.ModulesDir) {
+		return fmt.Errorf("modules_dir %q is outside the kernel directory", m.ModulesDir)
+	}
+	return nil
+}
+
+// Path returns the absolute path of the file with the given role in the
+// kernel directory dir, or an error when the manifest has no such file.
+func (m Manifest) Path(dir, role string) (string, error) {
+	f, ok := m.Files[role]
+	if !ok {
+		return "", fmt.Errorf("kernel %s has no %s file", m.Name, role)
+	}
+	return filepath.Join(dir, f.Path), nil
+}
+
+// Verify hashes every file of the manifest in dir and reports the first
+// one that is missing or differs.
+func (m Manifest) Verify(dir string) error {
+	for role, f := range m.Files {
+		sum, size, err := hashFile(filepath.Join(dir, f.Path))
+		if err != nil {
+			return fmt.Errorf("verify kernel %s %s: %w", m.Name, role, err)
+		}
+		if sum != f.SHA256 || size != f.Size {
+			return fmt.Errorf("verify kernel %s: %s (%s) has sha256 %s size %d, manifest says %s size %d; rebuild or re-pull the kernel",
+				m.Name, role, f.Path, sum, size, f.SHA256, f.Size)
+		}
+	}
+	return nil
+}
+
+func writeManifest(dir string, m Manifest) error {
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode kernel manifest: %w", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ManifestFile), append(data, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write kernel manifest: %w", err)
+	}
+	return nil
+}
+
+// describeFile hashes dir/rel for the manifest.
+func describeFile(dir, rel string) (File, error) {
+	sum, size, err := hashFile(filepath.Join(dir, rel))
+	if err != nil {
+		return File{}, err
+	}
+	return File{Path: rel, SHA256: sum, Size: size}, nil
+}
+
+func hashFile(path string) (string, int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", 0, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return "", 0, fmt.Errorf("hash %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
