@@ -134,3 +134,21 @@ func TestCommandTreeHasNoStubs(t *testing.T) {
 		}
 	}
 }
+
+func TestShellQuote(t *testing.T) {
+	cases := map[string]string{
+		"uname":        "uname",
+		"-r":           "-r",
+		"exit 7":       "'exit 7'",
+		"":             "''",
+		"it's":         `'it'\''s'`,
+		"a;b":          "'a;b'",
+		"$HOME":        "'$HOME'",
+		"/root/marker": "/root/marker",
+	}
+	for in, want := range cases {
+		if got := shellQuote(in); got != want {
+			t.Errorf("shellQuote(%q) = %s, want %s", in, got, want)
+		}
+	}
+}

@@ -48,9 +48,21 @@ by name. The CLI talks to bangerd, which it starts on demand.`,
 		newVersionCommand(app),
 		newPingCommand(app),
 		newOpsCommand(app),
+		newVMCommand(app),
+		newPSCommand(app),
+		newKernelCommand(app),
+		newImageCommand(app),
 	)
 	root.CompletionOptions.HiddenDefaultCmd = false
 	return root
+}
+
+// newPSCommand is `banger ps`, an alias of `banger vm list`.
+func newPSCommand(app *App) *cobra.Command {
+	cmd := newVMListCommand(app, "ps")
+	cmd.Aliases = nil
+	cmd.Short = "List VMs (alias of banger vm list)"
+	return cmd
 }
 
 // Main runs the CLI and returns the process exit code.

@@ -15,6 +15,7 @@ import (
 	"banger/internal/store"
 	"banger/internal/system"
 	"banger/internal/version"
+	"banger/internal/vmm"
 )
 
 // Options configure a Daemon.
@@ -38,6 +39,20 @@ type Daemon struct {
 	now     func() time.Time
 
 	allowedUIDs []uint32
+	host        config.HostInfo
+
+	// driverOverride replaces VMM selection (tests of the lifecycle).
+	driverOverride vmm.Driver
+
+	pulls pullOnce
+
+	// allocMu serialises IP allocation with the insert of the VM row.
+	allocMu sync.Mutex
+
+	// bgCtx is cancelled when the daemon stops; async work derives from it.
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
+	bgWG     sync.WaitGroup
 
 	vmLocksMu sync.Mutex
 	vmLocks   map[string]*sync.Mutex
@@ -71,12 +86,20 @@ func Open(ctx context.Context, opts Options) (*Daemon, error) {
 		now:         func() time.Time { return time.Now().UTC() },
 		allowedUIDs: opts.AllowedUIDs,
 		vmLocks:     make(map[string]*sync.Mutex),
+		host:        config.DetectHost(),
 	}
+	d.bgCtx, d.bgCancel = context.WithCancel(context.Background())
+	d.adoptVMs(ctx)
 	return d, nil
 }
 
-// Close releases the store.
-func (d *Daemon) Close() error { return d.store.Close() }
+// Close cancels async work (rolling back unfinished creates), waits for it
+// and releases the store. Running VMs keep running.
+func (d *Daemon) Close() error {
+	d.bgCancel()
+	d.bgWG.Wait()
+	return d.store.Close()
+}
 
 // Serve listens on the layout's socket and serves until ctx is cancelled.
 // Running VMs are left running: their VMMs are not children of the daemon.
@@ -91,6 +114,7 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	bg, stopBG := context.WithCancel(ctx)
 	defer stopBG()
 	go d.pruneLoop(bg)
+	go d.watchLoop(bg)
 
 	d.log.Info("bangerd serving", "socket", d.layout.SocketPath, "version", version.Version, "pid", os.Getpid())
 	errc := make(chan error, 1)

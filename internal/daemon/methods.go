@@ -17,6 +17,28 @@ func (d *Daemon) Methods() rpc.Methods {
 		"ping":                   rpc.Typed(d.ping),
 		"daemon.version":         rpc.Typed(d.versionInfo),
 		"daemon.operations.list": rpc.Typed(d.operationsList),
+
+		"vm.create.begin":  rpc.Typed(d.vmCreateBegin),
+		"vm.create.status": rpc.Typed(d.vmCreateStatus),
+		"vm.create.cancel": rpc.Typed(d.vmCreateCancel),
+		"vm.list":          rpc.Typed(d.vmList),
+		"vm.show":          rpc.Typed(d.vmShow),
+		"vm.start":         rpc.Typed(d.vmStart),
+		"vm.stop":          rpc.Typed(d.vmStop),
+		"vm.restart":       rpc.Typed(d.vmRestart),
+		"vm.kill":          rpc.Typed(d.vmKill),
+		"vm.delete":        rpc.Typed(d.vmDelete),
+		"vm.set":           rpc.Typed(d.vmSet),
+		"vm.logs":          rpc.Typed(d.vmLogs),
+		"vm.ssh_info":      rpc.Typed(d.vmSSHInfo),
+		"vm.prune":         rpc.Typed(d.vmPrune),
+
+		"kernel.import":  rpc.Typed(d.kernelImport),
+		"kernel.list":    rpc.Typed(d.kernelList),
+		"kernel.pull":    rpc.Typed(d.kernelPull),
+		"image.register": rpc.Typed(d.imageRegister),
+		"image.list":     rpc.Typed(d.imageList),
+		"image.pull":     rpc.Typed(d.imagePull),
 	}
 }
 

@@ -82,11 +82,17 @@ func (o *opCore) summary() api.OperationSummary {
 
 // operations holds one registry per async kind.
 type operations struct {
-	vmCreate *opstate.Registry[*vmCreateOp]
+	vmCreate   *opstate.Registry[*vmCreateOp]
+	imagePull  *opstate.Registry[*pullOp]
+	kernelPull *opstate.Registry[*pullOp]
 }
 
 func newOperations() *operations {
-	return &operations{vmCreate: opstate.NewRegistry[*vmCreateOp]()}
+	return &operations{
+		vmCreate:   opstate.NewRegistry[*vmCreateOp](),
+		imagePull:  opstate.NewRegistry[*pullOp](),
+		kernelPull: opstate.NewRegistry[*pullOp](),
+	}
 }
 
 // ListOperations returns a summary of every registered operation, done ones
@@ -96,6 +102,12 @@ func (d *Daemon) ListOperations(ctx context.Context) api.OperationsListResult {
 	for _, op := range d.ops.vmCreate.List() {
 		out = append(out, op.summary())
 	}
+	for _, op := range d.ops.imagePull.List() {
+		out = append(out, op.summary())
+	}
+	for _, op := range d.ops.kernelPull.List() {
+		out = append(out, op.summary())
+	}
 	opstate.SortByStart(out, func(s api.OperationSummary) time.Time { return s.StartedAt })
 	return api.OperationsListResult{Operations: out}
 }
@@ -103,7 +115,7 @@ func (d *Daemon) ListOperations(ctx context.Context) api.OperationsListResult {
 // pruneOperations forgets finished operations older than the retention.
 func (d *Daemon) pruneOperations() int {
 	cutoff := d.now().Add(-time.Duration(d.cfg.OpsRetention))
-	return d.ops.vmCreate.Prune(cutoff)
+	return d.ops.vmCreate.Prune(cutoff) + d.ops.imagePull.Prune(cutoff) + d.ops.kernelPull.Prune(cutoff)
 }
 
 func (d *Daemon) pruneLoop(ctx context.Context) {

@@ -1,0 +1,281 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"banger/internal/image"
+	"banger/internal/kernel"
+	"banger/internal/system"
+)
+
+// env is one isolated banger installation: an XDG tree, a network
+// namespace with no route out, and a bangerd inside it.
+type env struct {
+	t       *testing.T
+	root    string
+	ns      string
+	bin     string
+	sock    string
+	vars    []string
+	daemon  *exec.Cmd
+	logPath string
+}
+
+func repoRoot(t *testing.T) string {
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return filepath.Dir(wd)
+}
+
+func cacheDir() string {
+	if d := os.Getenv("BANGER_E2E_CACHE"); d != "" {
+		return d
+	}
+	return "/var/cache/banger-e2e"
+}
+
+// artifacts builds (once per machine; cached outside the checkout) the
+// Debian kernel and bookworm image the VMs boot.
+func artifacts(t *testing.T) (kernelDir, rootfs string) {
+	t.Helper()
+	cache := cacheDir()
+	kernelDir = filepath.Join(cache, "kernel")
+	imageDir := filepath.Join(cache, "image")
+	r := &system.Exec{}
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
+	defer cancel()
+	progress := func(stage string) { t.Logf("artifacts: %s", stage) }
+	km, err := kernel.LoadManifest(kernelDir)
+	if err != nil {
+		t.Logf("building kernel into %s (%v)", kernelDir, err)
+		start := time.Now()
+		if km, err = kernel.BuildDebian(ctx, r, filepath.Join(cache, "work-kernel"), kernelDir, progress); err != nil {
+			t.Fatalf("build kernel: %v", err)
+		}
+		t.Logf("kernel built in %s", time.Since(start).Round(time.Second))
+	}
+	if _, err := image.LoadManifest(imageDir); err != nil {
+		t.Logf("building image into %s (%v)", imageDir, err)
+		start := time.Now()
+		_, err := image.BuildDebianBookworm(ctx, r, image.BuildOptions{
+			WorkDir: filepath.Join(cache, "work-image"), DestDir: imageDir,
+			KernelModulesDir: filepath.Join(kernelDir, km.ModulesDir), KernelVersion: km.Version,
+			Progress: progress,
+		})
+		if err != nil {
+			t.Fatalf("build image: %v", err)
+		}
+		t.Logf("image built in %s", time.Since(start).Round(time.Second))
+	}
+	return kernelDir, filepath.Join(imageDir, "rootfs.ext4")
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	if os.Getuid() != 0 {
+		t.Skip("e2e needs root (network namespaces, taps)")
+	}
+	root := t.TempDir()
+	e := &env{t: t, root: root, bin: filepath.Join(repoRoot(t), "bin"),
+		ns: fmt.Sprintf("banger-e2e-%d", os.Getpid())}
+	for _, b := range []string{"banger", "bangerd"} {
+		if _, err := os.Stat(filepath.Join(e.bin, b)); err != nil {
+			t.Fatalf("%s not built (run make build): %v", b, err)
+		}
+	}
+	e.sock = filepath.Join(root, "run", "banger", "bangerd.sock")
+	e.vars = []string{
+		"HOME=" + root,
+		"XDG_RUNTIME_DIR=" + filepath.Join(root, "run"),
+		"XDG_STATE_HOME=" + filepath.Join(root, "state"),
+		"XDG_CONFIG_HOME=" + filepath.Join(root, "config"),
+		"XDG_CACHE_HOME=" + filepath.Join(root, "cache"),
+		"BANGER_SOCKET=" + e.sock,
+		"PATH=" + os.Getenv("PATH"),
+	}
+	cfgDir := filepath.Join(root, "config", "banger")
+	if err := os.MkdirAll(cfgDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfg := "log_level = \"debug\"\nbridge_name = \"bge2e0\"\nbridge_cidr = \"172.31.250.1/24\"\nvmm = \"qemu\"\n" +
+		"default_dns = [\"172.31.250.1\"]\n\n[vm_defaults]\nvcpu = 2\nmemory_mib = 1024\ndisk_size = \"1G\"\n"
+	if err := os.WriteFile(filepath.Join(cfgDir, "config.toml"), []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	// The namespace: loopback only; banger adds its bridge and taps.
+	_ = exec.Command("ip", "netns", "delete", e.ns).Run()
+	if out, err := exec.Command("ip", "netns", "add", e.ns).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "delete", e.ns).CombinedOutput(); err != nil {
+			t.Errorf("ip netns delete %s: %v: %s", e.ns, err, out)
+		}
+	})
+	if out, err := exec.Command("ip", "-n", e.ns, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		t.Fatalf("lo up: %v: %s", err, out)
+	}
+	e.logPath = filepath.Join(root, "bangerd.log")
+	e.startDaemon()
+	t.Cleanup(e.cleanup)
+	return e
+}
+
+// startDaemon runs bangerd in the namespace and waits until it answers.
+func (e *env) startDaemon() {
+	e.t.Helper()
+	logf, err := os.OpenFile(e.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cmd := exec.Command("ip", "netns", "exec", e.ns, filepath.Join(e.bin, "bangerd"), "--foreground")
+	cmd.Env = e.vars
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	logf.Close()
+	e.daemon = cmd
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, _, code := e.banger("ping"); code == 0 {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	e.t.Fatalf("bangerd did not answer within 20s; log:\n%s", e.daemonLog())
+}
+
+// stopDaemon ends bangerd (SIGTERM, then SIGKILL) and reaps it.
+func (e *env) stopDaemon() {
+	if e.daemon == nil || e.daemon.Process == nil {
+		return
+	}
+	_ = e.daemon.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = e.daemon.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		_ = e.daemon.Process.Kill()
+		<-done
+	}
+	e.daemon = nil
+}
+
+func (e *env) daemonLog() string {
+	b, _ := os.ReadFile(e.logPath)
+	if len(b) > 8000 {
+		b = b[len(b)-8000:]
+	}
+	return string(b)
+}
+
+// cleanup removes every VM the test left (so no VMM outlives it) and
+// stops the daemon; the namespace goes with its own cleanup.
+func (e *env) cleanup() {
+	if e.daemon != nil {
+		out, _, _ := e.banger("vm", "list", "--json")
+		var vms []struct {
+			Name string `json:"name"`
+			PID  int    `json:"pid"`
+		}
+		_ = json.Unmarshal([]byte(out), &vms)
+		for _, v := range vms {
+			if _, errOut, code := e.banger("vm", "delete", v.Name); code != 0 {
+				e.t.Logf("cleanup: delete %s: %s", v.Name, errOut)
+				if v.PID > 0 {
+					_ = syscall.Kill(v.PID, syscall.SIGKILL)
+				}
+			}
+		}
+		e.stopDaemon()
+	}
+	if e.t.Failed() {
+		e.t.Logf("bangerd log tail:\n%s", e.daemonLog())
+	}
+}
+
+// banger runs the CLI inside the namespace.
+func (e *env) banger(args ...string) (stdout, stderr string, code int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	argv := append([]string{"netns", "exec", e.ns, filepath.Join(e.bin, "banger"), "--no-autostart"}, args...)
+	cmd := exec.CommandContext(ctx, "ip", argv...)
+	cmd.Env = e.vars
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code = 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		code = -1
+		errb.WriteString(err.Error())
+	}
+	return out.String(), errb.String(), code
+}
+
+// must runs the CLI and fails the test on a non-zero exit.
+func (e *env) must(args ...string) string {
+	e.t.Helper()
+	out, errOut, code := e.banger(args...)
+	if code != 0 {
+		e.t.Fatalf("banger %s: exit %d\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, out, errOut)
+	}
+	return out
+}
+
+type vmJSON struct {
+	Name  string `json:"name"`
+	ID    string `json:"id"`
+	State string `json:"state"`
+	IP    string `json:"ip"`
+	Tap   string `json:"tap"`
+	PID   int    `json:"pid"`
+	Dir   string `json:"dir"`
+}
+
+func (e *env) show(name string) vmJSON {
+	e.t.Helper()
+	var v vmJSON
+	if err := json.Unmarshal([]byte(e.must("vm", "show", name, "--json")), &v); err != nil {
+		e.t.Fatal(err)
+	}
+	return v
+}
+
+// links lists the interfaces in the namespace.
+func (e *env) links() string {
+	out, _ := exec.Command("ip", "-n", e.ns, "-o", "link", "show").CombinedOutput()
+	return string(out)
+}
+
+func pidAlive(pid int) bool {
+	if pid <= 0 {
+		return false
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	return i < 0 || i+2 >= len(s) || s[i+2] != 'Z'
+}

@@ -1,0 +1,535 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"banger/internal/api"
+	"banger/internal/config"
+	"banger/internal/sshx"
+	"banger/internal/system"
+)
+
+func newVMCommand(app *App) *cobra.Command {
+	vm := &cobra.Command{
+		Use:   "vm",
+		Short: "Create, run and manage VMs",
+	}
+	vm.AddCommand(
+		newVMCreateCommand(app),
+		newVMListCommand(app, "list"),
+		newVMShowCommand(app),
+		newVMLifecycleCommand(app, "start", "Start stopped VMs and wait until SSH answers", "vm.start"),
+		newVMLifecycleCommand(app, "stop", "Shut VMs down gracefully (killed after a timeout)", "vm.stop"),
+		newVMLifecycleCommand(app, "restart", "Stop and start VMs", "vm.restart"),
+		newVMLifecycleCommand(app, "kill", "End VMs' VMM processes at once", "vm.kill"),
+		newVMLifecycleCommand(app, "delete", "Delete VMs and everything they own (running ones are stopped first)", "vm.delete"),
+		newVMSetCommand(app),
+		newVMLogsCommand(app),
+		newVMSSHCommand(app),
+		newVMExecCommand(app),
+		newVMPruneCommand(app),
+	)
+	return vm
+}
+
+// vmDefaultsHelp shows the resolved defaults in --help.
+func vmDefaultsHelp(app *App) (vcpu, mem, disk string) {
+	layout, err := config.LayoutFromEnv(app.Getenv)
+	if err != nil {
+		return "config default", "config default", "config default"
+	}
+	cfg, err := config.Load(layout.ConfigFile, config.DetectHost())
+	if err != nil {
+		return "config default", "config default", "config default"
+	}
+	src := cfg.Sources()
+	return fmt.Sprintf("%d, %s", cfg.VMDefaults.VCPU, src["vm_defaults.vcpu"]),
+		fmt.Sprintf("%d, %s", cfg.VMDefaults.MemoryMiB, src["vm_defaults.memory_mib"]),
+		fmt.Sprintf("%s, %s", cfg.VMDefaults.DiskSize, src["vm_defaults.disk_size"])
+}
+
+func newVMCreateCommand(app *App) *cobra.Command {
+	var p api.VMCreateParams
+	var asJSON bool
+	vcpuHelp, memHelp, diskHelp := vmDefaultsHelp(app)
+	cmd := &cobra.Command{
+		Use:   "create",
+		Short: "Create a VM and boot it (returns when SSH answers)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			vm, err := createVM(cmd.Context(), app, p, !asJSON)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(app, vm)
+			}
+			if vm.State == "running" {
+				fmt.Fprintf(app.Stdout, "%s is running at %s; connect with: banger vm ssh %s\n", vm.Name, vm.IP, vm.Name)
+			} else {
+				fmt.Fprintf(app.Stdout, "%s created (%s); start it with: banger vm start %s\n", vm.Name, vm.State, vm.Name)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&p.Name, "name", "", "VM name (default: a random readable name)")
+	f.StringVar(&p.Image, "image", "", "image to boot (default: the default image)")
+	f.IntVar(&p.VCPU, "vcpu", 0, "virtual CPUs (default "+vcpuHelp+")")
+	f.IntVar(&p.MemoryMiB, "memory", 0, "memory in MiB (default "+memHelp+")")
+	f.StringVar(&p.DiskSize, "disk-size", "", "work disk size, e.g. 8G (default "+diskHelp+")")
+	f.BoolVar(&p.NoStart, "no-start", false, "create the disks but do not boot")
+	f.BoolVar(&asJSON, "json", false, "print the VM as JSON")
+	return cmd
+}
+
+// createVM begins a vm.create, renders its stages until it ends, and
+// cancels it (rolling everything back) on Ctrl-C.
+func createVM(ctx context.Context, app *App, p api.VMCreateParams, show bool) (api.VM, error) {
+	c, err := app.client(ctx)
+	if err != nil {
+		return api.VM{}, err
+	}
+	var begin api.VMCreateBeginResult
+	if err := c.Call(ctx, "vm.create.begin", p, &begin); err != nil {
+		return api.VM{}, err
+	}
+	sigctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	r := newStageRenderer(app, show)
+	fmt.Fprintf(app.Stderr, "creating %s (operation %s)\n", begin.Name, begin.OpID)
+	for i := 0; ; i++ {
+		var st api.VMCreateStatus
+		err := c.Call(sigctx, "vm.create.status", api.OpRef{OpID: begin.OpID}, &st)
+		if sigctx.Err() != nil {
+			r.finish()
+			fmt.Fprintf(app.Stderr, "cancelling %s: rolling back...\n", begin.Name)
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
+			defer cancel()
+			var cst api.VMCreateStatus
+			if err := c.Call(cctx, "vm.create.cancel", api.OpRef{OpID: begin.OpID}, &cst); err != nil {
+				return api.VM{}, fmt.Errorf("cancel create of %s: %w", begin.Name, err)
+			}
+			return api.VM{}, fmt.Errorf("create of %s cancelled; everything it made was removed", begin.Name)
+		}
+		if err != nil {
+			return api.VM{}, err
+		}
+		r.update(st.Stages)
+		if st.Operation.Done {
+			r.finish()
+			if st.Operation.Error != "" {
+				return api.VM{}, fmt.Errorf("create %s failed: %s", begin.Name, st.Operation.Error)
+			}
+			if st.VM == nil {
+				return api.VM{}, fmt.Errorf("create %s finished without a VM record", begin.Name)
+			}
+			return *st.VM, nil
+		}
+		time.Sleep(150 * time.Millisecond)
+	}
+}
+
+// stageRenderer prints create stages: a live spinner line on a terminal,
+// one line per stage otherwise.
+type stageRenderer struct {
+	app     *App
+	show    bool
+	tty     bool
+	printed map[string]bool
+	current string
+	frame   int
+}
+
+func newStageRenderer(app *App, show bool) *stageRenderer {
+	tty := false
+	if f, ok := app.Stderr.(*os.File); ok {
+		tty = term.IsTerminal(int(f.Fd()))
+	}
+	return &stageRenderer{app: app, show: show, tty: tty, printed: map[string]bool{}}
+}
+
+var spinner = []string{"⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"}
+
+func (r *stageRenderer) update(stages []api.StageTiming) {
+	if !r.show {
+		return
+	}
+	for i, s := range stages {
+		key := fmt.Sprintf("%d:%s", i, s.Name)
+		switch {
+		case s.Done && !r.printed[key]:
+			r.printed[key] = true
+			if r.tty {
+				fmt.Fprintf(r.app.Stderr, "\r\033[K  ✓ %-26s %s\n", s.Name, fmtMS(s.DurationMS))
+			} else {
+				if r.current != key {
+					fmt.Fprintf(r.app.Stderr, "  %s...\n", s.Name)
+				}
+				fmt.Fprintf(r.app.Stderr, "  %s done in %s\n", s.Name, fmtMS(s.DurationMS))
+			}
+			r.current = ""
+		case !s.Done:
+			if r.tty {
+				r.frame++
+				fmt.Fprintf(r.app.Stderr, "\r\033[K  %s %-26s %s", spinner[r.frame%len(spinner)], s.Name, time.Since(s.StartedAt).Round(100*time.Millisecond))
+			} else if r.current != key {
+				fmt.Fprintf(r.app.Stderr, "  %s...\n", s.Name)
+			}
+			r.current = key
+		}
+	}
+}
+
+func (r *stageRenderer) finish() {
+	if r.show && r.tty && r.current != "" {
+		fmt.Fprint(r.app.Stderr, "\r\033[K")
+	}
+}
+
+func fmtMS(ms int64) string {
+	return (time.Duration(ms) * time.Millisecond).Round(10 * time.Millisecond).String()
+}
+
+func newVMListCommand(app *App, use string) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:     use,
+		Aliases: []string{"ls"},
+		Short:   "List VMs",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := app.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var res api.VMListResult
+			if err := c.Call(cmd.Context(), "vm.list", nil, &res); err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(app, res.VMs)
+			}
+			if len(res.VMs) == 0 {
+				fmt.Fprintln(app.Stdout, "no VMs; create one with: banger vm create")
+				return nil
+			}
+			tw := tabwriter.NewWriter(app.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tSTATE\tIP\tVCPU\tMEMORY\tDISK\tIMAGE\tVMM\tAGE")
+			for _, v := range res.VMs {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\t%s\n", v.Name, v.State, v.IP, v.VCPU, v.MemoryMiB,
+					humanBytes(v.DiskSizeBytes), v.Image, v.VMM, time.Since(v.CreatedAt).Round(time.Second))
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newVMShowCommand(app *App) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "show NAME",
+		Short: "Show one VM",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := app.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var v api.VM
+			if err := c.Call(cmd.Context(), "vm.show", api.VMRef{Name: args[0]}, &v); err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(app, v)
+			}
+			tw := tabwriter.NewWriter(app.Stdout, 0, 4, 2, ' ', 0)
+			rows := [][2]string{{"name", v.Name}, {"state", v.State}, {"ip", v.IP}, {"dns", v.Name + ".vm"}, {"mac", v.MAC},
+				{"vcpu", fmt.Sprint(v.VCPU)}, {"memory", fmt.Sprintf("%d MiB", v.MemoryMiB)}, {"work disk", humanBytes(v.DiskSizeBytes)},
+				{"image", v.Image}, {"kernel", v.Kernel}, {"vmm", v.VMM}, {"tap", v.Tap}, {"pid", fmt.Sprint(v.PID)},
+				{"dir", v.Dir}, {"created", v.CreatedAt.Format(time.RFC3339)}, {"last error", v.LastError}}
+			for _, r := range rows {
+				if r[1] == "" || r[1] == "0" {
+					continue
+				}
+				fmt.Fprintf(tw, "%s:\t%s\n", r[0], r[1])
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newVMLifecycleCommand(app *App, verb, short, method string) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   verb + " NAME...",
+		Short: short,
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := app.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var failed []string
+			var out []api.VM
+			for _, name := range args {
+				var v api.VM
+				if err := c.Call(cmd.Context(), method, api.VMRef{Name: name}, &v); err != nil {
+					fmt.Fprintf(app.Stderr, "banger: %s %s: %s\n", verb, name, userMessage(err))
+					failed = append(failed, name)
+					continue
+				}
+				out = append(out, v)
+				if !asJSON {
+					fmt.Fprintf(app.Stdout, "%s: %s\n", v.Name, v.State)
+					if v.LastError != "" && verb != "delete" {
+						fmt.Fprintf(app.Stdout, "  note: %s\n", v.LastError)
+					}
+				}
+			}
+			if asJSON {
+				if err := writeJSON(app, out); err != nil {
+					return err
+				}
+			}
+			if len(failed) > 0 {
+				return &exitError{code: 1}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func newVMSetCommand(app *App) *cobra.Command {
+	var p api.VMSetParams
+	cmd := &cobra.Command{
+		Use:   "set NAME",
+		Short: "Change a stopped VM's vCPUs, memory or work disk size (grow only)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p.Name = args[0]
+			c, err := app.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var v api.VM
+			if err := c.Call(cmd.Context(), "vm.set", p, &v); err != nil {
+				return err
+			}
+			fmt.Fprintf(app.Stdout, "%s: vcpu %d, memory %d MiB, work disk %s\n", v.Name, v.VCPU, v.MemoryMiB, humanBytes(v.DiskSizeBytes))
+			return nil
+		},
+	}
+	cmd.Flags().IntVar(&p.VCPU, "vcpu", 0, "virtual CPUs")
+	cmd.Flags().IntVar(&p.MemoryMiB, "memory", 0, "memory in MiB")
+	cmd.Flags().StringVar(&p.DiskSize, "disk-size", "", "new work disk size, e.g. 16G (grow only)")
+	return cmd
+}
+
+func newVMLogsCommand(app *App) *cobra.Command {
+	var follow bool
+	var tail int64
+	cmd := &cobra.Command{
+		Use:   "logs NAME",
+		Short: "Print a VM's console log",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := app.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			p := api.VMLogsParams{Name: args[0], Tail: tail}
+			for {
+				var res api.VMLogsResult
+				if err := c.Call(ctx, "vm.logs", p, &res); err != nil {
+					if ctx.Err() != nil {
+						return nil
+					}
+					return err
+				}
+				fmt.Fprint(app.Stdout, res.Data)
+				p.Offset, p.Tail = res.NextOffset, 0
+				if res.Data != "" {
+					continue // more may be buffered
+				}
+				if !follow {
+					return nil
+				}
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(300 * time.Millisecond):
+				}
+			}
+		},
+	}
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
+	cmd.Flags().Int64Var(&tail, "tail-bytes", 0, "start this many bytes before the end")
+	return cmd
+}
+
+func sshArgv(ctx context.Context, app *App, name string, interactive bool, command []string) ([]string, error) {
+	c, err := app.client(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var info api.VMSSHInfo
+	if err := c.Call(ctx, "vm.ssh_info", api.VMRef{Name: name}, &info); err != nil {
+		return nil, err
+	}
+	if _, err := system.LookPath("ssh"); err != nil {
+		return nil, fmt.Errorf("ssh (OpenSSH client) not found; install it: apt-get install openssh-client")
+	}
+	quoted := make([]string, len(command))
+	for i, w := range command {
+		quoted[i] = shellQuote(w)
+	}
+	return sshx.OpenSSHArgv(sshx.OpenSSHOptions{KeyPath: info.KeyPath, KnownHostsPath: info.KnownHostsPath,
+		Host: info.IP, HostKeyAlias: info.HostAlias, User: info.User, Interactive: interactive, Command: quoted}), nil
+}
+
+// shellQuote quotes one word for the guest's shell. ssh joins command
+// words with spaces and the remote shell re-parses them, so without this
+// `banger vm exec web -- sh -c 'exit 7'` would run `sh -c exit 7`.
+func shellQuote(w string) string {
+	if w != "" && strings.Trim(w, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-") == "" {
+		return w
+	}
+	return "'" + strings.ReplaceAll(w, "'", `'\''`) + "'"
+}
+
+func newVMSSHCommand(app *App) *cobra.Command {
+	return &cobra.Command{
+		Use:   "ssh NAME [-- CMD...]",
+		Short: "Open a shell (or run a command) in a VM over SSH",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			tty := false
+			if f, ok := app.Stdin.(*os.File); ok {
+				tty = term.IsTerminal(int(f.Fd()))
+			}
+			argv, err := sshArgv(cmd.Context(), app, args[0], tty && len(args) == 1, args[1:])
+			if err != nil {
+				return err
+			}
+			if app.Stdin == os.Stdin {
+				return system.ExecReplace(argv, os.Environ())
+			}
+			code, err := system.RunAttached(cmd.Context(), argv, app.Stdin, app.Stdout, app.Stderr)
+			if err != nil {
+				return err
+			}
+			if code != 0 {
+				return &exitError{code: code}
+			}
+			return nil
+		},
+	}
+}
+
+func newVMExecCommand(app *App) *cobra.Command {
+	return &cobra.Command{
+		Use:   "exec NAME -- CMD...",
+		Short: "Run one command in a VM; exits with the command's status",
+		Args:  cobra.MinimumNArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			argv, err := sshArgv(cmd.Context(), app, args[0], false, args[1:])
+			if err != nil {
+				return err
+			}
+			code, err := system.RunAttached(cmd.Context(), argv, app.Stdin, app.Stdout, app.Stderr)
+			if err != nil {
+				return err
+			}
+			if code == 255 {
+				return fmt.Errorf("ssh to %s failed (exit 255); see the lines above, and banger vm logs %s", args[0], args[0])
+			}
+			if code != 0 {
+				return &exitError{code: code}
+			}
+			return nil
+		},
+	}
+}
+
+func newVMPruneCommand(app *App) *cobra.Command {
+	var force bool
+	cmd := &cobra.Command{
+		Use:   "prune",
+		Short: "Delete every stopped VM",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := app.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			if !force {
+				var res api.VMListResult
+				if err := c.Call(cmd.Context(), "vm.list", nil, &res); err != nil {
+					return err
+				}
+				var names []string
+				for _, v := range res.VMs {
+					if v.State == "stopped" || v.State == "error" {
+						names = append(names, v.Name)
+					}
+				}
+				if len(names) == 0 {
+					fmt.Fprintln(app.Stdout, "no stopped VMs")
+					return nil
+				}
+				fmt.Fprintf(app.Stderr, "delete %d stopped VM(s): %s? [y/N] ", len(names), strings.Join(names, ", "))
+				var answer string
+				_, _ = fmt.Fscanln(app.Stdin, &answer)
+				if a := strings.ToLower(strings.TrimSpace(answer)); a != "y" && a != "yes" {
+					return fmt.Errorf("prune aborted; pass -f to skip this question")
+				}
+			}
+			var res api.VMPruneResult
+			if err := c.Call(cmd.Context(), "vm.prune", nil, &res); err != nil {
+				return err
+			}
+			for _, n := range res.Deleted {
+				fmt.Fprintf(app.Stdout, "deleted %s\n", n)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "do not ask for confirmation")
+	return cmd
+}
+
+func humanBytes(n int64) string {
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%dB", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	v := float64(n) / float64(div)
+	if v == float64(int64(v)) {
+		return fmt.Sprintf("%d%c", int64(v), "KMGTPE"[exp])
+	}
+	return fmt.Sprintf("%.1f%c", v, "KMGTPE"[exp])
+}

@@ -1,0 +1,210 @@
+package daemon
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"banger/internal/api"
+	"banger/internal/disk"
+	"banger/internal/kernel"
+	"banger/internal/store"
+)
+
+// kernelImport copies a built kernel directory into the daemon's kernels
+// directory and records it.
+func (d *Daemon) kernelImport(ctx context.Context, p api.KernelImportParams) (api.Kernel, error) {
+	if err := validateArtifactName("kernel", p.Name); err != nil {
+		return api.Kernel{}, err
+	}
+	if p.From == "" || !filepath.IsAbs(p.From) {
+		return api.Kernel{}, api.Errorf(api.CodeBadRequest, "--from must be an absolute directory path, got %q", p.From)
+	}
+	if _, err := d.store.GetKernel(ctx, p.Name); err == nil {
+		return api.Kernel{}, api.Errorf(api.CodeAlreadyExists, "kernel %q already exists; remove it first with banger kernel rm %s", p.Name, p.Name)
+	}
+	m, err := kernel.LoadManifest(p.From)
+	if err != nil {
+		return api.Kernel{}, api.Errorf(api.CodeBadRequest, "%v", err)
+	}
+	if err := m.Verify(p.From); err != nil {
+		return api.Kernel{}, api.Errorf(api.CodeBadRequest, "%v", err)
+	}
+	dst := filepath.Join(d.layout.KernelsDir, p.Name)
+	tmp := dst + ".importing"
+	_ = os.RemoveAll(tmp)
+	if err := copyTree(p.From, tmp); err != nil {
+		_ = os.RemoveAll(tmp)
+		return api.Kernel{}, fmt.Errorf("copy kernel from %s: %w", p.From, err)
+	}
+	_ = os.RemoveAll(dst)
+	if err := os.Rename(tmp, dst); err != nil {
+		_ = os.RemoveAll(tmp)
+		return api.Kernel{}, err
+	}
+	k := store.Kernel{Name: p.Name, Arch: m.Arch, Source: fmt.Sprintf("%s %s (%s)", m.Source.Package, m.Source.Version, m.Source.Origin),
+		Dir: dst, Version: m.Version, Files: "{}"}
+	if err := d.store.CreateKernel(ctx, &k); err != nil {
+		_ = os.RemoveAll(dst)
+		return api.Kernel{}, err
+	}
+	return toAPIKernel(k), nil
+}
+
+func toAPIKernel(k store.Kernel) api.Kernel {
+	return api.Kernel{Name: k.Name, Version: k.Version, Arch: k.Arch, Source: k.Source, Dir: k.Dir, CreatedAt: k.CreatedAt}
+}
+
+func (d *Daemon) kernelList(ctx context.Context, _ noParams) (api.KernelListResult, error) {
+	ks, err := d.store.ListKernels(ctx)
+	if err != nil {
+		return api.KernelListResult{}, err
+	}
+	out := api.KernelListResult{Kernels: []api.Kernel{}}
+	for _, k := range ks {
+		out.Kernels = append(out.Kernels, toAPIKernel(k))
+	}
+	return out, nil
+}
+
+// imageRegister copies an ext4 root filesystem into the images directory
+// and records it with its kernel.
+func (d *Daemon) imageRegister(ctx context.Context, p api.ImageRegisterParams) (api.Image, error) {
+	if err := validateArtifactName("image", p.Name); err != nil {
+		return api.Image{}, err
+	}
+	if p.Rootfs == "" || !filepath.IsAbs(p.Rootfs) {
+		return api.Image{}, api.Errorf(api.CodeBadRequest, "--rootfs must be an absolute file path, got %q", p.Rootfs)
+	}
+	st, err := os.Stat(p.Rootfs)
+	if err != nil || !st.Mode().IsRegular() {
+		return api.Image{}, api.Errorf(api.CodeBadRequest, "--rootfs %s is not a readable regular file", p.Rootfs)
+	}
+	if _, err := d.store.GetKernel(ctx, p.Kernel); err != nil {
+		if api.IsCode(err, api.CodeNotFound) {
+			return api.Image{}, api.Errorf(api.CodeNotFound, "kernel %q not found; import it first (banger kernel import)", p.Kernel)
+		}
+		return api.Image{}, err
+	}
+	if _, err := d.store.GetImage(ctx, p.Name); err == nil {
+		return api.Image{}, api.Errorf(api.CodeAlreadyExists, "image %q already exists; delete it first", p.Name)
+	}
+	dir := filepath.Join(d.layout.ImagesDir, p.Name)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return api.Image{}, err
+	}
+	dst := filepath.Join(dir, "rootfs.ext4")
+	if _, err := disk.CloneRoot(ctx, p.Rootfs, dst); err != nil {
+		_ = os.RemoveAll(dir)
+		return api.Image{}, fmt.Errorf("copy rootfs: %w", err)
+	}
+	sum, err := sha256File(dst)
+	if err != nil {
+		_ = os.RemoveAll(dir)
+		return api.Image{}, err
+	}
+	_, defErr := d.store.DefaultImage(ctx)
+	im := store.Image{Name: p.Name, Kernel: p.Kernel, RootfsPath: dst, Source: "registered from " + p.Rootfs,
+		SHA256: sum, SizeBytes: st.Size(), IsDefault: api.IsCode(defErr, api.CodeNotFound) || p.Name == d.cfg.DefaultImage}
+	if err := d.store.CreateImage(ctx, &im); err != nil {
+		_ = os.RemoveAll(dir)
+		return api.Image{}, err
+	}
+	return toAPIImage(im), nil
+}
+
+func toAPIImage(im store.Image) api.Image {
+	return api.Image{Name: im.Name, Kernel: im.Kernel, RootfsPath: im.RootfsPath, SizeBytes: im.SizeBytes,
+		SHA256: im.SHA256, Source: im.Source, Default: im.IsDefault, CreatedAt: im.CreatedAt}
+}
+
+func (d *Daemon) imageList(ctx context.Context, _ noParams) (api.ImageListResult, error) {
+	ims, err := d.store.ListImages(ctx)
+	if err != nil {
+		return api.ImageListResult{}, err
+	}
+	out := api.ImageListResult{Images: []api.Image{}}
+	for _, im := range ims {
+		out.Images = append(out.Images, toAPIImage(im))
+	}
+	return out, nil
+}
+
+func validateArtifactName(kind, name string) error {
+	if !vmNameRE.MatchString(name) && !artifactNameRE.MatchString(name) {
+		return api.Errorf(api.CodeBadRequest, "invalid %s name %q: use letters, digits, '.', '_' and '-'", kind, name)
+	}
+	return nil
+}
+
+func sha256File(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// copyTree copies a directory tree, hard-linking files where it can (the
+// kernel's files are never modified in place) and copying otherwise.
+func copyTree(src, dst string) error {
+	return filepath.WalkDir(src, func(path string, de fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, path)
+		if err != nil {
+			return err
+		}
+		target := filepath.Join(dst, rel)
+		info, err := de.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case de.IsDir():
+			return os.MkdirAll(target, info.Mode().Perm()|0o700)
+		case info.Mode()&fs.ModeSymlink != 0:
+			link, err := os.Readlink(path)
+			if err != nil {
+				return err
+			}
+			return os.Symlink(link, target)
+		case info.Mode().IsRegular():
+			if err := os.Link(path, target); err == nil {
+				return nil
+			}
+			return copyFile(path, target, info.Mode().Perm())
+		default:
+			return errors.New("unsupported file type at " + path)
+		}
+	})
+}
+
+func copyFile(src, dst string, mode fs.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}

@@ -1,0 +1,78 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// step is one named stage of a VM create or boot. do changes the host and
+// returns how to undo exactly what it changed (nil when there is nothing).
+type step struct {
+	name string
+	do   func(ctx context.Context) (undo func(context.Context) error, err error)
+}
+
+// undoTimeout bounds the rollback of a failed pipeline.
+const undoTimeout = 90 * time.Second
+
+// runSteps runs steps in order, reporting each stage to op (when non-nil).
+// When one fails — or ctx is cancelled — the completed steps are undone in
+// reverse with a fresh context, so a cancelled create still cleans up.
+func runSteps(ctx context.Context, log *slog.Logger, op *vmCreateOp, steps []step) error {
+	var undos []func(context.Context) error
+	var names []string
+	var failed error
+	for _, s := range steps {
+		if err := ctx.Err(); err != nil {
+			failed = fmt.Errorf("cancelled before %s: %w", s.name, err)
+			break
+		}
+		if op != nil {
+			op.beginStage(s.name)
+		}
+		start := time.Now()
+		undo, err := s.do(ctx)
+		if op != nil {
+			op.endStage(s.name)
+		}
+		if err != nil {
+			if ctx.Err() != nil && !errors.Is(err, ctx.Err()) {
+				err = fmt.Errorf("%w (cancelled)", err)
+			}
+			failed = fmt.Errorf("%s: %w", s.name, err)
+			log.Warn("step failed", "step", s.name, "err", err, "duration", time.Since(start))
+			if undo != nil {
+				undos = append(undos, undo)
+				names = append(names, s.name)
+			}
+			break
+		}
+		log.Debug("step done", "step", s.name, "duration", time.Since(start))
+		if undo != nil {
+			undos = append(undos, undo)
+			names = append(names, s.name)
+		}
+	}
+	if failed == nil {
+		return nil
+	}
+	if op != nil {
+		op.setStage("rolling back")
+	}
+	uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+	defer cancel()
+	var undoErrs []error
+	for i := len(undos) - 1; i >= 0; i-- {
+		if err := undos[i](uctx); err != nil {
+			log.Error("undo failed", "step", names[i], "err", err)
+			undoErrs = append(undoErrs, fmt.Errorf("undo %s: %w", names[i], err))
+		}
+	}
+	if len(undoErrs) > 0 {
+		return fmt.Errorf("%w; cleanup also failed: %w", failed, errors.Join(undoErrs...))
+	}
+	return failed
+}

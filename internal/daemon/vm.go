@@ -1,0 +1,533 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"banger/internal/api"
+	"banger/internal/config"
+	"banger/internal/hostnet"
+	"banger/internal/sshx"
+	"banger/internal/store"
+	"banger/internal/vmm"
+)
+
+// Timeouts of the VM lifecycle.
+const (
+	// sshWaitTimeout bounds how long a boot may take to answer SSH. QEMU
+	// under TCG boots Debian in ~25 s on the CI machines; leave room.
+	sshWaitTimeout = 180 * time.Second
+	// stopTimeout is how long a guest gets to power off before it is killed.
+	stopTimeout = 60 * time.Second
+)
+
+func toAPIVM(v store.VM) api.VM {
+	return api.VM{Name: v.Name, ID: v.ID, State: v.State, Image: v.Image, Kernel: v.Kernel, VCPU: v.VCPU,
+		MemoryMiB: v.MemoryMiB, DiskSizeBytes: v.DiskSizeBytes, IP: v.IP, MAC: v.MAC, Tap: v.Tap, VMM: v.VMM,
+		PID: v.PID, Dir: v.Dir, LastError: v.LastError, CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt}
+}
+
+func handleOf(v store.VM) vmm.Handle {
+	return vmm.Handle{Driver: v.VMM, PID: v.PID, StartTime: v.PIDStartTime, APISocket: v.APISocket}
+}
+
+// vmPaths are the files of one VM.
+type vmPaths struct {
+	dir, root, work, console, run string
+}
+
+func (d *Daemon) pathsFor(id string) vmPaths {
+	dir := filepath.Join(d.layout.VMsDir, id)
+	return vmPaths{
+		dir:     dir,
+		root:    filepath.Join(dir, "root.ext4"),
+		work:    filepath.Join(dir, "work.ext4"),
+		console: filepath.Join(dir, "console.log"),
+		// Unix socket paths are limited to 108 bytes: keep the VMM's
+		// sockets under the short runtime dir, not the state dir.
+		run: filepath.Join(d.layout.RuntimeDir, "vms", shortID(id)),
+	}
+}
+
+func shortID(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}
+
+// driverFor returns the VMM driver a VM was started with (or, for a VM that
+// has not run yet, the one the config selects).
+func (d *Daemon) driverFor(name string) (vmm.Driver, error) {
+	if d.driverOverride != nil {
+		return d.driverOverride, nil
+	}
+	pref := d.cfg.VMM
+	if name != "" {
+		pref = name
+	}
+	return vmm.SelectWith(vmm.Options{Pref: pref, FirecrackerBin: d.cfg.FirecrackerBin, QEMUBin: d.cfg.QEMUBin, QEMUAccel: d.cfg.QEMUAccel})
+}
+
+// refresh reconciles one VM's record with the host: a VM recorded as
+// running whose VMM is gone is marked stopped and its tap released.
+func (d *Daemon) refresh(ctx context.Context, v store.VM) (store.VM, error) {
+	if v.State != store.StateRunning {
+		return v, nil
+	}
+	drv, err := d.driverFor(v.VMM)
+	if err == nil && drv.Alive(handleOf(v)) {
+		return v, nil
+	}
+	d.log.Warn("VMM of running VM is gone; marking stopped", "vm", v.Name, "pid", v.PID)
+	d.releaseRuntime(ctx, &v)
+	v.State = store.StateStopped
+	v.LastError = fmt.Sprintf("VMM (pid %d) exited without banger stopping it; see `banger vm logs %s`", v.PID, v.Name)
+	if err := d.store.UpdateVM(ctx, v); err != nil {
+		return v, err
+	}
+	return d.store.GetVM(ctx, v.Name)
+}
+
+// releaseRuntime removes what only a running VM holds: its tap and VMM
+// runtime directory. The caller saves the record.
+func (d *Daemon) releaseRuntime(ctx context.Context, v *store.VM) {
+	if v.Tap != "" {
+		if err := hostnet.DeleteTap(v.Tap); err != nil {
+			d.log.Warn("delete tap", "vm", v.Name, "tap", v.Tap, "err", err)
+		}
+	}
+	_ = os.RemoveAll(d.pathsFor(v.ID).run)
+	v.Tap = ""
+	v.PID = 0
+	v.PIDStartTime = 0
+	v.APISocket = ""
+}
+
+func (d *Daemon) getVM(ctx context.Context, name string) (store.VM, error) {
+	if name == "" {
+		return store.VM{}, api.Errorf(api.CodeBadRequest, "missing VM name")
+	}
+	v, err := d.store.GetVM(ctx, name)
+	if err != nil {
+		return v, err
+	}
+	return d.refresh(ctx, v)
+}
+
+func (d *Daemon) vmList(ctx context.Context, _ noParams) (api.VMListResult, error) {
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return api.VMListResult{}, err
+	}
+	out := api.VMListResult{VMs: []api.VM{}}
+	for _, v := range vms {
+		if v, err = d.refresh(ctx, v); err != nil {
+			return out, err
+		}
+		out.VMs = append(out.VMs, toAPIVM(v))
+	}
+	return out, nil
+}
+
+func (d *Daemon) vmShow(ctx context.Context, p api.VMRef) (api.VM, error) {
+	v, err := d.getVM(ctx, p.Name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	return toAPIVM(v), nil
+}
+
+func (d *Daemon) vmStart(ctx context.Context, p api.VMRef) (api.VM, error) {
+	mu := d.vmLock(p.Name)
+	mu.Lock()
+	defer mu.Unlock()
+	v, err := d.getVM(ctx, p.Name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	switch v.State {
+	case store.StateRunning:
+		return toAPIVM(v), nil
+	case store.StateCreating:
+		return api.VM{}, api.Errorf(api.CodeBadRequest, "vm %q is still being created; wait for its create to finish", v.Name)
+	}
+	if err := d.boot(ctx, &v, nil); err != nil {
+		return api.VM{}, err
+	}
+	return toAPIVM(v), nil
+}
+
+// boot claims a tap, starts the VMM and waits for SSH, recording progress
+// in op when one is given. On failure everything it made is undone and the
+// VM is left stopped with the reason in LastError.
+func (d *Daemon) boot(ctx context.Context, v *store.VM, op *vmCreateOp) error {
+	steps := d.bootSteps(v)
+	err := runSteps(ctx, d.log.With("vm", v.Name), op, steps)
+	if err != nil {
+		v.State = store.StateStopped
+		v.LastError = err.Error()
+		if uerr := d.store.UpdateVM(context.WithoutCancel(ctx), *v); uerr != nil {
+			d.log.Error("record failed boot", "vm", v.Name, "err", uerr)
+		}
+		return err
+	}
+	return nil
+}
+
+func (d *Daemon) vmStop(ctx context.Context, p api.VMRef) (api.VM, error) {
+	mu := d.vmLock(p.Name)
+	mu.Lock()
+	defer mu.Unlock()
+	v, err := d.getVM(ctx, p.Name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	if v.State != store.StateRunning {
+		return toAPIVM(v), nil
+	}
+	if err := d.stop(ctx, &v, false); err != nil {
+		return api.VM{}, err
+	}
+	return toAPIVM(v), nil
+}
+
+// stop powers the guest off (or kills the VMM when force) and releases the
+// runtime resources.
+func (d *Daemon) stop(ctx context.Context, v *store.VM, force bool) error {
+	drv, err := d.driverFor(v.VMM)
+	if err != nil {
+		return err
+	}
+	h := handleOf(*v)
+	log := d.log.With("vm", v.Name, "pid", v.PID)
+	note := ""
+	if force {
+		if err := drv.Kill(h); err != nil {
+			return api.Errorf(api.CodeOperationFailed, "kill VMM of %s: %v", v.Name, err)
+		}
+	} else {
+		if err := drv.Shutdown(ctx, h); err != nil {
+			log.Warn("graceful shutdown request failed; killing", "err", err)
+			note = fmt.Sprintf("graceful shutdown failed (%v); killed", err)
+			_ = drv.Kill(h)
+		} else {
+			wctx, cancel := context.WithTimeout(ctx, stopTimeout)
+			err := vmm.WaitExit(wctx, h, 200*time.Millisecond)
+			cancel()
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				log.Warn("guest did not power off in time; killing", "timeout", stopTimeout)
+				note = fmt.Sprintf("guest did not power off within %s; killed", stopTimeout)
+				_ = drv.Kill(h)
+			}
+		}
+	}
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	err = vmm.WaitExit(wctx, h, 50*time.Millisecond)
+	cancel()
+	if err != nil {
+		return api.Errorf(api.CodeOperationFailed, "VMM of %s (pid %d) is still running after SIGKILL", v.Name, v.PID)
+	}
+	d.releaseRuntime(ctx, v)
+	v.State = store.StateStopped
+	v.LastError = note
+	return d.store.UpdateVM(context.WithoutCancel(ctx), *v)
+}
+
+func (d *Daemon) vmRestart(ctx context.Context, p api.VMRef) (api.VM, error) {
+	if _, err := d.vmStop(ctx, p); err != nil {
+		return api.VM{}, err
+	}
+	return d.vmStart(ctx, p)
+}
+
+func (d *Daemon) vmKill(ctx context.Context, p api.VMRef) (api.VM, error) {
+	mu := d.vmLock(p.Name)
+	mu.Lock()
+	defer mu.Unlock()
+	v, err := d.getVM(ctx, p.Name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	if v.State != store.StateRunning {
+		return api.VM{}, api.Errorf(api.CodeNotRunning, "vm %q is not running (state %s)", v.Name, v.State)
+	}
+	if err := d.stop(ctx, &v, true); err != nil {
+		return api.VM{}, err
+	}
+	return toAPIVM(v), nil
+}
+
+func (d *Daemon) vmDelete(ctx context.Context, p api.VMRef) (api.VM, error) {
+	mu := d.vmLock(p.Name)
+	mu.Lock()
+	defer mu.Unlock()
+	v, err := d.getVM(ctx, p.Name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	if v.State == store.StateCreating {
+		return api.VM{}, api.Errorf(api.CodeBadRequest, "vm %q is being created; cancel its create (banger ops shows it) instead", v.Name)
+	}
+	if v.State == store.StateRunning {
+		if err := d.stop(ctx, &v, false); err != nil {
+			return api.VM{}, err
+		}
+	}
+	if err := d.removeVMFiles(v); err != nil {
+		return api.VM{}, err
+	}
+	if err := d.store.DeleteVM(context.WithoutCancel(ctx), v.Name); err != nil {
+		return api.VM{}, err
+	}
+	v.State = "deleted"
+	return toAPIVM(v), nil
+}
+
+// removeVMFiles deletes a VM's disks, logs, runtime dir and pinned host keys.
+func (d *Daemon) removeVMFiles(v store.VM) error {
+	paths := d.pathsFor(v.ID)
+	if err := os.RemoveAll(paths.run); err != nil {
+		return fmt.Errorf("remove %s: %w", paths.run, err)
+	}
+	if err := os.RemoveAll(paths.dir); err != nil {
+		return fmt.Errorf("remove %s: %w", paths.dir, err)
+	}
+	hosts := []string{v.Name + ".vm"}
+	if v.IP != "" {
+		hosts = append(hosts, v.IP)
+	}
+	if err := sshx.RemoveHost(d.layout.KnownHosts, hosts...); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove pinned host keys of %s: %w", v.Name, err)
+	}
+	return nil
+}
+
+func (d *Daemon) vmSet(ctx context.Context, p api.VMSetParams) (api.VM, error) {
+	mu := d.vmLock(p.Name)
+	mu.Lock()
+	defer mu.Unlock()
+	v, err := d.getVM(ctx, p.Name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	if v.State != store.StateStopped {
+		return api.VM{}, api.Errorf(api.CodeBadRequest, "vm %q is %s; stop it first (banger vm stop %s)", v.Name, v.State, v.Name)
+	}
+	if p.VCPU == 0 && p.MemoryMiB == 0 && p.DiskSize == "" {
+		return api.VM{}, api.Errorf(api.CodeBadRequest, "nothing to change: pass --vcpu, --memory or --disk-size")
+	}
+	if p.VCPU != 0 {
+		if err := d.checkVCPU(p.VCPU); err != nil {
+			return api.VM{}, err
+		}
+		v.VCPU = p.VCPU
+	}
+	if p.MemoryMiB != 0 {
+		if err := d.checkMemory(p.MemoryMiB); err != nil {
+			return api.VM{}, err
+		}
+		v.MemoryMiB = p.MemoryMiB
+	}
+	if p.DiskSize != "" {
+		size, err := parseDiskSize(p.DiskSize)
+		if err != nil {
+			return api.VM{}, err
+		}
+		if size < v.DiskSizeBytes {
+			return api.VM{}, api.Errorf(api.CodeBadRequest, "disk size %s is smaller than the current %d bytes; work disks only grow", p.DiskSize, v.DiskSizeBytes)
+		}
+		if size > v.DiskSizeBytes {
+			if err := d.growWorkDisk(ctx, d.pathsFor(v.ID).work, size); err != nil {
+				return api.VM{}, err
+			}
+			v.DiskSizeBytes = size
+		}
+	}
+	if err := d.store.UpdateVM(ctx, v); err != nil {
+		return api.VM{}, err
+	}
+	v, err = d.store.GetVM(ctx, v.Name)
+	return toAPIVM(v), err
+}
+
+func (d *Daemon) vmLogs(ctx context.Context, p api.VMLogsParams) (api.VMLogsResult, error) {
+	v, err := d.getVM(ctx, p.Name)
+	if err != nil {
+		return api.VMLogsResult{}, err
+	}
+	res := api.VMLogsResult{Running: v.State == store.StateRunning || v.State == store.StateCreating}
+	f, err := os.Open(d.pathsFor(v.ID).console)
+	if errors.Is(err, os.ErrNotExist) {
+		return res, nil
+	}
+	if err != nil {
+		return res, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return res, err
+	}
+	size := st.Size()
+	max := p.MaxBytes
+	if max <= 0 || max > 1<<20 {
+		max = 256 << 10
+	}
+	off := p.Offset
+	if p.Tail > 0 && off == 0 {
+		off = size - p.Tail
+	}
+	if off < 0 {
+		off = 0
+	}
+	if off > size {
+		off = size // the log was truncated; restart from its end
+	}
+	n := size - off
+	if n > max {
+		n = max
+	}
+	buf := make([]byte, n)
+	if _, err := f.ReadAt(buf, off); err != nil {
+		return res, err
+	}
+	res.Data = string(buf)
+	res.NextOffset = off + n
+	return res, nil
+}
+
+func (d *Daemon) vmSSHInfo(ctx context.Context, p api.VMRef) (api.VMSSHInfo, error) {
+	v, err := d.getVM(ctx, p.Name)
+	if err != nil {
+		return api.VMSSHInfo{}, err
+	}
+	if v.State != store.StateRunning {
+		return api.VMSSHInfo{}, api.Errorf(api.CodeNotRunning, "vm %q is not running (state %s); start it with banger vm start %s", v.Name, v.State, v.Name)
+	}
+	return api.VMSSHInfo{Name: v.Name, IP: v.IP, User: "root", KeyPath: d.layout.SSHKey,
+		KnownHostsPath: d.layout.KnownHosts, HostAlias: v.IP}, nil
+}
+
+type pruneParams struct{}
+
+func (d *Daemon) vmPrune(ctx context.Context, _ pruneParams) (api.VMPruneResult, error) {
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return api.VMPruneResult{}, err
+	}
+	res := api.VMPruneResult{Deleted: []string{}}
+	for _, v := range vms {
+		v, err := d.refresh(ctx, v)
+		if err != nil {
+			return res, err
+		}
+		if v.State != store.StateStopped && v.State != store.StateError {
+			continue
+		}
+		if _, err := d.vmDelete(ctx, api.VMRef{Name: v.Name}); err != nil {
+			return res, fmt.Errorf("prune %s: %w", v.Name, err)
+		}
+		res.Deleted = append(res.Deleted, v.Name)
+	}
+	return res, nil
+}
+
+func (d *Daemon) checkVCPU(n int) error {
+	if n < 1 || n > d.host.CPUs {
+		return api.Errorf(api.CodeBadRequest, "vcpu %d out of range: this host allows 1 to %d", n, d.host.CPUs)
+	}
+	return nil
+}
+
+func (d *Daemon) checkMemory(mib int) error {
+	hostMiB := int(d.host.MemoryBytes >> 20)
+	if mib < 128 || mib > hostMiB {
+		return api.Errorf(api.CodeBadRequest, "memory %d MiB out of range: use 128 to %d MiB (the host's memory)", mib, hostMiB)
+	}
+	return nil
+}
+
+func parseDiskSize(s string) (int64, error) {
+	n, err := config.ParseSize(s)
+	if err != nil {
+		return 0, api.Errorf(api.CodeBadRequest, "disk size: %v", err)
+	}
+	if n < 64<<20 {
+		return 0, api.Errorf(api.CodeBadRequest, "disk size %s is below the 64M minimum", s)
+	}
+	return n, nil
+}
+
+// adoptVMs runs at daemon start: VMs whose VMM survived the previous
+// daemon keep running; the others are marked stopped and cleaned up.
+func (d *Daemon) adoptVMs(ctx context.Context) {
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		d.log.Error("list VMs for adoption", "err", err)
+		return
+	}
+	for _, v := range vms {
+		switch v.State {
+		case store.StateRunning:
+			nv, err := d.refresh(ctx, v)
+			if err != nil {
+				d.log.Error("adopt VM", "vm", v.Name, "err", err)
+			} else if nv.State == store.StateRunning {
+				d.log.Info("re-adopted running VM", "vm", v.Name, "pid", v.PID)
+			}
+		case store.StateCreating:
+			// The daemon died mid-create: undo what the record says exists.
+			d.log.Warn("removing VM left half-created by a previous daemon", "vm", v.Name)
+			if v.PID != 0 {
+				if drv, err := d.driverFor(v.VMM); err == nil {
+					_ = drv.Kill(handleOf(v))
+				}
+			}
+			d.releaseRuntime(ctx, &v)
+			if err := d.removeVMFiles(v); err != nil {
+				d.log.Error("clean half-created VM", "vm", v.Name, "err", err)
+			}
+			if err := d.store.DeleteVM(ctx, v.Name); err != nil {
+				d.log.Error("delete half-created VM", "vm", v.Name, "err", err)
+			}
+		}
+	}
+}
+
+// watchLoop notices VMMs that exit behind the daemon's back.
+func (d *Daemon) watchLoop(ctx context.Context) {
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			vms, err := d.store.ListVMs(ctx)
+			if err != nil {
+				continue
+			}
+			for _, v := range vms {
+				if v.State != store.StateRunning {
+					continue
+				}
+				mu := d.vmLock(v.Name)
+				if !mu.TryLock() {
+					continue // a lifecycle change is in progress
+				}
+				if cur, err := d.store.GetVM(ctx, v.Name); err == nil {
+					_, _ = d.refresh(ctx, cur)
+				}
+				mu.Unlock()
+			}
+		}
+	}
+}
