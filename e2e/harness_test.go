@@ -85,7 +85,9 @@ func artifacts(t *testing.T) (kernelDir, rootfs string) {
 	return kernelDir, filepath.Join(imageDir, "rootfs.ext4")
 }
 
-func newEnv(t *testing.T) *env {
+// newEnv starts an isolated banger; extraConfig lines are appended to its
+// config.toml.
+func newEnv(t *testing.T, extraConfig ...string) *env {
 	t.Helper()
 	if os.Getuid() != 0 {
 		t.Skip("e2e needs root (network namespaces, taps)")
@@ -113,7 +115,8 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	cfg := "log_level = \"debug\"\nbridge_name = \"bge2e0\"\nbridge_cidr = \"172.31.250.1/24\"\nvmm = \"qemu\"\n" +
-		"default_dns = [\"172.31.250.1\"]\n\n[vm_defaults]\nvcpu = 2\nmemory_mib = 1024\ndisk_size = \"1G\"\n"
+		"default_dns = [\"172.31.250.1\"]\n" + strings.Join(extraConfig, "\n") +
+		"\n\n[vm_defaults]\nvcpu = 2\nmemory_mib = 1024\ndisk_size = \"1G\"\n"
 	if err := os.WriteFile(filepath.Join(cfgDir, "config.toml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
