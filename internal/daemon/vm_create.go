@@ -328,7 +328,7 @@ func (d *Daemon) bootSteps(v *store.VM) []step {
 				return nil, err
 			}
 			spec := vmm.Spec{Name: v.Name, VCPU: v.VCPU, MemoryMiB: v.MemoryMiB, KernelPath: kpath, InitrdPath: initrd,
-				Cmdline: guestCmdline(km.manifest), RootDisk: paths.root, WorkDisk: paths.work, Tap: v.Tap, MAC: v.MAC,
+				Cmdline: km.manifest.BootCmdline(), RootDisk: paths.root, WorkDisk: paths.work, Tap: v.Tap, MAC: v.MAC,
 				RuntimeDir: paths.run, ConsoleLog: paths.console}
 			handle, err = drv.Start(ctx, spec)
 			if err != nil {
@@ -399,19 +399,6 @@ func (d *Daemon) kernelFor(ctx context.Context, name string) (kernelFiles, error
 		return kernelFiles{}, err
 	}
 	return kernelFiles{dir: k.Dir, manifest: m}, nil
-}
-
-func guestCmdline(m kernel.Manifest) string {
-	base := strings.TrimSpace(m.Cmdline)
-	if base == "" {
-		base = "root=/dev/vda rw"
-	}
-	if !strings.Contains(base, "console=") {
-		base += " console=ttyS0"
-	}
-	// loglevel=6 keeps the console log readable (banner, warnings, errors)
-	// and gives the QEMU driver the kernel banner it checks KVM boots by.
-	return base + " loglevel=6 reboot=t panic=-1"
 }
 
 // patchGuest writes the VM's identity into its own root disk (never the

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -167,4 +168,20 @@ func hashFile(path string) (string, int64, error) {
 		return "", 0, fmt.Errorf("hash %s: %w", path, err)
 	}
 	return hex.EncodeToString(h.Sum(nil)), n, nil
+}
+
+// BootCmdline is the full kernel command line a banger guest boots this
+// kernel with: the manifest's base (root device for its initrd), the serial
+// console, and loglevel=6, which keeps the console log readable (banner,
+// warnings, errors) and gives the QEMU driver the banner it checks KVM
+// boots by. panic=-1 with reboot=t ends the VMM on a guest panic.
+func (m Manifest) BootCmdline() string {
+	base := strings.TrimSpace(m.Cmdline)
+	if base == "" {
+		base = "root=/dev/vda rw"
+	}
+	if !strings.Contains(base, "console=") {
+		base += " console=ttyS0"
+	}
+	return base + " loglevel=6 reboot=t panic=-1"
 }

@@ -144,7 +144,11 @@ func (d *Driver) Command(spec vmmcore.Spec) ([]string, error) {
 	if spec.InitrdPath != "" {
 		argv = append(argv, "-initrd", spec.InitrdPath)
 	}
-	argv = append(argv, "-append", spec.Cmdline,
+	cmdline := spec.Cmdline
+	if !d.KVM() {
+		cmdline = withTSCHint(cmdline)
+	}
+	argv = append(argv, "-append", cmdline,
 		"-chardev", "file,id=console,append=on,path="+escapeOpt(spec.ConsoleLog),
 		"-serial", "chardev:console",
 	)
@@ -177,6 +181,47 @@ func (d *Driver) Command(spec vmmcore.Spec) ([]string, error) {
 		"-pidfile", filepath.Join(spec.RuntimeDir, PIDFileName),
 	)
 	return argv, nil
+}
+
+// withTSCHint tells a TCG guest its TSC frequency. Under TCG the guest's
+// TSC runs at the host's rate, but microvm offers no PIT, HPET or PM timer
+// to calibrate it against, and on a loaded host the kernel's fallback
+// calibration loops stall for minutes (seen on 2-core CI machines). The
+// host kernel already knows the rate; pass it on with tsc_early_khz.
+func withTSCHint(cmdline string) string {
+	if strings.Contains(cmdline, "tsc_early_khz=") {
+		return cmdline
+	}
+	khz := hostTSCkHz()
+	if khz == 0 {
+		return cmdline
+	}
+	return cmdline + " tsc_early_khz=" + strconv.FormatInt(khz, 10)
+}
+
+// hostTSCkHz reads the host's clock rate from /proc/cpuinfo ("cpu MHz",
+// which the kernel derives from its TSC calibration); 0 when unknown.
+func hostTSCkHz() int64 {
+	data, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return 0
+	}
+	return parseCPUMHz(string(data))
+}
+
+func parseCPUMHz(cpuinfo string) int64 {
+	for _, line := range strings.Split(cpuinfo, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || strings.TrimSpace(k) != "cpu MHz" {
+			continue
+		}
+		mhz, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+		if err != nil || mhz <= 0 {
+			return 0
+		}
+		return int64(mhz * 1000)
+	}
+	return 0
 }
 
 // runtimeFiles are the files Start creates in the runtime directory that

@@ -82,7 +82,7 @@ func TestCommand(t *testing.T) {
 				t.Errorf("-cpu %v", got)
 			}
 		}},
-		{"machine and sizes", false, nil, func(t *testing.T, argv []string) {
+		{"machine and sizes", true, nil, func(t *testing.T, argv []string) {
 			want := map[string]string{"-machine": "microvm,acpi=on,rtc=on", "-m": "1024", "-smp": "2",
 				"-kernel": "/k/bzImage", "-append": "console=ttyS0 root=/dev/vda",
 				"-pidfile": "/run/banger/vms/dev/qemu.pid", "-serial": "chardev:console"}
@@ -450,5 +450,20 @@ func TestBootKernel(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(spec.ConsoleLog); strings.Count(string(b), "starting qemu") != 2 {
 		t.Fatalf("console log should hold both boots, appended:\n%s", b)
+	}
+}
+
+func TestTSCHintForTCG(t *testing.T) {
+	if got := parseCPUMHz("processor\t: 0\ncpu MHz\t\t: 2596.146\nflags: fpu\n"); got != 2596146 {
+		t.Errorf("parseCPUMHz = %d", got)
+	}
+	if got := parseCPUMHz("processor: 0\n"); got != 0 {
+		t.Errorf("parseCPUMHz without the field = %d", got)
+	}
+	if got := withTSCHint("root=/dev/vda tsc_early_khz=5"); got != "root=/dev/vda tsc_early_khz=5" {
+		t.Errorf("an explicit hint was overridden: %q", got)
+	}
+	if hostTSCkHz() > 0 && !strings.Contains(withTSCHint("root=/dev/vda"), " tsc_early_khz=") {
+		t.Error("TCG command line lacks the TSC hint")
 	}
 }
