@@ -250,6 +250,7 @@ type vmJSON struct {
 	ID    string `json:"id"`
 	State string `json:"state"`
 	IP    string `json:"ip"`
+	MAC   string `json:"mac"`
 	Tap   string `json:"tap"`
 	PID   int    `json:"pid"`
 	Dir   string `json:"dir"`
