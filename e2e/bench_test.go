@@ -162,7 +162,7 @@ func benchRawBoot(t *testing.T, e *env, km kernel.Manifest, kernelDir, name, acc
 	deadline := time.Now().Add(4 * time.Minute)
 	for time.Now().Before(deadline) {
 		ssh := exec.Command("ip", "netns", "exec", e.ns, "ssh", "-i", key, "-o", "StrictHostKeyChecking=no",
-			"-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=2", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
+			"-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=1", "-o", "BatchMode=yes", "-o", "LogLevel=ERROR",
 			"root@"+v.IP, "true")
 		if ssh.Run() == nil {
 			return time.Since(start)

@@ -369,7 +369,7 @@ func (d *Daemon) bootSteps(v *store.VM) []step {
 				}
 			}()
 			cb := sshx.HostKeyCallback(d.layout.KnownHosts, v.IP, v.Name+".vm")
-			err = sshx.WaitForSSH(watch, v.IP+":22", "root", signer, cb, 500*time.Millisecond)
+			err = sshx.WaitForSSH(watch, v.IP+":22", "root", signer, cb, 250*time.Millisecond)
 			if err != nil {
 				if cause := context.Cause(watch); cause != nil && cause != context.Canceled && cause != context.DeadlineExceeded {
 					return nil, cause

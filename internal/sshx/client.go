@@ -35,7 +35,12 @@ func ClientConfig(user string, signer ssh.Signer, hostKeyCB ssh.HostKeyCallback)
 // Dial connects to addr (host:port) and completes the SSH handshake and
 // authentication. The whole exchange is abandoned when ctx is done.
 func Dial(ctx context.Context, addr string, cfg *ssh.ClientConfig) (*ssh.Client, error) {
-	var d net.Dialer
+	return dial(ctx, addr, cfg, 0)
+}
+
+// dial is Dial with a bound on the TCP connect alone (0: none).
+func dial(ctx context.Context, addr string, cfg *ssh.ClientConfig, connectTimeout time.Duration) (*ssh.Client, error) {
+	d := net.Dialer{Timeout: connectTimeout}
 	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", addr, err)
@@ -103,6 +108,12 @@ const DefaultWaitLimit = 5 * time.Minute
 // TCP but never answers (sshd still starting) does not use up the wait.
 const attemptTimeout = 15 * time.Second
 
+// connectTimeout bounds the TCP connect of one attempt. Before a booting
+// guest brings its interface up nothing answers ARP for its address, and
+// a connect then hangs for seconds before failing; a short bound turns
+// that into prompt retries, so SSH is seen within one interval of opening.
+const connectTimeout = time.Second
+
 // WaitForSSH retries connecting to addr (dial, handshake, authentication)
 // every interval until one succeeds or ctx is done (DefaultWaitLimit when
 // ctx has no deadline). On timeout the error wraps both ctx's error and
@@ -124,7 +135,7 @@ func WaitForSSH(ctx context.Context, addr string, user string, signer ssh.Signer
 	defer ticker.Stop()
 	for attempt := 1; ; attempt++ {
 		attemptCtx, cancel := context.WithTimeout(ctx, attemptTimeout)
-		client, err := Dial(attemptCtx, addr, cfg)
+		client, err := dial(attemptCtx, addr, cfg, connectTimeout)
 		cancel()
 		if err == nil {
 			client.Close()
