@@ -57,17 +57,21 @@ func (c *Client) Call(ctx context.Context, method string, params, result any) er
 	if err != nil {
 		return err
 	}
-	if _, err := conn.Write(append(b, '\n')); err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return fmt.Errorf("send %s: %w", method, err)
+	_, werr := conn.Write(append(b, '\n'))
+	if werr != nil && ctx.Err() != nil {
+		return ctx.Err()
 	}
+	// Even when the write failed, the daemon may have answered before it
+	// closed the connection (it refuses an unauthorized peer without
+	// reading its request): that answer is the useful error.
 	br := bufio.NewReaderSize(conn, 64<<10)
 	line, err := br.ReadBytes('\n')
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if werr != nil {
+			return fmt.Errorf("send %s: %w", method, werr)
 		}
 		return fmt.Errorf("read reply to %s: bangerd closed the connection: %w", method, err)
 	}

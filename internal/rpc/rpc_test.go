@@ -307,5 +307,5 @@ func TestHelperClient(t *testing.T) {
 		t.Skip("helper process only")
 	}
 	err := (&Client{SocketPath: sock}).Call(context.Background(), "echo", echoParams{}, nil)
-	fmt.Printf("CODE=%s\n", api.CodeOf(err))
+	fmt.Printf("CODE=%s ERR=%v\n", api.CodeOf(err), err)
 }
