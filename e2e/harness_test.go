@@ -54,8 +54,9 @@ func cacheDir() string {
 func artifacts(t *testing.T) (kernelDir, rootfs string) {
 	t.Helper()
 	cache := cacheDir()
-	kernelDir = filepath.Join(cache, "kernel")
-	imageDir := filepath.Join(cache, "image")
+	// Keyed by recipe: a changed build rebuilds instead of reusing.
+	kernelDir = filepath.Join(cache, "kernel-"+kernel.Recipe)
+	imageDir := filepath.Join(cache, "image-"+image.Recipe+"-"+kernel.Recipe)
 	r := &system.Exec{}
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()

@@ -155,9 +155,12 @@ func configureSSH(root *os.Root) error {
 	return enableUnit(root, "banger-ssh-keygen.service")
 }
 
+// fstab mounts the work disk at /root. nofail keeps a VM without one
+// booting; the device timeout bounds how long systemd waits for it (90 s
+// by default, during which SSH sessions hang waiting on the job).
 const fstab = `# banger: /dev/vda is the VM's root disk, /dev/vdb its work disk.
 /dev/vda / ext4 defaults 0 1
-/dev/vdb /root ext4 defaults,nofail 0 2
+/dev/vdb /root ext4 defaults,nofail,x-systemd.device-timeout=10s 0 2
 `
 
 func writeFstab(root *os.Root) error {
@@ -311,7 +314,7 @@ func replaceFile(root *os.Root, name string, data []byte, perm fs.FileMode) erro
 	if err := root.Remove(name); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
-	f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm)
+	f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, perm.Perm())
 	if err != nil {
 		return err
 	}
@@ -322,7 +325,7 @@ func replaceFile(root *os.Root, name string, data []byte, perm fs.FileMode) erro
 	if err := f.Close(); err != nil {
 		return err
 	}
-	return root.Chmod(name, perm) // perm as given, whatever the umask
+	return root.Chmod(name, perm) // the full mode (setuid too), whatever the umask
 }
 
 // copyIntoRoot copies the host directory src to dst inside root:

@@ -16,6 +16,11 @@ import (
 // makes.
 const DebianBookwormName = "debian-bookworm"
 
+// Recipe names the build recipe of debian-bookworm. Bump it whenever what
+// BuildDebianBookworm produces changes, so caches of built images (the
+// e2e suite's) rebuild instead of booting a stale image.
+const Recipe = "bookworm-3"
+
 const bookworm = "bookworm"
 
 // DefaultSizeBytes is the root filesystem size when BuildOptions leaves
@@ -48,8 +53,12 @@ var dpkgPathFilters = []string{
 // File is a file to place in the image.
 type File struct {
 	Data []byte
-	Mode fs.FileMode // permission bits (and setuid/setgid/sticky)
+	// Mode is Go's fs.FileMode: permission bits, optionally with
+	// fs.ModeSetuid, fs.ModeSetgid or fs.ModeSticky.
+	Mode fs.FileMode
 }
+
+const extraFileModeBits = fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
 
 // BuildOptions configure BuildDebianBookworm.
 type BuildOptions struct {
@@ -129,9 +138,12 @@ func (o BuildOptions) check() error {
 	if o.SizeBytes != 0 && o.SizeBytes < minSizeBytes {
 		return fmt.Errorf("size %d bytes is below the %d-byte minimum", o.SizeBytes, minSizeBytes)
 	}
-	for p := range o.ExtraFiles {
+	for p, f := range o.ExtraFiles {
 		if _, err := guestRel(p); err != nil {
 			return err
+		}
+		if f.Mode&^extraFileModeBits != 0 {
+			return fmt.Errorf("extra file %q: mode %v has bits beyond permissions, fs.ModeSetuid, fs.ModeSetgid and fs.ModeSticky (Unix 04000 is not fs.ModeSetuid)", p, f.Mode)
 		}
 	}
 	return nil
@@ -254,8 +266,7 @@ func writeExtraFiles(tree string, files map[string]File) error {
 		if err != nil {
 			return err
 		}
-		mode := f.Mode & (fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky)
-		if err := replaceFile(root, rel, f.Data, mode); err != nil {
+		if err := replaceFile(root, rel, f.Data, f.Mode&extraFileModeBits); err != nil {
 			return fmt.Errorf("extra file %s: %w", p, err)
 		}
 	}

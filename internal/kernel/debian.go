@@ -13,6 +13,11 @@ import (
 // DebianName is the catalog name of the kernel BuildDebian makes.
 const DebianName = "debian-6.1"
 
+// Recipe names the build recipe of debian-6.1 (the initrd and the files
+// made). Bump it whenever BuildDebian's output changes, so caches of built
+// kernels rebuild.
+const Recipe = "debian-6.1-2"
+
 // debianMetaPackage always depends on the current Debian kernel.
 const debianMetaPackage = "linux-image-amd64"
 

@@ -14,7 +14,8 @@ say() { echo "banger-initrd: $*"; }
 
 fail() {
 	say "ERROR: $*"
-	say "block devices:"; cat /proc/partitions
+	parts="$(cat /proc/partitions 2>/dev/null)"
+	say "block devices: ${parts:-none}"
 	say "kernel command line: $(cat /proc/cmdline)"
 	if [ "$onfail" = shell ]; then
 		say "dropping to a shell (banger.initrd=shell); exit it to power off"
