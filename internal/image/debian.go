@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"banger/internal/artifact"
 )
 
 // DebianBookwormName is the catalog name of the image BuildDebianBookworm
@@ -108,18 +110,18 @@ func BuildDebianBookworm(ctx context.Context, r Runner, opts BuildOptions) (Mani
 		return Manifest{}, fmt.Errorf("build image %s: %w", DebianBookwormName, err)
 	}
 	defer os.RemoveAll(work)
-	stage, err := newStaging(opts.DestDir)
+	stage, err := artifact.NewStaging(opts.DestDir)
 	if err != nil {
 		return Manifest{}, fmt.Errorf("build image %s: %w", DebianBookwormName, err)
 	}
-	defer stage.discard()
+	defer stage.Discard()
 
-	m, err := buildDebianBookworm(ctx, r, opts, filepath.Join(work, "tree"), stage.dir)
+	m, err := buildDebianBookworm(ctx, r, opts, filepath.Join(work, "tree"), stage.Dir)
 	if err != nil {
 		return Manifest{}, fmt.Errorf("build image %s: %w", DebianBookwormName, err)
 	}
 	opts.Progress("publish")
-	if err := stage.publish(); err != nil {
+	if err := stage.Publish(); err != nil {
 		return Manifest{}, fmt.Errorf("build image %s: %w", DebianBookwormName, err)
 	}
 	return m, nil
@@ -212,7 +214,7 @@ func buildDebianBookworm(ctx context.Context, r Runner, opts BuildOptions, tree,
 	}
 
 	opts.Progress("manifest")
-	sum, size, err := hashFile(rootfs)
+	sum, size, err := artifact.HashFile(rootfs)
 	if err != nil {
 		return Manifest{}, err
 	}

@@ -1,15 +1,13 @@
 package image
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"time"
+
+	"banger/internal/artifact"
 )
 
 // ManifestFile is the name of the manifest inside an image directory.
@@ -72,7 +70,7 @@ func (m Manifest) RootFSPath(dir string) string { return filepath.Join(dir, m.Ro
 
 // Verify hashes the root filesystem in dir against the manifest.
 func (m Manifest) Verify(dir string) error {
-	sum, size, err := hashFile(m.RootFSPath(dir))
+	sum, size, err := artifact.HashFile(m.RootFSPath(dir))
 	if err != nil {
 		return fmt.Errorf("verify image %s: %w", m.Name, err)
 	}
@@ -92,75 +90,4 @@ func writeManifest(dir string, m Manifest) error {
 		return fmt.Errorf("write image manifest: %w", err)
 	}
 	return nil
-}
-
-func hashFile(path string) (string, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", 0, fmt.Errorf("hash %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
-}
-
-// staging is a directory beside dest that becomes dest in one rename, so
-// an image directory appears complete or not at all.
-type staging struct {
-	dir, dest string
-	done      bool
-}
-
-func newStaging(dest string) (*staging, error) {
-	dest = filepath.Clean(dest)
-	if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
-		return nil, err
-	}
-	dir, err := os.MkdirTemp(filepath.Dir(dest), "."+filepath.Base(dest)+".partial-")
-	if err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	return &staging{dir: dir, dest: dest}, nil
-}
-
-// publish moves the staged directory to dest, replacing what was there.
-func (s *staging) publish() error {
-	var old string
-	if _, err := os.Lstat(s.dest); err == nil {
-		tmp, err := os.MkdirTemp(filepath.Dir(s.dest), "."+filepath.Base(s.dest)+".old-")
-		if err != nil {
-			return err
-		}
-		old = filepath.Join(tmp, "old")
-		if err := os.Rename(s.dest, old); err != nil {
-			os.Remove(tmp)
-			return fmt.Errorf("move the previous %s aside: %w", s.dest, err)
-		}
-		defer os.RemoveAll(tmp)
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	if err := os.Rename(s.dir, s.dest); err != nil {
-		if old != "" {
-			os.Rename(old, s.dest)
-		}
-		return fmt.Errorf("publish %s: %w", s.dest, err)
-	}
-	s.done = true
-	return nil
-}
-
-// discard removes the staged directory unless it was published.
-func (s *staging) discard() {
-	if !s.done {
-		os.RemoveAll(s.dir)
-	}
 }

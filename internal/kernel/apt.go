@@ -104,62 +104,6 @@ func parseControl(r io.Reader) (map[string]string, error) {
 	return fields, sc.Err()
 }
 
-// staging is a directory beside dest that becomes dest in one rename.
-type staging struct {
-	dir, dest string
-	done      bool
-}
-
-func newStaging(dest string) (*staging, error) {
-	dest = filepath.Clean(dest)
-	if err := os.MkdirAll(filepath.Dir(dest), 0o755); err != nil {
-		return nil, err
-	}
-	dir, err := os.MkdirTemp(filepath.Dir(dest), "."+filepath.Base(dest)+".partial-")
-	if err != nil {
-		return nil, err
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
-	return &staging{dir: dir, dest: dest}, nil
-}
-
-// publish moves the staged directory to dest, replacing what was there.
-func (s *staging) publish() error {
-	var old string
-	if _, err := os.Lstat(s.dest); err == nil {
-		tmp, err := os.MkdirTemp(filepath.Dir(s.dest), "."+filepath.Base(s.dest)+".old-")
-		if err != nil {
-			return err
-		}
-		old = filepath.Join(tmp, "old")
-		if err := os.Rename(s.dest, old); err != nil {
-			os.Remove(tmp)
-			return fmt.Errorf("move the previous %s aside: %w", s.dest, err)
-		}
-		defer os.RemoveAll(tmp)
-	} else if !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	if err := os.Rename(s.dir, s.dest); err != nil {
-		if old != "" {
-			os.Rename(old, s.dest)
-		}
-		return fmt.Errorf("publish %s: %w", s.dest, err)
-	}
-	s.done = true
-	return nil
-}
-
-// discard removes the staged directory unless it was published.
-func (s *staging) discard() {
-	if !s.done {
-		os.RemoveAll(s.dir)
-	}
-}
-
 func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil

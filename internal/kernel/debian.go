@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"banger/internal/artifact"
 )
 
 // DebianName is the catalog name of the kernel BuildDebian makes.
@@ -43,18 +45,18 @@ func BuildDebian(ctx context.Context, r Runner, workDir, destDir string, progres
 		return Manifest{}, fmt.Errorf("build kernel %s: %w", DebianName, err)
 	}
 	defer os.RemoveAll(work)
-	stage, err := newStaging(destDir)
+	stage, err := artifact.NewStaging(destDir)
 	if err != nil {
 		return Manifest{}, fmt.Errorf("build kernel %s: %w", DebianName, err)
 	}
-	defer stage.discard()
+	defer stage.Discard()
 
-	m, err := buildDebian(ctx, r, work, stage.dir, progress)
+	m, err := buildDebian(ctx, r, work, stage.Dir, progress)
 	if err != nil {
 		return Manifest{}, fmt.Errorf("build kernel %s: %w", DebianName, err)
 	}
 	progress("publish")
-	if err := stage.publish(); err != nil {
+	if err := stage.Publish(); err != nil {
 		return Manifest{}, fmt.Errorf("build kernel %s: %w", DebianName, err)
 	}
 	return m, nil

@@ -1,16 +1,15 @@
 package kernel
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
+
+	"banger/internal/artifact"
 )
 
 // ManifestFile is the name of the manifest inside a kernel directory.
@@ -124,7 +123,7 @@ func (m Manifest) Path(dir, role string) (string, error) {
 // one that is missing or differs.
 func (m Manifest) Verify(dir string) error {
 	for role, f := range m.Files {
-		sum, size, err := hashFile(filepath.Join(dir, f.Path))
+		sum, size, err := artifact.HashFile(filepath.Join(dir, f.Path))
 		if err != nil {
 			return fmt.Errorf("verify kernel %s %s: %w", m.Name, role, err)
 		}
@@ -149,25 +148,11 @@ func writeManifest(dir string, m Manifest) error {
 
 // describeFile hashes dir/rel for the manifest.
 func describeFile(dir, rel string) (File, error) {
-	sum, size, err := hashFile(filepath.Join(dir, rel))
+	sum, size, err := artifact.HashFile(filepath.Join(dir, rel))
 	if err != nil {
 		return File{}, err
 	}
 	return File{Path: rel, SHA256: sum, Size: size}, nil
-}
-
-func hashFile(path string) (string, int64, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", 0, err
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	if err != nil {
-		return "", 0, fmt.Errorf("hash %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), n, nil
 }
 
 // BootCmdline is the full kernel command line a banger guest boots this
