@@ -119,6 +119,19 @@ func (d *Daemon) getVM(ctx context.Context, name string) (store.VM, error) {
 	return d.refresh(ctx, v)
 }
 
+// lockVM takes the VM's lifecycle lock and loads its (refreshed) record;
+// the caller runs unlock when done.
+func (d *Daemon) lockVM(ctx context.Context, name string) (store.VM, func(), error) {
+	mu := d.vmLock(name)
+	mu.Lock()
+	v, err := d.getVM(ctx, name)
+	if err != nil {
+		mu.Unlock()
+		return v, nil, err
+	}
+	return v, mu.Unlock, nil
+}
+
 func (d *Daemon) vmList(ctx context.Context, _ noParams) (api.VMListResult, error) {
 	vms, err := d.store.ListVMs(ctx)
 	if err != nil {
@@ -143,13 +156,11 @@ func (d *Daemon) vmShow(ctx context.Context, p api.VMRef) (api.VM, error) {
 }
 
 func (d *Daemon) vmStart(ctx context.Context, p api.VMRef) (api.VM, error) {
-	mu := d.vmLock(p.Name)
-	mu.Lock()
-	defer mu.Unlock()
-	v, err := d.getVM(ctx, p.Name)
+	v, unlock, err := d.lockVM(ctx, p.Name)
 	if err != nil {
 		return api.VM{}, err
 	}
+	defer unlock()
 	switch v.State {
 	case store.StateRunning:
 		return toAPIVM(v), nil
@@ -180,13 +191,11 @@ func (d *Daemon) boot(ctx context.Context, v *store.VM, op *vmCreateOp) error {
 }
 
 func (d *Daemon) vmStop(ctx context.Context, p api.VMRef) (api.VM, error) {
-	mu := d.vmLock(p.Name)
-	mu.Lock()
-	defer mu.Unlock()
-	v, err := d.getVM(ctx, p.Name)
+	v, unlock, err := d.lockVM(ctx, p.Name)
 	if err != nil {
 		return api.VM{}, err
 	}
+	defer unlock()
 	if v.State != store.StateRunning {
 		return toAPIVM(v), nil
 	}
@@ -249,13 +258,11 @@ func (d *Daemon) vmRestart(ctx context.Context, p api.VMRef) (api.VM, error) {
 }
 
 func (d *Daemon) vmKill(ctx context.Context, p api.VMRef) (api.VM, error) {
-	mu := d.vmLock(p.Name)
-	mu.Lock()
-	defer mu.Unlock()
-	v, err := d.getVM(ctx, p.Name)
+	v, unlock, err := d.lockVM(ctx, p.Name)
 	if err != nil {
 		return api.VM{}, err
 	}
+	defer unlock()
 	if v.State != store.StateRunning {
 		return api.VM{}, api.Errorf(api.CodeNotRunning, "vm %q is not running (state %s)", v.Name, v.State)
 	}
@@ -266,13 +273,11 @@ func (d *Daemon) vmKill(ctx context.Context, p api.VMRef) (api.VM, error) {
 }
 
 func (d *Daemon) vmDelete(ctx context.Context, p api.VMRef) (api.VM, error) {
-	mu := d.vmLock(p.Name)
-	mu.Lock()
-	defer mu.Unlock()
-	v, err := d.getVM(ctx, p.Name)
+	v, unlock, err := d.lockVM(ctx, p.Name)
 	if err != nil {
 		return api.VM{}, err
 	}
+	defer unlock()
 	if v.State == store.StateCreating {
 		return api.VM{}, api.Errorf(api.CodeBadRequest, "vm %q is being created; cancel its create (banger ops shows it) instead", v.Name)
 	}
@@ -311,13 +316,11 @@ func (d *Daemon) removeVMFiles(v store.VM) error {
 }
 
 func (d *Daemon) vmSet(ctx context.Context, p api.VMSetParams) (api.VM, error) {
-	mu := d.vmLock(p.Name)
-	mu.Lock()
-	defer mu.Unlock()
-	v, err := d.getVM(ctx, p.Name)
+	v, unlock, err := d.lockVM(ctx, p.Name)
 	if err != nil {
 		return api.VM{}, err
 	}
+	defer unlock()
 	if v.State != store.StateStopped {
 		return api.VM{}, api.Errorf(api.CodeBadRequest, "vm %q is %s; stop it first (banger vm stop %s)", v.Name, v.State, v.Name)
 	}
