@@ -31,6 +31,11 @@ type OperationSummary struct {
 	Error     string    `json:"error,omitempty"`
 	StartedAt time.Time `json:"started_at"`
 	UpdatedAt time.Time `json:"updated_at"`
+	// ProgressDone and ProgressTotal count the bytes of the current stage
+	// when it reports them (an image pull's layer download); both are 0
+	// otherwise.
+	ProgressDone  int64 `json:"progress_done,omitempty"`
+	ProgressTotal int64 `json:"progress_total,omitempty"`
 }
 
 // OperationsListResult is the result of daemon.operations.list. Done

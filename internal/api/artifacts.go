@@ -24,6 +24,53 @@ type KernelListResult struct {
 	Kernels []Kernel `json:"kernels"`
 }
 
+// ArtifactRef names one kernel or image (kernel.show, kernel.rm,
+// image.show, image.delete, image.promote).
+type ArtifactRef struct {
+	Name string `json:"name"`
+}
+
+// KernelCatalogEntry is one kernel `banger kernel pull` can build.
+type KernelCatalogEntry struct {
+	Name      string `json:"name"`
+	About     string `json:"about"`
+	Installed bool   `json:"installed"`
+}
+
+// KernelCatalogResult is the result of kernel.catalog.
+type KernelCatalogResult struct {
+	Kernels []KernelCatalogEntry `json:"kernels"`
+}
+
+// KernelFile is one file of a kernel directory.
+type KernelFile struct {
+	Role   string `json:"role"` // vmlinuz, vmlinux, initrd, config
+	Path   string `json:"path"`
+	SHA256 string `json:"sha256"`
+	Size   int64  `json:"size"`
+}
+
+// KernelDetails is the result of kernel.show: the record, what its
+// manifest says, which VMMs it suits and who uses it.
+type KernelDetails struct {
+	Kernel
+	SourcePackage string       `json:"source_package"`
+	SourceVersion string       `json:"source_version"`
+	Files         []KernelFile `json:"files"`
+	ModulesDir    string       `json:"modules_dir,omitempty"`
+	InitrdModules []string     `json:"initrd_modules,omitempty"`
+	PVH           bool         `json:"pvh"`
+	Cmdline       string       `json:"cmdline"`
+	BuiltAt       time.Time    `json:"built_at"`
+	// Suits lists the VMMs the kernel has a boot file for: "qemu"
+	// (vmlinuz) and "firecracker" (an ELF vmlinux with a PVH entry).
+	Suits  []string `json:"suits"`
+	Images []string `json:"images"`
+	VMs    []string `json:"vms"`
+	// ManifestError says why the manifest could not be read, if it could not.
+	ManifestError string `json:"manifest_error,omitempty"`
+}
+
 // Image is the public shape of one image.
 type Image struct {
 	Name       string    `json:"name"`
@@ -34,6 +81,54 @@ type Image struct {
 	Source     string    `json:"source"`
 	Default    bool      `json:"default"`
 	CreatedAt  time.Time `json:"created_at"`
+}
+
+// Image kinds (ImageManifest.Kind).
+const (
+	ImageKindCatalog    = "catalog"    // built locally by `image pull CATALOG-NAME`
+	ImageKindOCI        = "oci"        // converted from a registry image
+	ImageKindRegistered = "registered" // an ext4 file given to `image register`
+)
+
+// ImageManifest is what banger recorded about how an image was made.
+type ImageManifest struct {
+	Kind    string    `json:"kind"`
+	BuiltAt time.Time `json:"built_at"`
+	// Ref is the OCI reference pulled (normalized); Digest the linux/amd64
+	// image manifest converted, IndexDigest what the ref resolved to.
+	Ref         string `json:"ref,omitempty"`
+	Digest      string `json:"digest,omitempty"`
+	IndexDigest string `json:"index_digest,omitempty"`
+	// From is the host file an image was registered from.
+	From string `json:"from,omitempty"`
+	// SizeBytes is the root filesystem's size, ContentBytes the space its
+	// files take.
+	SizeBytes    int64  `json:"size_bytes"`
+	ContentBytes int64  `json:"content_bytes,omitempty"`
+	SHA256       string `json:"sha256"`
+	// Packages is the number of installed packages the image's package
+	// database lists; -1 when banger could not count them.
+	Packages       int    `json:"packages"`
+	PackageManager string `json:"package_manager,omitempty"`
+	HasSystemd     bool   `json:"has_systemd"`
+	HasSSHD        bool   `json:"has_sshd"`
+	// Init is how the guest starts: "systemd" (the image's own, with
+	// banger's bootstrap unit) or "banger-init" (banger's first-boot
+	// script as /sbin/init, which installs and runs sshd).
+	Init          string   `json:"init,omitempty"`
+	Kernel        string   `json:"kernel"`
+	KernelVersion string   `json:"kernel_version,omitempty"`
+	Sources       []string `json:"sources,omitempty"`
+	Env           []string `json:"env,omitempty"`
+	Entrypoint    []string `json:"entrypoint,omitempty"`
+	Cmd           []string `json:"cmd,omitempty"`
+}
+
+// ImageDetails is the result of image.show.
+type ImageDetails struct {
+	Image
+	Manifest ImageManifest `json:"manifest"`
+	VMs      []string      `json:"vms"`
 }
 
 // ImageRegisterParams register an existing ext4 root filesystem file.
@@ -48,15 +143,47 @@ type ImageListResult struct {
 	Images []Image `json:"images"`
 }
 
-// PullParams name a catalog entry to pull (kernel.pull, image.pull).
+// PullParams name a catalog entry to pull (kernel.pull).
 type PullParams struct {
 	Name string `json:"name"`
 }
 
+// ImagePullParams are the params of image.pull. Source is a catalog name
+// or an OCI reference (REGISTRY/REPO:TAG, REPO@sha256:...); Name, Size and
+// Kernel apply to OCI references. An empty Source takes Name (the catalog
+// form {"name": "debian-bookworm"}).
+type ImagePullParams struct {
+	Source string `json:"source,omitempty"`
+	Name   string `json:"name,omitempty"`
+	Size   string `json:"size,omitempty"`
+	Kernel string `json:"kernel,omitempty"`
+}
+
 // PullResult is returned by kernel.pull and image.pull: the operation to
-// follow (shared with any pull of the same name already in flight).
+// follow (shared with any pull of the same name or reference already in
+// flight).
 type PullResult struct {
 	OpID   string `json:"op_id"`
 	Name   string `json:"name"`
 	Joined bool   `json:"joined"`
+}
+
+// CachePruneParams are the params of image.cache_prune.
+type CachePruneParams struct {
+	DryRun bool `json:"dry_run"`
+}
+
+// CacheEntry is one build leftover image.cache_prune removed (or would).
+type CacheEntry struct {
+	Path  string `json:"path"`
+	Bytes int64  `json:"bytes"`
+}
+
+// CachePruneResult is the result of image.cache_prune. Skipped lists
+// entries that belong to operations still running.
+type CachePruneResult struct {
+	DryRun     bool         `json:"dry_run"`
+	Removed    []CacheEntry `json:"removed"`
+	Skipped    []CacheEntry `json:"skipped"`
+	TotalBytes int64        `json:"total_bytes"`
 }

@@ -36,8 +36,13 @@ func (d *Daemon) kernelImport(ctx context.Context, p api.KernelImportParams) (ap
 	if err := m.Verify(p.From); err != nil {
 		return api.Kernel{}, api.Errorf(api.CodeBadRequest, "%v", err)
 	}
+	release, err := d.claimName("kernel", p.Name)
+	if err != nil {
+		return api.Kernel{}, err
+	}
+	defer release()
 	dst := filepath.Join(d.layout.KernelsDir, p.Name)
-	tmp := dst + ".importing"
+	tmp := d.kernelImportDir(p.Name)
 	_ = os.RemoveAll(tmp)
 	if err := copyTree(p.From, tmp); err != nil {
 		_ = os.RemoveAll(tmp)
@@ -55,6 +60,12 @@ func (d *Daemon) kernelImport(ctx context.Context, p api.KernelImportParams) (ap
 		return api.Kernel{}, err
 	}
 	return toAPIKernel(k), nil
+}
+
+// kernelImportDir is where an import copies a kernel before it is
+// renamed into place.
+func (d *Daemon) kernelImportDir(name string) string {
+	return filepath.Join(d.layout.KernelsDir, name+".importing")
 }
 
 func toAPIKernel(k store.Kernel) api.Kernel {
@@ -95,6 +106,11 @@ func (d *Daemon) imageRegister(ctx context.Context, p api.ImageRegisterParams) (
 	if _, err := d.store.GetImage(ctx, p.Name); err == nil {
 		return api.Image{}, api.Errorf(api.CodeAlreadyExists, "image %q already exists; delete it first", p.Name)
 	}
+	release, err := d.claimName("image", p.Name)
+	if err != nil {
+		return api.Image{}, err
+	}
+	defer release()
 	dir := filepath.Join(d.layout.ImagesDir, p.Name)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return api.Image{}, err
@@ -109,10 +125,11 @@ func (d *Daemon) imageRegister(ctx context.Context, p api.ImageRegisterParams) (
 		_ = os.RemoveAll(dir)
 		return api.Image{}, err
 	}
-	_, defErr := d.store.DefaultImage(ctx)
 	im := store.Image{Name: p.Name, Kernel: p.Kernel, RootfsPath: dst, Source: "registered from " + p.Rootfs,
-		SHA256: sum, SizeBytes: st.Size(), IsDefault: api.IsCode(defErr, api.CodeNotFound) || p.Name == d.cfg.DefaultImage}
-	if err := d.store.CreateImage(ctx, &im); err != nil {
+		SHA256: sum, SizeBytes: st.Size()}
+	man := api.ImageManifest{Kind: api.ImageKindRegistered, BuiltAt: d.now(), From: p.Rootfs, SizeBytes: st.Size(), SHA256: sum,
+		Packages: -1, Kernel: p.Kernel}
+	if err := d.recordImage(ctx, &im, man); err != nil {
 		_ = os.RemoveAll(dir)
 		return api.Image{}, err
 	}

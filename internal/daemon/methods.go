@@ -33,12 +33,19 @@ func (d *Daemon) Methods() rpc.Methods {
 		"vm.ssh_info":      rpc.Typed(d.vmSSHInfo),
 		"vm.prune":         rpc.Typed(d.vmPrune),
 
-		"kernel.import":  rpc.Typed(d.kernelImport),
-		"kernel.list":    rpc.Typed(d.kernelList),
-		"kernel.pull":    rpc.Typed(d.kernelPull),
-		"image.register": rpc.Typed(d.imageRegister),
-		"image.list":     rpc.Typed(d.imageList),
-		"image.pull":     rpc.Typed(d.imagePull),
+		"kernel.import":     rpc.Typed(d.kernelImport),
+		"kernel.list":       rpc.Typed(d.kernelList),
+		"kernel.pull":       rpc.Typed(d.kernelPull),
+		"kernel.catalog":    rpc.Typed(d.kernelCatalogList),
+		"kernel.show":       rpc.Typed(d.kernelShow),
+		"kernel.rm":         rpc.Typed(d.kernelRm),
+		"image.register":    rpc.Typed(d.imageRegister),
+		"image.list":        rpc.Typed(d.imageList),
+		"image.pull":        rpc.Typed(d.imagePull),
+		"image.show":        rpc.Typed(d.imageShow),
+		"image.delete":      rpc.Typed(d.imageDelete),
+		"image.promote":     rpc.Typed(d.imagePromote),
+		"image.cache_prune": rpc.Typed(d.imageCachePrune),
 	}
 }
 

@@ -25,6 +25,8 @@ type opCore struct {
 	err     string
 	updated time.Time
 	doneCh  chan struct{}
+
+	progressDone, progressTotal int64
 }
 
 func newOpCore(id, kind, target string, cancel context.CancelFunc, now func() time.Time) opCore {
@@ -56,6 +58,16 @@ func (o *opCore) setStage(stage string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.stage = stage
+	o.progressDone, o.progressTotal = 0, 0
+	o.updated = o.now()
+}
+
+// setProgress sets the stage and how many of its total bytes are done.
+func (o *opCore) setProgress(stage string, done, total int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.stage = stage
+	o.progressDone, o.progressTotal = done, total
 	o.updated = o.now()
 }
 
@@ -77,7 +89,8 @@ func (o *opCore) summary() api.OperationSummary {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return api.OperationSummary{ID: o.id, Kind: o.kind, Target: o.target, Stage: o.stage,
-		Done: o.done, Error: o.err, StartedAt: o.started, UpdatedAt: o.updated}
+		Done: o.done, Error: o.err, StartedAt: o.started, UpdatedAt: o.updated,
+		ProgressDone: o.progressDone, ProgressTotal: o.progressTotal}
 }
 
 // operations holds one registry per async kind.

@@ -80,7 +80,7 @@ type BuildOptions struct {
 	// Sources are apt source lines ("deb URI SUITE COMPONENTS") or mirror
 	// URIs for mmdebstrap. Empty means the host's configured sources for
 	// bookworm, bookworm-updates and bookworm-security (/etc/apt), or
-	// deb.debian.org when the host has none.
+	// an error when the host has none.
 	Sources []string
 	// Progress, when not nil, is told each stage as it starts.
 	Progress func(stage string)
@@ -165,6 +165,9 @@ func buildDebianBookworm(ctx context.Context, r Runner, opts BuildOptions, tree,
 		var err error
 		if sources, err = hostDebianSources("/etc/apt", bookworm); err != nil {
 			return Manifest{}, fmt.Errorf("read the host's apt sources: %w", err)
+		}
+		if len(sources) == 0 {
+			return Manifest{}, fmt.Errorf("the host's apt sources (/etc/apt) name no Debian %s repository; add one (deb URI %s main) and retry", bookworm, bookworm)
 		}
 	}
 

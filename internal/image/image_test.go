@@ -45,13 +45,13 @@ deb http://mirror.example/debian trixie main
 `,
 		"sources.list.d/debian.sources": `Types: deb
 # http://snapshot.debian.org/archive/debian/20250520T000000Z
-URIs: http://deb.debian.org/debian
+URIs: http://mirror.example/debian
 Suites: bookworm bookworm-updates
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 
 Types: deb
-URIs: http://deb.debian.org/debian-security
+URIs: http://mirror.example/debian-security
 Suites: bookworm-security
 Components: main
 
@@ -72,9 +72,9 @@ Enabled: no
 	}
 	want := []string{
 		"deb http://mirror.example/debian bookworm main contrib",
-		"deb http://deb.debian.org/debian bookworm main",
-		"deb http://deb.debian.org/debian bookworm-updates main",
-		"deb http://deb.debian.org/debian-security bookworm-security main",
+		"deb http://mirror.example/debian bookworm main",
+		"deb http://mirror.example/debian bookworm-updates main",
+		"deb http://mirror.example/debian-security bookworm-security main",
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("hostDebianSources =\n%q\nwant\n%q", got, want)

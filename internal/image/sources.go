@@ -16,7 +16,7 @@ import (
 // normally /etc/apt. Other suites and third-party repositories on the host
 // are left out: they are not part of a Debian image. Options such as
 // signed-by are dropped; mmdebstrap verifies against the host's keyrings.
-// No matching source gives nil, and mmdebstrap then uses deb.debian.org.
+// No matching source gives nil; the caller refuses to build without one.
 func hostDebianSources(aptDir, suite string) ([]string, error) {
 	var entries []sourceEntry
 	if f, err := os.Open(filepath.Join(aptDir, "sources.list")); err == nil {

@@ -572,7 +572,7 @@ func TestAptDownload(t *testing.T) {
 
 func TestAptDownloadDoesNotRetryOtherErrors(t *testing.T) {
 	r := &fakeRunner{fn: func(argv []string) ([]byte, error) {
-		return nil, errors.New("E: Failed to fetch http://deb.debian.org/...: 503")
+		return nil, errors.New("E: Failed to fetch http://mirror.example/...: 503")
 	}}
 	if _, err := aptDownload(context.Background(), r, t.TempDir(), "busybox-static"); err == nil {
 		t.Fatal("aptDownload succeeded on a failed fetch")

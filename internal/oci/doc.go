@@ -9,6 +9,8 @@
 //	                                              │ whiteouts, opaque dirs,
 //	                                              ▼ owners, modes, devices
 //	                                   WorkDir/oci-*/rootfs ──► mkfs.ext4 -d ──► DestFile
+//	                                              ▲
+//	                          Options.ExtraTrees ─┘ (host dirs, e.g. a kernel's modules)
 //
 // Invariants:
 //   - Nothing a layer holds is written outside the staging root. Every path

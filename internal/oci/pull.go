@@ -54,6 +54,10 @@ type Options struct {
 	// Insecure talks plain HTTP to the registry. Loopback and private
 	// (RFC 1918) registries get HTTP without it.
 	Insecure bool
+	// ExtraTrees are host directories added to the image after its
+	// layers (see ExtraTree). Result's HasSystemd, HasSSHD and
+	// PackageManager describe the image before they are added.
+	ExtraTrees []ExtraTree
 
 	// retry overrides the registry retry backoff (tests).
 	retry *remote.Backoff
@@ -112,6 +116,11 @@ func Pull(ctx context.Context, r Runner, ref string, opts Options) (res Result, 
 	if opts.SizeBytes < 0 {
 		return Result{}, api.Errorf(api.CodeBadRequest, "image size %d is negative; give a positive size or none", opts.SizeBytes)
 	}
+	for _, t := range opts.ExtraTrees {
+		if err := t.check(); err != nil {
+			return Result{}, err
+		}
+	}
 	if os.Geteuid() != 0 {
 		return Result{}, errors.New("converting an OCI image needs root (to keep file owners and device nodes); run bangerd as root")
 	}
@@ -168,6 +177,9 @@ func Pull(ctx context.Context, r Runner, ref string, opts Options) (res Result, 
 		return Result{}, err
 	}
 	res.HasSystemd, res.HasSSHD, res.PackageManager = found.systemd, found.sshd, found.pkgManager
+	if err := addExtraTrees(ctx, rootDir, opts.ExtraTrees); err != nil {
+		return Result{}, err
+	}
 
 	res.ContentBytes, res.Inodes, err = treeUsage(rootDir)
 	if err != nil {

@@ -267,7 +267,7 @@ func TestImageCRUDAndDefault(t *testing.T) {
 	_, err := s.DefaultImage(ctx)
 	wantCode(t, err, api.CodeNotFound, "")
 
-	a := Image{Name: "debian", Kernel: "6.1", RootfsPath: "/img/debian.ext4", Source: "docker.io/library/debian",
+	a := Image{Name: "debian", Kernel: "6.1", RootfsPath: "/img/debian.ext4", Source: "registry.example/library/debian",
 		SHA256: "abc", Manifest: `{"layers":[]}`, SizeBytes: 1 << 30, IsDefault: true}
 	if err := s.CreateImage(ctx, &a); err != nil {
 		t.Fatal(err)

@@ -1,0 +1,128 @@
+package daemon
+
+import (
+	"context"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"banger/internal/api"
+)
+
+// Build leftovers image.cache_prune removes: work trees under
+// CacheDir/build (kernel-*, image-*, oci-*), staging directories beside
+// images and kernels (".NAME.partial-*", ".NAME.old-*", ".NAME.pulling")
+// and half-copied kernel imports ("NAME.importing"). A crash or a kill
+// during a pull leaves them; a pull that finishes removes its own.
+func (d *Daemon) cacheCandidates() ([]string, error) {
+	var out []string
+	add := func(dir string, keep func(name string) bool) error {
+		entries, err := os.ReadDir(dir)
+		if os.IsNotExist(err) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		for _, e := range entries {
+			if keep(e.Name()) {
+				out = append(out, filepath.Join(dir, e.Name()))
+			}
+		}
+		return nil
+	}
+	hidden := func(n string) bool { return strings.HasPrefix(n, ".") }
+	for _, step := range []struct {
+		dir  string
+		keep func(string) bool
+	}{
+		{filepath.Join(d.layout.CacheDir, "build"), func(string) bool { return true }},
+		{d.layout.ImagesDir, hidden},
+		{d.layout.KernelsDir, func(n string) bool { return hidden(n) || strings.HasSuffix(n, ".importing") }},
+	} {
+		if err := add(step.dir, step.keep); err != nil {
+			return nil, err
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// busyScratch returns the path prefixes running pulls and imports write.
+func (d *Daemon) busyScratch() []string {
+	d.pulls.mu.Lock()
+	defer d.pulls.mu.Unlock()
+	var busy []string
+	for _, op := range d.pulls.running() {
+		busy = append(busy, op.scratch...)
+	}
+	for key := range d.pulls.claimed {
+		if name, ok := strings.CutPrefix(key, "kernel/"); ok {
+			busy = append(busy, d.kernelImportDir(name))
+		}
+	}
+	return busy
+}
+
+func (d *Daemon) imageCachePrune(ctx context.Context, p api.CachePruneParams) (api.CachePruneResult, error) {
+	paths, err := d.cacheCandidates()
+	if err != nil {
+		return api.CachePruneResult{}, err
+	}
+	busy := d.busyScratch()
+	res := api.CachePruneResult{DryRun: p.DryRun, Removed: []api.CacheEntry{}, Skipped: []api.CacheEntry{}}
+	for _, path := range paths {
+		e := api.CacheEntry{Path: path, Bytes: diskUsage(path)}
+		if hasAnyPrefix(path, busy) {
+			res.Skipped = append(res.Skipped, e)
+			continue
+		}
+		if !p.DryRun {
+			if err := os.RemoveAll(path); err != nil {
+				return res, api.Errorf(api.CodeOperationFailed, "remove %s: %v", path, err)
+			}
+		}
+		res.Removed = append(res.Removed, e)
+		res.TotalBytes += e.Bytes
+	}
+	return res, nil
+}
+
+func hasAnyPrefix(s string, prefixes []string) bool {
+	for _, p := range prefixes {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
+}
+
+// diskUsage is the space path takes on disk (allocated blocks, so sparse
+// root filesystems count what they use), hard links counted once.
+func diskUsage(path string) int64 {
+	var total int64
+	seen := map[uint64]bool{}
+	_ = filepath.WalkDir(path, func(_ string, de fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		info, err := de.Info()
+		if err != nil {
+			return nil
+		}
+		if st, ok := info.Sys().(*syscall.Stat_t); ok {
+			if st.Nlink > 1 && !de.IsDir() {
+				if seen[st.Ino] {
+					return nil
+				}
+				seen[st.Ino] = true
+			}
+			total += st.Blocks * 512
+		}
+		return nil
+	})
+	return total
+}
