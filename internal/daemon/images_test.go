@@ -159,10 +159,10 @@ func TestDefaultImageName(t *testing.T) {
 	digest := "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
 	cases := map[string]string{
 		"registry.example/library/alpine:3.20":     "alpine-3.20",
-		"alpine":                            "alpine-latest",
+		"alpine":                                   "alpine-latest",
 		"registry.example/library/debian:bookworm": "debian-bookworm-oci", // the catalog's name
-		"registry.example:5000/org/tool@" + digest:        "tool-0123456789ab",
-		"127.0.0.1:5000/a/b/c:v1_2":         "c-v1_2",
+		"registry.example:5000/org/tool@" + digest: "tool-0123456789ab",
+		"127.0.0.1:5000/a/b/c:v1_2":                "c-v1_2",
 	}
 	for in, want := range cases {
 		ref, err := name.ParseReference(in)
