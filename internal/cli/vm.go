@@ -125,7 +125,7 @@ func createVM(ctx context.Context, app *App, p api.VMCreateParams, show bool) (a
 		if err != nil {
 			return api.VM{}, err
 		}
-		r.update(st.Stages)
+		r.update(st.Stages, st.Operation.Stage)
 		if st.Operation.Done {
 			r.finish()
 			if st.Operation.Error != "" {
@@ -148,6 +148,7 @@ type stageRenderer struct {
 	tty     bool
 	printed map[string]bool
 	current string
+	detail  string
 	frame   int
 }
 
@@ -161,7 +162,9 @@ func newStageRenderer(app *App, show bool) *stageRenderer {
 
 var spinner = []string{"⠋", "⠙", "⠹", "⠸", "⠼", "⠴", "⠦", "⠧", "⠇", "⠏"}
 
-func (r *stageRenderer) update(stages []api.StageTiming) {
+// update renders the stages; opStage is the operation's current stage,
+// which may carry detail after the stage name ("resolve ...: pulling ...").
+func (r *stageRenderer) update(stages []api.StageTiming, opStage string) {
 	if !r.show {
 		return
 	}
@@ -180,13 +183,23 @@ func (r *stageRenderer) update(stages []api.StageTiming) {
 			}
 			r.current = ""
 		case !s.Done:
+			detail, _ := strings.CutPrefix(opStage, s.Name+": ")
+			if detail == opStage {
+				detail = ""
+			}
 			if r.tty {
 				r.frame++
-				fmt.Fprintf(r.app.Stderr, "\r\033[K  %s %-26s %s", spinner[r.frame%len(spinner)], s.Name, time.Since(s.StartedAt).Round(100*time.Millisecond))
-			} else if r.current != key {
-				fmt.Fprintf(r.app.Stderr, "  %s...\n", s.Name)
+				fmt.Fprintf(r.app.Stderr, "\r\033[K  %s %-26s %s %s", spinner[r.frame%len(spinner)], s.Name,
+					time.Since(s.StartedAt).Round(100*time.Millisecond), truncate(detail, 60))
+			} else {
+				if r.current != key {
+					fmt.Fprintf(r.app.Stderr, "  %s...\n", s.Name)
+				}
+				if detail != "" && detail != r.detail {
+					fmt.Fprintf(r.app.Stderr, "    %s\n", detail)
+				}
 			}
-			r.current = key
+			r.current, r.detail = key, detail
 		}
 	}
 }

@@ -3,10 +3,15 @@
 //
 // A thin Daemon root holds what every concern shares — the store, the
 // command runner, the logger, the path layout and the config — and the
-// services hang off it: VMs (vm.go and the create steps), async operations
+// services hang off it: VMs (vm.go, vm_create.go and the steps in
+// steps.go), images and kernels (pull.go, pull_oci.go, bootstrap.go,
+// images.go, kernels.go, cache.go, artifacts.go), async operations
 // (ops.go), and the RPC dispatch table (methods.go) that exposes them.
 //
-// Lock order (outermost first): Daemon.vmLocks[name] → store transactions.
+// Locks: Daemon.vmLock(name) serialises one VM's lifecycle, allocMu the
+// reservation of a VM's row and IP against image deletion, pullOnce.mu the
+// sharing of pulls. None is held while another is taken; each may wrap
+// store transactions (always innermost).
 // No lock is held across a call into another service's lock, and none
 // across a VMM boot wait.
 //

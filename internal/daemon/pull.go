@@ -303,12 +303,21 @@ func (d *Daemon) imagePull(ctx context.Context, p api.ImagePullParams) (api.Pull
 }
 
 func (d *Daemon) pullCatalogImage(ctx context.Context, name string) (api.PullResult, error) {
-	entry := imageCatalog[name]
 	if _, err := d.store.GetImage(ctx, name); err == nil {
 		return api.PullResult{}, api.Errorf(api.CodeAlreadyExists, "image %q is already installed", name)
 	}
+	op, joined, err := d.startCatalogImagePull(name)
+	if err != nil {
+		return api.PullResult{}, err
+	}
+	return pullResult(op, joined), nil
+}
+
+// startCatalogImagePull starts (or joins) the build of a catalog image.
+func (d *Daemon) startCatalogImagePull(name string) (*pullOp, bool, error) {
+	entry := imageCatalog[name]
 	work := filepath.Join(d.layout.CacheDir, "build", "image-"+name)
-	op, joined, err := d.startPull(pullSpec{
+	return d.startPull(pullSpec{
 		kind: api.OpKindImagePull, key: name, name: name, kernel: entry.kernel,
 		scratch: []string{work, filepath.Join(d.layout.ImagesDir, "."+name+".")},
 		reg:     d.ops.imagePull,
@@ -316,10 +325,6 @@ func (d *Daemon) pullCatalogImage(ctx context.Context, name string) (api.PullRes
 			return d.buildCatalogImage(ctx, op, name, entry.kernel, work)
 		},
 	})
-	if err != nil {
-		return api.PullResult{}, err
-	}
-	return pullResult(op, joined), nil
 }
 
 func (d *Daemon) buildCatalogImage(ctx context.Context, op *pullOp, name, kernelName, work string) error {

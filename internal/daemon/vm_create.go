@@ -74,6 +74,9 @@ type createPlan struct {
 	image     store.Image
 	kernel    store.Kernel
 	kman      kernel.Manifest
+	// pullImage names a catalog image that is not installed yet: the
+	// create builds it first (joining a pull already running).
+	pullImage string
 	vcpu      int
 	memoryMiB int
 	diskSize  int64
@@ -127,6 +130,16 @@ func (d *Daemon) planCreate(ctx context.Context, p api.VMCreateParams) (createPl
 		}
 	}
 	plan.image, err = d.store.GetImage(ctx, imageName)
+	if entry, inCatalog := imageCatalog[imageName]; api.IsCode(err, api.CodeNotFound) && inCatalog {
+		// First use of a catalog image: the create pulls it.
+		if err := d.checkPullKernel(ctx, entry.kernel); err != nil {
+			return plan, err
+		}
+		plan.pullImage = imageName
+		plan.image = store.Image{Name: imageName, Kernel: entry.kernel}
+		plan.kernel = store.Kernel{Name: entry.kernel}
+		return plan, nil
+	}
 	if err != nil {
 		if api.IsCode(err, api.CodeNotFound) {
 			return plan, api.Errorf(api.CodeNotFound, "image %q not found; see banger image list, or register one with banger image register", imageName)
@@ -189,6 +202,42 @@ func (d *Daemon) vmCreateBegin(ctx context.Context, p api.VMCreateParams) (api.V
 	return api.VMCreateBeginResult{OpID: opID, Name: vm.Name}, nil
 }
 
+// pullForCreate builds the catalog image a create needs (or waits for the
+// pull already building it), showing the pull's progress as the create's
+// stage, then loads the image and kernel records into plan.
+func (d *Daemon) pullForCreate(ctx context.Context, op *vmCreateOp, plan *createPlan) error {
+	pop, _, err := d.startCatalogImagePull(plan.pullImage)
+	if err != nil {
+		return err
+	}
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for done := false; !done; {
+		if stage := pop.summary().Stage; stage != "" {
+			op.setStage(stageResolve + ": pulling " + plan.pullImage + ": " + stage)
+		}
+		select {
+		case <-pop.doneCh:
+			done = true
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
+	if s := pop.summary(); s.Error != "" {
+		return fmt.Errorf("pull image %s (operation %s): %s", plan.pullImage, pop.ID(), s.Error)
+	}
+	var err2 error
+	if plan.image, err2 = d.store.GetImage(ctx, plan.pullImage); err2 != nil {
+		return err2
+	}
+	if plan.kernel, err2 = d.store.GetKernel(ctx, plan.image.Kernel); err2 != nil {
+		return err2
+	}
+	plan.kman, err2 = kernel.LoadManifest(plan.kernel.Dir)
+	return err2
+}
+
 // reserveVM inserts the VM row in state "creating" with its IP and MAC.
 func (d *Daemon) reserveVM(ctx context.Context, plan createPlan, vmmName string) (store.VM, error) {
 	vms, err := d.store.ListVMs(ctx)
@@ -231,11 +280,17 @@ func (d *Daemon) runCreate(ctx context.Context, op *vmCreateOp, plan createPlan,
 	paths := d.pathsFor(vm.ID)
 	steps := []step{
 		{stageResolve, func(ctx context.Context) (func(context.Context) error, error) {
-			if _, err := os.Stat(plan.image.RootfsPath); err != nil {
-				return nil, fmt.Errorf("image %s rootfs: %w", plan.image.Name, err)
-			}
 			// The row exists from reserveVM; undoing the create removes it.
-			return func(ctx context.Context) error { return d.store.DeleteVM(ctx, vm.Name) }, nil
+			undo := func(ctx context.Context) error { return d.store.DeleteVM(ctx, vm.Name) }
+			if plan.pullImage != "" {
+				if err := d.pullForCreate(ctx, op, &plan); err != nil {
+					return undo, err
+				}
+			}
+			if _, err := os.Stat(plan.image.RootfsPath); err != nil {
+				return undo, fmt.Errorf("image %s rootfs: %w", plan.image.Name, err)
+			}
+			return undo, nil
 		}},
 		{stageClaimIP, func(ctx context.Context) (func(context.Context) error, error) {
 			// The IP was reserved with the row; pin nothing stale for it.
