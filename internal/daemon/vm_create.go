@@ -70,10 +70,10 @@ func (o *vmCreateOp) status() api.VMCreateStatus {
 
 // createPlan is a validated create request.
 type createPlan struct {
-	name      string
-	image     store.Image
-	kernel    store.Kernel
-	kman      kernel.Manifest
+	name   string
+	image  store.Image
+	kernel store.Kernel
+	kman   kernel.Manifest
 	// pullImage names a catalog image that is not installed yet: the
 	// create builds it first (joining a pull already running).
 	pullImage string
