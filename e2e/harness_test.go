@@ -156,10 +156,34 @@ func (e *env) startDaemon() {
 	}
 	logf.Close()
 	e.daemon = cmd
+	e.waitForDaemon(cmd.Process.Pid, "ip", "netns", "exec", e.ns)
+}
+
+// waitForDaemon waits until the daemon with pid answers on the socket,
+// run through prefix (the namespace, or nothing for the host). Another
+// daemon answering is fatal: it would be one this run did not place in
+// the test's namespace, and VMs must never boot outside it.
+func (e *env) waitForDaemon(pid int, prefix ...string) {
+	e.t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
-		if _, _, code := e.banger("ping"); code == 0 {
+		argv := append(append([]string{}, prefix...), filepath.Join(e.bin, "banger"), "--no-autostart", "ping", "--json")
+		cmd := exec.Command(argv[0], argv[1:]...)
+		cmd.Env = e.vars
+		if out, err := cmd.Output(); err == nil {
+			var p struct {
+				PID int `json:"pid"`
+			}
+			if err := json.Unmarshal(out, &p); err != nil {
+				e.t.Fatalf("ping --json: %v: %s", err, out)
+			}
+			if p.PID != pid {
+				e.t.Fatalf("a bangerd this test did not start (pid %d, want %d) answers on %s", p.PID, pid, e.sock)
+			}
 			return
+		}
+		if !pidAlive(pid) {
+			e.t.Fatalf("bangerd (pid %d) exited at start; log:\n%s", pid, e.daemonLog())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

@@ -88,13 +88,14 @@ func TestOCIImageBoots(t *testing.T) {
 	if err := host.Start(); err != nil {
 		t.Fatal(err)
 	}
+	e.waitForDaemon(host.Process.Pid)
 	stopHost := func() {
 		_ = host.Process.Signal(syscall.SIGTERM)
 		_ = host.Wait()
 		logf.Close()
 	}
 	start = time.Now()
-	pull := exec.Command(filepath.Join(e.bin, "banger"), "image", "pull", ref, "--name", "oci-bookworm")
+	pull := exec.Command(filepath.Join(e.bin, "banger"), "--no-autostart", "image", "pull", ref, "--name", "oci-bookworm")
 	pull.Env = e.vars
 	out, err := pull.CombinedOutput()
 	stopHost()

@@ -103,6 +103,11 @@ type VMSSHInfo struct {
 	HostAlias      string `json:"host_alias"`
 }
 
+// VMPruneParams name the stopped VMs to delete (none: every stopped VM).
+type VMPruneParams struct {
+	Names []string `json:"names,omitempty"`
+}
+
 // VMPruneResult lists the VMs vm.prune deleted.
 type VMPruneResult struct {
 	Deleted []string `json:"deleted"`

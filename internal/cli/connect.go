@@ -76,12 +76,14 @@ func startDaemon(layout config.Layout, sock string) error {
 	if err := os.MkdirAll(layout.StateDir, 0o700); err != nil {
 		return err
 	}
-	devnull, err := os.OpenFile(os.DevNull, os.O_RDWR, 0)
+	// Errors bangerd hits before its logger exists (a bad config, a held
+	// lock) go to its stderr: send that to the log the CLI points users at.
+	logf, err := os.OpenFile(filepath.Join(layout.StateDir, "bangerd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return err
 	}
-	defer devnull.Close()
-	proc, err := system.StartDetached(system.DetachedSpec{Argv: []string{bin, "--socket", sock}, Stdout: devnull, Stderr: devnull})
+	defer logf.Close()
+	proc, err := system.StartDetached(system.DetachedSpec{Argv: []string{bin, "--socket", sock}, Stdout: logf, Stderr: logf})
 	if err != nil {
 		return fmt.Errorf("start bangerd: %w", err)
 	}

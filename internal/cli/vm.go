@@ -120,7 +120,16 @@ func createVM(ctx context.Context, app *App, p api.VMCreateParams, show bool) (a
 			if err := c.Call(cctx, "vm.create.cancel", api.OpRef{OpID: begin.OpID}, &cst); err != nil {
 				return api.VM{}, fmt.Errorf("cancel create of %s: %w", begin.Name, err)
 			}
-			return api.VM{}, fmt.Errorf("create of %s cancelled; everything it made was removed", begin.Name)
+			switch {
+			case !cst.Operation.Done:
+				return api.VM{}, fmt.Errorf("create of %s cancelled; its rollback is still running (banger ops shows operation %s)", begin.Name, begin.OpID)
+			case cst.Operation.Error == "" && cst.VM != nil:
+				return *cst.VM, nil // it finished before the cancel arrived
+			case strings.Contains(cst.Operation.Error, "cleanup also failed"):
+				return api.VM{}, fmt.Errorf("create of %s cancelled, but its cleanup failed: %s", begin.Name, cst.Operation.Error)
+			default:
+				return api.VM{}, fmt.Errorf("create of %s cancelled; everything it made was removed", begin.Name)
+			}
 		}
 		if err != nil {
 			return api.VM{}, err
@@ -494,6 +503,7 @@ func newVMPruneCommand(app *App) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			var params api.VMPruneParams
 			if !force {
 				var res api.VMListResult
 				if err := c.Call(cmd.Context(), "vm.list", nil, &res); err != nil {
@@ -515,9 +525,10 @@ func newVMPruneCommand(app *App) *cobra.Command {
 				if a := strings.ToLower(strings.TrimSpace(answer)); a != "y" && a != "yes" {
 					return fmt.Errorf("prune aborted; pass -f to skip this question")
 				}
+				params.Names = names // exactly what was confirmed
 			}
 			var res api.VMPruneResult
-			if err := c.Call(cmd.Context(), "vm.prune", nil, &res); err != nil {
+			if err := c.Call(cmd.Context(), "vm.prune", params, &res); err != nil {
 				return err
 			}
 			for _, n := range res.Deleted {

@@ -40,6 +40,7 @@ type Daemon struct {
 
 	allowedUIDs []uint32
 	host        config.HostInfo
+	stateLock   *os.File // flock held for the daemon's life
 
 	// driverOverride replaces VMM selection (tests of the lifecycle).
 	driverOverride vmm.Driver
@@ -67,12 +68,21 @@ func Open(ctx context.Context, opts Options) (*Daemon, error) {
 	if err := opts.Layout.Ensure(); err != nil {
 		return nil, err
 	}
+	// One daemon per state directory, decided before anything is touched:
+	// a second daemon must not migrate the database or clean up the first
+	// one's VMs and then fail on the socket.
+	stateLock, err := lockFile(opts.Layout.DBPath+".lock", "uses "+opts.Layout.StateDir)
+	if err != nil {
+		return nil, err
+	}
 	st, err := store.Open(opts.Layout.DBPath)
 	if err != nil {
+		stateLock.Close()
 		return nil, err
 	}
 	if err := st.Migrate(ctx); err != nil {
 		st.Close()
+		stateLock.Close()
 		return nil, err
 	}
 	d := &Daemon{
@@ -87,6 +97,7 @@ func Open(ctx context.Context, opts Options) (*Daemon, error) {
 		allowedUIDs: opts.AllowedUIDs,
 		vmLocks:     make(map[string]*sync.Mutex),
 		host:        config.DetectHost(),
+		stateLock:   stateLock,
 	}
 	d.bgCtx, d.bgCancel = context.WithCancel(context.Background())
 	d.adoptVMs(ctx)
@@ -98,7 +109,9 @@ func Open(ctx context.Context, opts Options) (*Daemon, error) {
 func (d *Daemon) Close() error {
 	d.bgCancel()
 	d.bgWG.Wait()
-	return d.store.Close()
+	err := d.store.Close()
+	d.stateLock.Close()
+	return err
 }
 
 // Serve listens on the layout's socket and serves until ctx is cancelled.
@@ -121,6 +134,9 @@ func (d *Daemon) Serve(ctx context.Context) error {
 	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case <-ctx.Done():
+		// Cancel async work first: a create holding a VM's lock rolls back
+		// and lets the handlers waiting on that lock return.
+		d.bgCancel()
 		ln.Close()
 		srv.Close()
 		<-errc

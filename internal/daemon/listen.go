@@ -29,25 +29,10 @@ func Listen(ctx context.Context, sockPath string) (net.Listener, func(), error) 
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, nil, fmt.Errorf("create socket directory %s: %w", dir, err)
 	}
-	lockPath := sockPath + ".lock"
-	lock, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o600)
+	lock, err := lockFile(sockPath+".lock", "serves "+sockPath)
 	if err != nil {
-		return nil, nil, fmt.Errorf("open lock file %s: %w", lockPath, err)
+		return nil, nil, err
 	}
-	if err := unix.Flock(int(lock.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-		pid := readPID(lock)
-		lock.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			who := "another bangerd"
-			if pid > 0 {
-				who = fmt.Sprintf("bangerd pid %d", pid)
-			}
-			return nil, nil, fmt.Errorf("%s already serves %s; stop it first (or pass --socket to run a second one elsewhere)", who, sockPath)
-		}
-		return nil, nil, fmt.Errorf("lock %s: %w", lockPath, err)
-	}
-	_ = lock.Truncate(0)
-	_, _ = lock.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
 
 	// We hold the lock, so any socket file is stale — unless a daemon from
 	// an older release (without the lock) still answers on it.
@@ -82,6 +67,31 @@ func Listen(ctx context.Context, sockPath string) (net.Listener, func(), error) 
 		lock.Close()
 	}
 	return ln, release, nil
+}
+
+// lockFile takes an exclusive flock on path and writes our pid into it, or
+// fails naming the pid that holds it ("bangerd pid N already <what>").
+// The lock lasts as long as the returned file is open.
+func lockFile(path, what string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock file %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		pid := readPID(f)
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			who := "another bangerd"
+			if pid > 0 {
+				who = fmt.Sprintf("bangerd pid %d", pid)
+			}
+			return nil, fmt.Errorf("%s already %s; stop it first", who, what)
+		}
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	_ = f.Truncate(0)
+	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)
+	return f, nil
 }
 
 func readPID(f *os.File) int {

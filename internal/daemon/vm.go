@@ -79,8 +79,9 @@ func (d *Daemon) refresh(ctx context.Context, v store.VM) (store.VM, error) {
 	if v.State != store.StateRunning {
 		return v, nil
 	}
-	drv, err := d.driverFor(v.VMM)
-	if err == nil && drv.Alive(handleOf(v)) {
+	// Liveness needs no VMM binary: pid, start time and socket identify
+	// the process, whatever PATH or config say now.
+	if vmm.Alive(handleOf(v)) {
 		return v, nil
 	}
 	d.log.Warn("VMM of running VM is gone; marking stopped", "vm", v.Name, "pid", v.PID)
@@ -96,10 +97,11 @@ func (d *Daemon) refresh(ctx context.Context, v store.VM) (store.VM, error) {
 // releaseRuntime removes what only a running VM holds: its tap and VMM
 // runtime directory. The caller saves the record.
 func (d *Daemon) releaseRuntime(ctx context.Context, v *store.VM) {
-	if v.Tap != "" {
-		if err := hostnet.DeleteTap(v.Tap); err != nil {
-			d.log.Warn("delete tap", "vm", v.Name, "tap", v.Tap, "err", err)
-		}
+	// The tap's name derives from the VM's id, so it is released even when
+	// a daemon died between creating it and recording it.
+	tap := hostnet.TapName(v.ID)
+	if err := hostnet.DeleteTap(tap); err != nil {
+		d.log.Warn("delete tap", "vm", v.Name, "tap", tap, "err", err)
 	}
 	_ = os.RemoveAll(d.pathsFor(v.ID).run)
 	v.Tap = ""
@@ -113,7 +115,17 @@ func (d *Daemon) getVM(ctx context.Context, name string) (store.VM, error) {
 		return store.VM{}, api.Errorf(api.CodeBadRequest, "missing VM name")
 	}
 	v, err := d.store.GetVM(ctx, name)
-	if err != nil {
+	if err != nil || v.State != store.StateRunning {
+		return v, err
+	}
+	// Reconcile only when no lifecycle change holds the VM: a stop or
+	// restart in progress must not be overwritten by a stale read.
+	mu := d.vmLock(name)
+	if !mu.TryLock() {
+		return v, nil
+	}
+	defer mu.Unlock()
+	if v, err = d.store.GetVM(ctx, name); err != nil {
 		return v, err
 	}
 	return d.refresh(ctx, v)
@@ -122,9 +134,21 @@ func (d *Daemon) getVM(ctx context.Context, name string) (store.VM, error) {
 // lockVM takes the VM's lifecycle lock and loads its (refreshed) record;
 // the caller runs unlock when done.
 func (d *Daemon) lockVM(ctx context.Context, name string) (store.VM, func(), error) {
+	if name == "" {
+		return store.VM{}, nil, api.Errorf(api.CodeBadRequest, "missing VM name")
+	}
+	// A create holds the lock for minutes: answer at once instead.
+	if v, err := d.store.GetVM(ctx, name); err != nil {
+		return v, nil, err
+	} else if v.State == store.StateCreating {
+		return v, nil, api.Errorf(api.CodeBadRequest, "vm %q is still being created; wait for its create to finish or cancel it (banger ops shows it)", name)
+	}
 	mu := d.vmLock(name)
 	mu.Lock()
-	v, err := d.getVM(ctx, name)
+	v, err := d.store.GetVM(ctx, name)
+	if err == nil {
+		v, err = d.refresh(ctx, v)
+	}
 	if err != nil {
 		mu.Unlock()
 		return v, nil, err
@@ -167,7 +191,7 @@ func (d *Daemon) vmStart(ctx context.Context, p api.VMRef) (api.VM, error) {
 	case store.StateCreating:
 		return api.VM{}, api.Errorf(api.CodeBadRequest, "vm %q is still being created; wait for its create to finish", v.Name)
 	}
-	if err := d.boot(ctx, &v, nil); err != nil {
+	if err := d.boot(ctx, &v); err != nil {
 		return api.VM{}, err
 	}
 	return toAPIVM(v), nil
@@ -176,9 +200,8 @@ func (d *Daemon) vmStart(ctx context.Context, p api.VMRef) (api.VM, error) {
 // boot claims a tap, starts the VMM and waits for SSH, recording progress
 // in op when one is given. On failure everything it made is undone and the
 // VM is left stopped with the reason in LastError.
-func (d *Daemon) boot(ctx context.Context, v *store.VM, op *vmCreateOp) error {
-	steps := d.bootSteps(v)
-	err := runSteps(ctx, d.log.With("vm", v.Name), op, steps)
+func (d *Daemon) boot(ctx context.Context, v *store.VM) error {
+	err := runSteps(ctx, d.log.With("vm", v.Name), nil, d.bootSteps(v))
 	if err != nil {
 		v.State = store.StateStopped
 		v.LastError = err.Error()
@@ -208,11 +231,16 @@ func (d *Daemon) vmStop(ctx context.Context, p api.VMRef) (api.VM, error) {
 // stop powers the guest off (or kills the VMM when force) and releases the
 // runtime resources.
 func (d *Daemon) stop(ctx context.Context, v *store.VM, force bool) error {
-	drv, err := d.driverFor(v.VMM)
+	h := handleOf(*v)
+	// The driver of the handle, not the configured one: stopping needs no
+	// binary lookup, and a config change must not strand running VMs.
+	drv, err := vmm.ForHandle(h)
 	if err != nil {
 		return err
 	}
-	h := handleOf(*v)
+	// Once the guest is asked to power off the stop is under way: finish it
+	// even if the caller goes away, so the record matches the host.
+	ctx = context.WithoutCancel(ctx)
 	log := d.log.With("vm", v.Name, "pid", v.PID)
 	note := ""
 	if force {
@@ -229,9 +257,6 @@ func (d *Daemon) stop(ctx context.Context, v *store.VM, force bool) error {
 			err := vmm.WaitExit(wctx, h, 200*time.Millisecond)
 			cancel()
 			if err != nil {
-				if ctx.Err() != nil {
-					return ctx.Err()
-				}
 				log.Warn("guest did not power off in time; killing", "timeout", stopTimeout)
 				note = fmt.Sprintf("guest did not power off within %s; killed", stopTimeout)
 				_ = drv.Kill(h)
@@ -273,27 +298,35 @@ func (d *Daemon) vmKill(ctx context.Context, p api.VMRef) (api.VM, error) {
 }
 
 func (d *Daemon) vmDelete(ctx context.Context, p api.VMRef) (api.VM, error) {
-	v, unlock, err := d.lockVM(ctx, p.Name)
+	v, _, err := d.deleteVM(ctx, p.Name, false)
+	return v, err
+}
+
+// deleteVM deletes a VM under its lock. With onlyStopped it leaves a VM
+// that is running by the time the lock is held (prune must not delete a
+// VM someone just started) and reports deleted=false.
+func (d *Daemon) deleteVM(ctx context.Context, name string, onlyStopped bool) (api.VM, bool, error) {
+	v, unlock, err := d.lockVM(ctx, name)
 	if err != nil {
-		return api.VM{}, err
+		return api.VM{}, false, err
 	}
 	defer unlock()
-	if v.State == store.StateCreating {
-		return api.VM{}, api.Errorf(api.CodeBadRequest, "vm %q is being created; cancel its create (banger ops shows it) instead", v.Name)
+	if onlyStopped && v.State == store.StateRunning {
+		return toAPIVM(v), false, nil
 	}
 	if v.State == store.StateRunning {
 		if err := d.stop(ctx, &v, false); err != nil {
-			return api.VM{}, err
+			return api.VM{}, false, err
 		}
 	}
 	if err := d.removeVMFiles(v); err != nil {
-		return api.VM{}, err
+		return api.VM{}, false, err
 	}
 	if err := d.store.DeleteVM(context.WithoutCancel(ctx), v.Name); err != nil {
-		return api.VM{}, err
+		return api.VM{}, false, err
 	}
 	v.State = "deleted"
-	return toAPIVM(v), nil
+	return toAPIVM(v), true, nil
 }
 
 // removeVMFiles deletes a VM's disks, logs, runtime dir and pinned host keys.
@@ -419,26 +452,31 @@ func (d *Daemon) vmSSHInfo(ctx context.Context, p api.VMRef) (api.VMSSHInfo, err
 		KnownHostsPath: d.layout.KnownHosts, HostAlias: v.IP}, nil
 }
 
-type pruneParams struct{}
-
-func (d *Daemon) vmPrune(ctx context.Context, _ pruneParams) (api.VMPruneResult, error) {
-	vms, err := d.store.ListVMs(ctx)
-	if err != nil {
-		return api.VMPruneResult{}, err
+// vmPrune deletes stopped VMs: the ones named (those the user confirmed),
+// or every stopped one when none is named. A VM that is running by the
+// time its lock is held is left alone.
+func (d *Daemon) vmPrune(ctx context.Context, p api.VMPruneParams) (api.VMPruneResult, error) {
+	names := p.Names
+	if len(names) == 0 {
+		vms, err := d.store.ListVMs(ctx)
+		if err != nil {
+			return api.VMPruneResult{}, err
+		}
+		for _, v := range vms {
+			if v.State == store.StateStopped || v.State == store.StateError {
+				names = append(names, v.Name)
+			}
+		}
 	}
 	res := api.VMPruneResult{Deleted: []string{}}
-	for _, v := range vms {
-		v, err := d.refresh(ctx, v)
+	for _, name := range names {
+		_, deleted, err := d.deleteVM(ctx, name, true)
 		if err != nil {
-			return res, err
+			return res, fmt.Errorf("prune %s: %w", name, err)
 		}
-		if v.State != store.StateStopped && v.State != store.StateError {
-			continue
+		if deleted {
+			res.Deleted = append(res.Deleted, name)
 		}
-		if _, err := d.vmDelete(ctx, api.VMRef{Name: v.Name}); err != nil {
-			return res, fmt.Errorf("prune %s: %w", v.Name, err)
-		}
-		res.Deleted = append(res.Deleted, v.Name)
 	}
 	return res, nil
 }

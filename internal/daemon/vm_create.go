@@ -319,6 +319,11 @@ func (d *Daemon) runCreate(ctx context.Context, op *vmCreateOp, plan createPlan,
 		steps = append(steps, d.bootSteps(&vm)...)
 	}
 	if err := runSteps(ctx, rpc.Logger(ctx), op, steps); err != nil {
+		// The steps' undos removed the row, unless the create was cancelled
+		// before its first step: never leave a VM stuck in "creating".
+		if derr := d.store.DeleteVM(context.WithoutCancel(ctx), vm.Name); derr != nil && !api.IsCode(derr, api.CodeNotFound) {
+			rpc.Logger(ctx).Error("remove the row of a failed create", "err", derr)
+		}
 		return err
 	}
 	if plan.noStart {

@@ -12,7 +12,8 @@
 //
 // One request per connection keeps cancellation exact: when the client goes
 // away the server sees EOF on the otherwise idle connection and cancels the
-// request's context. The server owns framing, limits (request size, idle
+// request's context. So a client must keep its write side open until the
+// reply arrives (a half-close, as `nc -N` does, reads as hanging up). The server owns framing, limits (request size, idle
 // time), the peer-credential check, op ids and request logging. It does not
 // know any method: the daemon hands it a dispatch table.
 package rpc

@@ -296,7 +296,8 @@ func (s *Server) handleConn(conn net.Conn) {
 		s.writeError(conn, req.ID, codeServerError, fmt.Errorf("encode result: %w", err))
 		return
 	}
-	log.Info("request done", "duration", time.Since(start))
+	// Debug: status polls would otherwise fill the log during a long pull.
+	log.Debug("request done", "duration", time.Since(start))
 	s.write(conn, response{JSONRPC: "2.0", ID: req.ID, Result: raw})
 }
 
