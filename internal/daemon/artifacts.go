@@ -2,8 +2,6 @@ package daemon
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +10,7 @@ import (
 	"path/filepath"
 
 	"banger/internal/api"
+	"banger/internal/artifact"
 	"banger/internal/disk"
 	"banger/internal/kernel"
 	"banger/internal/store"
@@ -41,6 +40,11 @@ func (d *Daemon) kernelImport(ctx context.Context, p api.KernelImportParams) (ap
 		return api.Kernel{}, err
 	}
 	defer release()
+	// Checked again under the claim: an import of the same name that
+	// finished meanwhile owns dst now.
+	if _, err := d.store.GetKernel(ctx, p.Name); err == nil {
+		return api.Kernel{}, api.Errorf(api.CodeAlreadyExists, "kernel %q already exists; remove it first with banger kernel rm %s", p.Name, p.Name)
+	}
 	dst := filepath.Join(d.layout.KernelsDir, p.Name)
 	tmp := d.kernelImportDir(p.Name)
 	_ = os.RemoveAll(tmp)
@@ -111,7 +115,14 @@ func (d *Daemon) imageRegister(ctx context.Context, p api.ImageRegisterParams) (
 		return api.Image{}, err
 	}
 	defer release()
+	// Checked again under the claim: a register of the same name that
+	// finished meanwhile owns the directory now. Without a row, whatever
+	// is there was left by a register that died, and is replaced.
+	if _, err := d.store.GetImage(ctx, p.Name); err == nil {
+		return api.Image{}, api.Errorf(api.CodeAlreadyExists, "image %q already exists; delete it first", p.Name)
+	}
 	dir := filepath.Join(d.layout.ImagesDir, p.Name)
+	_ = os.RemoveAll(dir)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return api.Image{}, err
 	}
@@ -120,7 +131,7 @@ func (d *Daemon) imageRegister(ctx context.Context, p api.ImageRegisterParams) (
 		_ = os.RemoveAll(dir)
 		return api.Image{}, fmt.Errorf("copy rootfs: %w", err)
 	}
-	sum, err := sha256File(dst)
+	sum, _, err := artifact.HashFile(dst)
 	if err != nil {
 		_ = os.RemoveAll(dir)
 		return api.Image{}, err
@@ -158,19 +169,6 @@ func validateArtifactName(kind, name string) error {
 		return api.Errorf(api.CodeBadRequest, "invalid %s name %q: use letters, digits, '.', '_' and '-'", kind, name)
 	}
 	return nil
-}
-
-func sha256File(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // copyTree copies a directory tree, hard-linking files where it can (the

@@ -9,9 +9,10 @@
 // (ops.go), and the RPC dispatch table (methods.go) that exposes them.
 //
 // Locks: Daemon.vmLock(name) serialises one VM's lifecycle, allocMu the
-// reservation of a VM's row and IP against image deletion, pullOnce.mu the
-// sharing of pulls. None is held while another is taken; each may wrap
-// store transactions (always innermost).
+// reservation of a VM's row and IP against image deletion and kernel
+// removal, pullOnce.mu the sharing of pulls. Order when nested: allocMu →
+// pullOnce.mu (kernel.rm); vmLock is never held with either. Store
+// transactions are always innermost.
 // No lock is held across a call into another service's lock, and none
 // across a VMM boot wait.
 //

@@ -98,6 +98,10 @@ func (d *Daemon) kernelRm(ctx context.Context, p api.ArtifactRef) (api.Kernel, e
 	if err != nil {
 		return api.Kernel{}, err
 	}
+	// allocMu: no create can reserve a VM on this kernel between the
+	// check and the delete.
+	d.allocMu.Lock()
+	defer d.allocMu.Unlock()
 	images, vms, err := d.kernelUsers(ctx, k.Name)
 	if err != nil {
 		return api.Kernel{}, err

@@ -12,6 +12,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/name"
 
 	"banger/internal/api"
+	"banger/internal/artifact"
 	"banger/internal/config"
 	"banger/internal/guestfs"
 	"banger/internal/image"
@@ -152,7 +153,7 @@ func (d *Daemon) convertOCIImage(ctx context.Context, op *pullOp, plan ociPlan) 
 		return err
 	}
 	op.setStage("checksum")
-	sum, err := sha256File(rootfs)
+	sum, _, err := artifact.HashFile(rootfs)
 	if err != nil {
 		return err
 	}

@@ -26,6 +26,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"banger/internal/api"
+	"banger/internal/artifact"
 	"banger/internal/guestfs"
 	"banger/internal/system"
 )
@@ -209,7 +210,7 @@ func TestImagePullOCI(t *testing.T) {
 		m.Kernel != defaultPullKernel || m.KernelVersion != "6.1.0-test" || m.SHA256 != im.SHA256 || len(m.Cmd) != 1 {
 		t.Errorf("manifest = %+v", m)
 	}
-	if sum, err := sha256File(im.RootfsPath); err != nil || sum != im.SHA256 {
+	if sum, _, err := artifact.HashFile(im.RootfsPath); err != nil || sum != im.SHA256 {
 		t.Errorf("rootfs sha256 %s (%v), row says %s", sum, err, im.SHA256)
 	}
 	if !im.IsDefault || im.Kernel != defaultPullKernel || im.RootfsPath != filepath.Join(d.layout.ImagesDir, "tiny-1", "rootfs.ext4") {

@@ -240,6 +240,16 @@ func (d *Daemon) pullForCreate(ctx context.Context, op *vmCreateOp, plan *create
 
 // reserveVM inserts the VM row in state "creating" with its IP and MAC.
 func (d *Daemon) reserveVM(ctx context.Context, plan createPlan, vmmName string) (store.VM, error) {
+	// Validated before allocMu was taken: make sure an image.delete or
+	// kernel.rm did not remove them since (both check for VMs under it).
+	if plan.pullImage == "" {
+		if _, err := d.store.GetImage(ctx, plan.image.Name); err != nil {
+			return store.VM{}, err
+		}
+		if _, err := d.store.GetKernel(ctx, plan.kernel.Name); err != nil {
+			return store.VM{}, err
+		}
+	}
 	vms, err := d.store.ListVMs(ctx)
 	if err != nil {
 		return store.VM{}, err
