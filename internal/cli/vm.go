@@ -96,16 +96,21 @@ func newVMCreateCommand(app *App) *cobra.Command {
 // createVM begins a vm.create, renders its stages until it ends, and
 // cancels it (rolling everything back) on Ctrl-C.
 func createVM(ctx context.Context, app *App, p api.VMCreateParams, show bool) (api.VM, error) {
-	c, err := app.client(ctx)
+	// Ctrl-C from here on cancels the create: during begin the daemon sees
+	// the request go away and cancels what it started.
+	sigctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	c, err := app.client(sigctx)
 	if err != nil {
 		return api.VM{}, err
 	}
 	var begin api.VMCreateBeginResult
-	if err := c.Call(ctx, "vm.create.begin", p, &begin); err != nil {
+	if err := c.Call(sigctx, "vm.create.begin", p, &begin); err != nil {
+		if sigctx.Err() != nil && ctx.Err() == nil {
+			return api.VM{}, fmt.Errorf("create interrupted before it began; anything it started is being rolled back (banger ops shows it)")
+		}
 		return api.VM{}, err
 	}
-	sigctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	r := newStageRenderer(app, show)
 	fmt.Fprintf(app.Stderr, "creating %s (operation %s)\n", begin.Name, begin.OpID)
 	for i := 0; ; i++ {

@@ -199,6 +199,11 @@ func (d *Daemon) vmCreateBegin(ctx context.Context, p api.VMCreateParams) (api.V
 		}
 		op.finish(err)
 	}()
+	if ctx.Err() != nil {
+		// The caller left before learning the op id (Ctrl-C during begin):
+		// nobody can follow or cancel this create, so cancel it now.
+		op.Cancel()
+	}
 	return api.VMCreateBeginResult{OpID: opID, Name: vm.Name}, nil
 }
 
