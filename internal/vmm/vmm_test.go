@@ -157,6 +157,14 @@ func TestWaitExitFollowsAProcessItDidNotStart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Right after execve returns, the new image's argv is not yet in
+	// /proc/PID/cmdline (the kernel sets it up last); wait for it, bounded.
+	for i := 0; i < 200; i++ {
+		if argv, _ := vmmcore.ProcCmdline(pid); len(argv) > 0 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	h := Handle{Driver: qemu.DriverName, PID: pid, StartTime: start, APISocket: sock}
 	t.Cleanup(func() { _ = vmmcore.Kill(pid, start, vmmcore.ArgMentions(sock)) })
 	if !Alive(h) {
