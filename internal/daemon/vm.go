@@ -70,7 +70,8 @@ func (d *Daemon) driverFor(name string) (vmm.Driver, error) {
 	if name != "" {
 		pref = name
 	}
-	return vmm.SelectWith(vmm.Options{Pref: pref, FirecrackerBin: d.cfg.FirecrackerBin, QEMUBin: d.cfg.QEMUBin, QEMUAccel: d.cfg.QEMUAccel})
+	return vmm.SelectWith(vmm.Options{Pref: pref, FirecrackerBin: d.cfg.FirecrackerBin, QEMUBin: d.cfg.QEMUBin,
+		QEMUAccel: d.cfg.QEMUAccel, KVMVerdictFile: filepath.Join(d.layout.StateDir, "kvm-stalled")})
 }
 
 // refresh reconciles one VM's record with the host: a VM recorded as

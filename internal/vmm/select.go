@@ -35,6 +35,10 @@ type Options struct {
 	// QEMUAccel is "auto" (or empty), "kvm" or "tcg". "tcg" is for hosts
 	// whose /dev/kvm opens but cannot run guests (some nested setups).
 	QEMUAccel string
+	// KVMVerdictFile, when set, remembers across daemon restarts that this
+	// host's KVM stalled a guest (see qemu.Config.VerdictFile), so "auto"
+	// goes straight to TCG instead of probing again.
+	KVMVerdictFile string
 }
 
 // probe is what the choice depends on; tests replace it.
@@ -58,8 +62,7 @@ func SelectWith(o Options) (Driver, error) { return selectDriver(o, hostProbe) }
 
 const installQEMU = "install it with `apt-get install qemu-system-x86`"
 
-const installFirecracker = "install a Firecracker release (v1.10 or newer, for ACPI) from " +
-	"https://github.com/firecracker-microvm/firecracker/releases onto PATH"
+const installFirecracker = "install a Firecracker release (v1.10 or newer, for ACPI) onto PATH"
 
 func selectDriver(o Options, p probe) (Driver, error) {
 	fcBin := o.FirecrackerBin
@@ -131,5 +134,8 @@ func newQEMU(o Options, p probe, bin string, kvmErr error) (Driver, error) {
 			return nil, fmt.Errorf("qemu accelerator \"kvm\" was asked for but %w; set it to \"auto\" or \"tcg\"", kvmErr)
 		}
 	}
-	return qemu.New(qemu.Config{Binary: path, KVM: useKVM}), nil
+	if useKVM && o.QEMUAccel != AccelKVM && qemu.KVMStalledBefore(o.KVMVerdictFile) {
+		useKVM = false
+	}
+	return qemu.New(qemu.Config{Binary: path, KVM: useKVM, VerdictFile: o.KVMVerdictFile}), nil
 }

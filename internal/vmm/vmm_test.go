@@ -55,7 +55,7 @@ func TestSelect(t *testing.T) {
 		{"firecracker without kvm", Options{Pref: "firecracker"}, fakeHost(noKVM, fc), "", false,
 			[]string{`vmm = "firecracker" but /dev/kvm is missing`, `set vmm = "qemu" or "auto"`}, false},
 		{"firecracker without binary", Options{Pref: "firecracker", FirecrackerBin: "/opt/fc"}, fakeHost(nil), "", false,
-			[]string{`firecracker binary "/opt/fc" was not found`, "firecracker/releases"}, false},
+			[]string{`firecracker binary "/opt/fc" was not found`, "install a Firecracker release"}, false},
 		{"qemu with kvm", Options{Pref: "qemu"}, fakeHost(nil, qm), "qemu", true, nil, false},
 		{"qemu without kvm", Options{Pref: "qemu"}, fakeHost(noKVM, qm), "qemu", false, nil, false},
 		{"qemu custom binary", Options{Pref: "qemu", QEMUBin: "qemu-kvm"}, fakeHost(nil, "qemu-kvm"), "qemu", true, nil, false},
@@ -187,5 +187,29 @@ func TestWaitExitFollowsAProcessItDidNotStart(t *testing.T) {
 	}
 	if err := Cleanup(h); err != nil {
 		t.Fatal(err)
+	}
+}
+
+func TestSelectRemembersAStalledKVM(t *testing.T) {
+	const qm = "qemu-system-x86_64"
+	verdict := filepath.Join(t.TempDir(), "kvm-stalled")
+	release, err := os.ReadFile("/proc/sys/kernel/osrelease")
+	if err != nil {
+		t.Skip("no /proc/sys/kernel/osrelease")
+	}
+	if err := os.WriteFile(verdict, release, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		accel   string
+		wantKVM bool
+	}{{"auto", false}, {"kvm", true}} {
+		d, err := selectDriver(Options{Pref: "qemu", QEMUAccel: tc.accel, KVMVerdictFile: verdict}, fakeHost(nil, qm))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := d.(*qemu.Driver).KVM(); got != tc.wantKVM {
+			t.Errorf("qemu_accel %s with a stalled-KVM verdict: KVM = %v, want %v", tc.accel, got, tc.wantKVM)
+		}
 	}
 }

@@ -65,6 +65,24 @@ type Config struct {
 	KVM bool
 	// StartTimeout defaults to DefaultStartTimeout.
 	StartTimeout time.Duration
+	// VerdictFile, when set, is written when a KVM guest stalls, holding
+	// the host's kernel release; KVMStalledBefore reads it back.
+	VerdictFile string
+}
+
+// KVMStalledBefore reports whether path records that KVM stalled a guest
+// on this host kernel. A kernel upgrade (another release) probes again.
+func KVMStalledBefore(path string) bool {
+	if path == "" {
+		return false
+	}
+	data, err := os.ReadFile(path)
+	return err == nil && strings.TrimSpace(string(data)) == hostKernelRelease()
+}
+
+func hostKernelRelease() string {
+	b, _ := os.ReadFile("/proc/sys/kernel/osrelease")
+	return strings.TrimSpace(string(b))
 }
 
 // Driver boots VMs with QEMU. The zero value is not usable; call New.
@@ -269,7 +287,10 @@ func (d *Driver) Start(ctx context.Context, spec vmmcore.Spec) (vmmcore.Handle, 
 	}
 	d.abort(h.Handle)
 	kvmStalled.Store(true)
-	fmt.Fprintf(console, "[banger] the guest printed nothing %s after starting under KVM: this host's KVM does not run guests (nested virtualization?). Retrying with TCG; set qemu_accel = \"tcg\" in config.toml to skip this probe.\n", KVMBootProbe)
+	if d.cfg.VerdictFile != "" {
+		_ = os.WriteFile(d.cfg.VerdictFile, []byte(hostKernelRelease()+"\n"), 0o644)
+	}
+	fmt.Fprintf(console, "[banger] the guest printed nothing %s after starting under KVM: this host's KVM does not run guests (nested virtualization?). Retrying with TCG, and remembering that (%s) until the host kernel changes; qemu_accel = \"kvm\" in config.toml forces KVM.\n", KVMBootProbe, d.cfg.VerdictFile)
 	if argv, err = d.Command(spec); err != nil {
 		return vmmcore.Handle{}, err
 	}

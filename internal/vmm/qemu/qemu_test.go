@@ -467,3 +467,22 @@ func TestTSCHintForTCG(t *testing.T) {
 		t.Error("TCG command line lacks the TSC hint")
 	}
 }
+
+func TestKVMVerdictIsPerHostKernel(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "kvm-stalled")
+	if KVMStalledBefore(path) || KVMStalledBefore("") {
+		t.Fatal("a verdict without a file")
+	}
+	if err := os.WriteFile(path, []byte(hostKernelRelease()+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if !KVMStalledBefore(path) {
+		t.Fatal("the verdict for this kernel was not read back")
+	}
+	if err := os.WriteFile(path, []byte("0.0.0-another-kernel\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if KVMStalledBefore(path) {
+		t.Fatal("a verdict for another host kernel was trusted")
+	}
+}
