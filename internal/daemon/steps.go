@@ -15,6 +15,12 @@ type step struct {
 	do   func(ctx context.Context) (undo func(context.Context) error, err error)
 }
 
+// errVMMStillRunning is wrapped by an undo that could not end a VMM. The
+// rollback stops there: the steps before it (tap, disks, the VM's row)
+// stay, so the VM remains recorded, running, and can be killed or
+// deleted, instead of a VMM nobody knows about holding its disks.
+var errVMMStillRunning = errors.New("the VMM could not be stopped")
+
 // undoTimeout bounds the rollback of a failed pipeline.
 const undoTimeout = 90 * time.Second
 
@@ -69,6 +75,9 @@ func runSteps(ctx context.Context, log *slog.Logger, op *vmCreateOp, steps []ste
 		if err := undos[i](uctx); err != nil {
 			log.Error("undo failed", "step", names[i], "err", err)
 			undoErrs = append(undoErrs, fmt.Errorf("undo %s: %w", names[i], err))
+			if errors.Is(err, errVMMStillRunning) {
+				break
+			}
 		}
 	}
 	if len(undoErrs) > 0 {

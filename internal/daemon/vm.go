@@ -203,6 +203,10 @@ func (d *Daemon) vmStart(ctx context.Context, p api.VMRef) (api.VM, error) {
 // VM is left stopped with the reason in LastError.
 func (d *Daemon) boot(ctx context.Context, v *store.VM) error {
 	err := runSteps(ctx, d.log.With("vm", v.Name), nil, d.bootSteps(v))
+	if errors.Is(err, errVMMStillRunning) {
+		d.keepUnstoppableVM(ctx, v, err)
+		return err
+	}
 	if err != nil {
 		v.State = store.StateStopped
 		v.LastError = err.Error()
@@ -212,6 +216,17 @@ func (d *Daemon) boot(ctx context.Context, v *store.VM) error {
 		return err
 	}
 	return nil
+}
+
+// keepUnstoppableVM records a VM whose failed create or start left a VMM
+// that would not die as running, with the reason, so the watch loop, vm
+// kill and vm delete can still reach it.
+func (d *Daemon) keepUnstoppableVM(ctx context.Context, v *store.VM, cause error) {
+	v.State = store.StateRunning
+	v.LastError = fmt.Sprintf("%v; the VM is kept so it can be killed or deleted (banger vm kill %s)", cause, v.Name)
+	if err := d.store.UpdateVM(context.WithoutCancel(ctx), *v); err != nil {
+		d.log.Error("record a VM whose VMM would not stop", "vm", v.Name, "err", err)
+	}
 }
 
 func (d *Daemon) vmStop(ctx context.Context, p api.VMRef) (api.VM, error) {

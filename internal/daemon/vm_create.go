@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -334,6 +335,10 @@ func (d *Daemon) runCreate(ctx context.Context, op *vmCreateOp, plan createPlan,
 		steps = append(steps, d.bootSteps(&vm)...)
 	}
 	if err := runSteps(ctx, rpc.Logger(ctx), op, steps); err != nil {
+		if errors.Is(err, errVMMStillRunning) {
+			d.keepUnstoppableVM(ctx, &vm, err)
+			return err
+		}
 		// The steps' undos removed the row, unless the create was cancelled
 		// before its first step: never leave a VM stuck in "creating".
 		if derr := d.store.DeleteVM(context.WithoutCancel(ctx), vm.Name); derr != nil && !api.IsCode(derr, api.CodeNotFound) {
@@ -412,13 +417,14 @@ func (d *Daemon) bootSteps(v *store.VM) []step {
 			}
 			undo := func(ctx context.Context) error {
 				if err := drv.Kill(handle); err != nil {
-					return err
+					return fmt.Errorf("%w: kill pid %d: %v", errVMMStillRunning, handle.PID, err)
 				}
 				wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				defer cancel()
-				err := vmm.WaitExit(wctx, handle, 50*time.Millisecond)
-				_ = os.RemoveAll(paths.run)
-				return err
+				if err := vmm.WaitExit(wctx, handle, 50*time.Millisecond); err != nil {
+					return fmt.Errorf("%w: pid %d still runs 10s after SIGKILL", errVMMStillRunning, handle.PID)
+				}
+				return os.RemoveAll(paths.run)
 			}
 			v.PID, v.PIDStartTime, v.APISocket = handle.PID, handle.StartTime, handle.APISocket
 			v.State = store.StateRunning
