@@ -3,6 +3,7 @@ package artifact
 import (
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -64,5 +65,38 @@ func TestHashFile(t *testing.T) {
 	}
 	if _, _, err := HashFile(p + ".missing"); err == nil {
 		t.Fatal("missing file hashed")
+	}
+}
+
+func TestCopyTree(t *testing.T) {
+	for _, hardlink := range []bool{false, true} {
+		src := t.TempDir()
+		if err := os.MkdirAll(filepath.Join(src, "a", "b"), 0o750); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(src, "a", "b", "f"), []byte("data"), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink("b/f", filepath.Join(src, "a", "l")); err != nil {
+			t.Fatal(err)
+		}
+		dst := filepath.Join(t.TempDir(), "copy")
+		if err := CopyTree(src, dst, hardlink); err != nil {
+			t.Fatal(err)
+		}
+		data, err := os.ReadFile(filepath.Join(dst, "a", "l"))
+		if err != nil || string(data) != "data" {
+			t.Fatalf("hardlink=%v: through the copied symlink: %q, %v", hardlink, data, err)
+		}
+		st, _ := os.Stat(filepath.Join(dst, "a", "b", "f"))
+		if st.Mode().Perm() != 0o640 {
+			t.Errorf("hardlink=%v: mode %v", hardlink, st.Mode())
+		}
+		dst2 := filepath.Join(t.TempDir(), "copy")
+		if err := syscall.Mkfifo(filepath.Join(src, "fifo"), 0o600); err == nil {
+			if err := CopyTree(src, dst2, hardlink); err == nil {
+				t.Errorf("hardlink=%v: a fifo was copied silently", hardlink)
+			}
+		}
 	}
 }

@@ -2,10 +2,7 @@ package daemon
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -48,7 +45,7 @@ func (d *Daemon) kernelImport(ctx context.Context, p api.KernelImportParams) (ap
 	dst := filepath.Join(d.layout.KernelsDir, p.Name)
 	tmp := d.kernelImportDir(p.Name)
 	_ = os.RemoveAll(tmp)
-	if err := copyTree(p.From, tmp); err != nil {
+	if err := artifact.CopyTree(p.From, tmp, true); err != nil {
 		_ = os.RemoveAll(tmp)
 		return api.Kernel{}, fmt.Errorf("copy kernel from %s: %w", p.From, err)
 	}
@@ -169,57 +166,4 @@ func validateArtifactName(kind, name string) error {
 		return api.Errorf(api.CodeBadRequest, "invalid %s name %q: use letters, digits, '.', '_' and '-'", kind, name)
 	}
 	return nil
-}
-
-// copyTree copies a directory tree, hard-linking files where it can (the
-// kernel's files are never modified in place) and copying otherwise.
-func copyTree(src, dst string) error {
-	return filepath.WalkDir(src, func(path string, de fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(src, path)
-		if err != nil {
-			return err
-		}
-		target := filepath.Join(dst, rel)
-		info, err := de.Info()
-		if err != nil {
-			return err
-		}
-		switch {
-		case de.IsDir():
-			return os.MkdirAll(target, info.Mode().Perm()|0o700)
-		case info.Mode()&fs.ModeSymlink != 0:
-			link, err := os.Readlink(path)
-			if err != nil {
-				return err
-			}
-			return os.Symlink(link, target)
-		case info.Mode().IsRegular():
-			if err := os.Link(path, target); err == nil {
-				return nil
-			}
-			return copyFile(path, target, info.Mode().Perm())
-		default:
-			return errors.New("unsupported file type at " + path)
-		}
-	})
-}
-
-func copyFile(src, dst string, mode fs.FileMode) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }

@@ -139,7 +139,7 @@ func buildDebian(ctx context.Context, r Runner, work, out string, progress func(
 	}
 
 	progress("extract vmlinux")
-	if err := copyFile(vmlinuz, filepath.Join(out, "vmlinuz"), 0o644); err != nil {
+	if err := artifact.CopyFile(vmlinuz, filepath.Join(out, "vmlinuz"), 0o644); err != nil {
 		return Manifest{}, err
 	}
 	if err := ExtractVmlinux(ctx, r, vmlinuz, filepath.Join(out, "vmlinux")); err != nil {
@@ -151,7 +151,7 @@ func buildDebian(ctx context.Context, r Runner, work, out string, progress func(
 	}
 	files := map[string]string{RoleVmlinuz: "vmlinuz", RoleVmlinux: "vmlinux", RoleInitrd: "initrd.img"}
 	if config := filepath.Join(kroot, "boot", "config-"+version); fileExists(config) {
-		if err := copyFile(config, filepath.Join(out, "config"), 0o644); err != nil {
+		if err := artifact.CopyFile(config, filepath.Join(out, "config"), 0o644); err != nil {
 			return Manifest{}, err
 		}
 		files[RoleConfig] = "config"
