@@ -16,6 +16,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
@@ -53,27 +54,8 @@ func TestOCIImageBoots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	img, err := mutate.AppendLayers(empty.Image, base, topLayer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, _ := img.ConfigFile()
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	defer srv.Close()
-	ref := strings.TrimPrefix(srv.URL, "http://") + "/e2e/bookworm:1"
-	r, err := name.ParseReference(ref, name.Insecure)
-	if err != nil {
-		t.Fatal(err)
-	}
 	start := time.Now()
-	if err := remote.Write(r, img); err != nil {
-		t.Fatalf("push: %v", err)
-	}
+	ref := serveImage(t, "e2e/bookworm:1", base, topLayer)
 	t.Logf("pushed %s in %s", ref, time.Since(start).Round(time.Millisecond))
 
 	e := newEnv(t, `qemu_accel = "tcg"`)
@@ -122,6 +104,36 @@ func TestOCIImageBoots(t *testing.T) {
 	e.must("vm", "delete", "ocivm")
 	e.assertNothingLeft("ocivm")
 	e.must("image", "delete", "oci-bookworm")
+}
+
+// serveImage pushes a linux/amd64 image of layers to a registry on
+// loopback that lives until the test ends, and returns its reference.
+func serveImage(t *testing.T, repoTag string, layers ...v1.Layer) string {
+	t.Helper()
+	img, err := mutate.AppendLayers(empty.Image, layers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", "amd64"
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	ref := strings.TrimPrefix(srv.URL, "http://") + "/" + repoTag
+	r, err := name.ParseReference(ref, name.Insecure)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img); err != nil {
+		t.Fatalf("push %s: %v", ref, err)
+	}
+	return ref
 }
 
 // bookwormTar returns a tar of the built image's tree (cached beside the
