@@ -104,6 +104,13 @@ func (d *Daemon) releaseRuntime(ctx context.Context, v *store.VM) {
 	if err := hostnet.DeleteTap(tap); err != nil {
 		d.log.Warn("delete tap", "vm", v.Name, "tap", tap, "err", err)
 	}
+	// The driver removes what it keeps outside the runtime dir (a
+	// Firecracker jail); it refuses while the VMM still runs.
+	if v.PID != 0 {
+		if err := vmm.Cleanup(handleOf(*v)); err != nil {
+			d.log.Warn("clean up after the VMM", "vm", v.Name, "err", err)
+		}
+	}
 	_ = os.RemoveAll(d.pathsFor(v.ID).run)
 	v.Tap = ""
 	v.PID = 0
