@@ -5,11 +5,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
 	"io/fs"
-	"log"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -17,17 +14,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
-	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
 	"banger/internal/api"
 	"banger/internal/artifact"
 	"banger/internal/guestfs"
+	"banger/internal/oci/ocitest"
 	"banger/internal/system"
 )
 
@@ -75,27 +67,7 @@ func testImage(t *testing.T, entries ...layerEntry) v1.Image {
 	if err := tw.Close(); err != nil {
 		t.Fatal(err)
 	}
-	data := buf.Bytes()
-	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(data)), nil })
-	if err != nil {
-		t.Fatal(err)
-	}
-	img, err := mutate.AppendLayers(empty.Image, layer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", "amd64"
-	cf.Config.Cmd = []string{"/bin/sh"}
-	img, err = mutate.ConfigFile(img, cf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img
+	return ocitest.Image(t, "amd64", v1.Config{Cmd: []string{"/bin/sh"}}, ocitest.Layer(t, buf.Bytes()))
 }
 
 // gatedRegistry serves an in-memory registry on 127.0.0.1; downloads of
@@ -103,31 +75,20 @@ func testImage(t *testing.T, entries ...layerEntry) v1.Image {
 func gatedRegistry(t *testing.T, hold string) (host string, open chan struct{}) {
 	t.Helper()
 	open = make(chan struct{})
-	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/"+hold) {
-			select {
-			case <-open:
-			case <-r.Context().Done():
-				return
-			case <-time.After(30 * time.Second):
+	host = ocitest.Registry(t, func(reg http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/"+hold) {
+				select {
+				case <-open:
+				case <-r.Context().Done():
+					return
+				case <-time.After(30 * time.Second):
+				}
 			}
-		}
-		reg.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://"), open
-}
-
-func pushTestImage(t *testing.T, ref string, img v1.Image) {
-	t.Helper()
-	r, err := name.ParseReference(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(r, img); err != nil {
-		t.Fatalf("push %s: %v", ref, err)
-	}
+			reg.ServeHTTP(w, r)
+		})
+	})
+	return host, open
 }
 
 // TestImagePullOCI pulls a registry image through the daemon: concurrent
@@ -163,7 +124,7 @@ func TestImagePullOCI(t *testing.T) {
 	}
 	host, open := gatedRegistry(t, layerDigest.String())
 	ref := host + "/test/tiny:1"
-	pushTestImage(t, ref, img)
+	ocitest.Push(t, ref, img)
 
 	// Two pulls of one ref while the registry holds the blobs back.
 	var wg sync.WaitGroup
@@ -253,7 +214,7 @@ func TestImagePullOCISystemd(t *testing.T) {
 	host, open := gatedRegistry(t, "")
 	close(open)
 	ref := host + "/test/sysd:2"
-	pushTestImage(t, ref, testImage(t,
+	ocitest.Push(t, ref, testImage(t,
 		layerEntry{"usr/", "", 0o755}, layerEntry{"usr/lib/", "", 0o755}, layerEntry{"usr/bin/", "", 0o755}, layerEntry{"usr/sbin/", "", 0o755},
 		layerEntry{"lib", "->usr/lib", 0o777},
 		layerEntry{"bin", "->usr/bin", 0o777},

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"banger/internal/oci/ocitest"
+
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 )
 
@@ -44,8 +46,8 @@ func hostTree(t *testing.T, files map[string]string, modes map[string]os.FileMod
 
 func TestPullExtraTrees(t *testing.T) {
 	needRoot(t)
-	host := testRegistry(t, nil)
-	img := image(t, "amd64", v1.Config{}, gzLayer(t,
+	host := ocitest.Registry(t, nil)
+	img := ocitest.Image(t, "amd64", v1.Config{}, gzLayer(t,
 		dir("usr/", 0o755), dir("usr/lib/", 0o755),
 		symlink("lib", "usr/lib"),
 		dir("usr/lib/modules/", 0o755), dir("usr/lib/modules/6.1.0-test/", 0o755),
@@ -54,7 +56,7 @@ func TestPullExtraTrees(t *testing.T) {
 		symlink("opt", "/../../../../../tmp"),
 	))
 	ref := host + "/extra/tree:1"
-	push(t, ref, img)
+	ocitest.Push(t, ref, img)
 
 	modules := hostTree(t, map[string]string{
 		"modules.dep":               "kernel/a.ko:\n",

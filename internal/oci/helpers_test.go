@@ -4,10 +4,6 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
-	"io"
-	"log"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"regexp"
 	"strconv"
@@ -15,14 +11,12 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/oci/ocitest"
 	"banger/internal/system"
 
 	"github.com/google/go-containerregistry/pkg/compression"
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
-	"github.com/google/go-containerregistry/pkg/v1/empty"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -106,66 +100,13 @@ func tarBytes(t *testing.T, entries ...ent) []byte {
 // gzLayer is a gzip-compressed registry layer holding entries.
 func gzLayer(t *testing.T, entries ...ent) v1.Layer {
 	t.Helper()
-	return layerOf(t, tarBytes(t, entries...))
+	return ocitest.Layer(t, tarBytes(t, entries...))
 }
 
 // zstdLayer is a zstd-compressed registry layer holding entries.
 func zstdLayer(t *testing.T, entries ...ent) v1.Layer {
 	t.Helper()
-	return layerOf(t, tarBytes(t, entries...), tarball.WithCompression(compression.ZStd), tarball.WithMediaType(types.OCILayerZStd))
-}
-
-func layerOf(t *testing.T, b []byte, opts ...tarball.LayerOption) v1.Layer {
-	t.Helper()
-	l, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
-
-// image stacks layers into an image for arch with cfg's run settings.
-func image(t *testing.T, arch string, run v1.Config, layers ...v1.Layer) v1.Image {
-	t.Helper()
-	img, err := mutate.AppendLayers(empty.Image, layers...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture, cf.Config = "linux", arch, run
-	img, err = mutate.ConfigFile(img, cf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return img
-}
-
-// testRegistry serves an in-memory registry on 127.0.0.1. wrap, when set,
-// sits in front of it (to fail or corrupt answers).
-func testRegistry(t *testing.T, wrap func(next http.Handler) http.Handler) (host string) {
-	t.Helper()
-	var h http.Handler = registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	if wrap != nil {
-		h = wrap(h)
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
-}
-
-func push(t *testing.T, ref string, img v1.Image) {
-	t.Helper()
-	r, err := name.ParseReference(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(r, img); err != nil {
-		t.Fatalf("push %s: %v", ref, err)
-	}
+	return ocitest.Layer(t, tarBytes(t, entries...), tarball.WithCompression(compression.ZStd), tarball.WithMediaType(types.OCILayerZStd))
 }
 
 func pushIndex(t *testing.T, ref string, idx v1.ImageIndex) {

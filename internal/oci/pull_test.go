@@ -16,6 +16,7 @@ import (
 	"testing"
 
 	"banger/internal/api"
+	"banger/internal/oci/ocitest"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -79,7 +80,7 @@ func checkTree(t *testing.T, img string, wants []want) {
 
 func TestPullLayeredImage(t *testing.T) {
 	needRoot(t)
-	host := testRegistry(t, nil)
+	host := ocitest.Registry(t, nil)
 
 	base := gzLayer(t,
 		ent{name: "./", typ: tar.TypeDir, mode: 0o750, gid: 10},
@@ -134,9 +135,9 @@ func TestPullLayeredImage(t *testing.T) {
 		t.Fatalf("third layer media type %s (%v), want zstd", mt, err)
 	}
 	run := v1.Config{Env: []string{"PATH=/usr/bin:/bin", "A=b"}, Cmd: []string{"/bin/sh"}, Entrypoint: []string{"/init"}, WorkingDir: "/root", User: "root"}
-	img := image(t, "amd64", run, base, top, third)
+	img := ocitest.Image(t, "amd64", run, base, top, third)
 	ref := host + "/test/layered:v1"
-	push(t, ref, img)
+	ocitest.Push(t, ref, img)
 
 	var stages []string
 	var lastLayers [2]int64
@@ -242,13 +243,13 @@ func randName(t *testing.T) string {
 // image, and never touching the host.
 func TestPullUnsafeLayers(t *testing.T) {
 	needRoot(t)
-	host := testRegistry(t, nil)
+	host := ocitest.Registry(t, nil)
 
 	t.Run("traversal is refused", func(t *testing.T) {
 		victim := randName(t)
 		l := gzLayer(t, file("ok", "fine", 0o644), file("../../../../../../../../../../tmp/"+victim, "pwned", 0o644))
 		ref := host + "/evil/traversal:1"
-		push(t, ref, image(t, "amd64", v1.Config{}, gzLayer(t, file("base", "b", 0o644)), l))
+		ocitest.Push(t, ref, ocitest.Image(t, "amd64", v1.Config{}, gzLayer(t, file("base", "b", 0o644)), l))
 		_, _, err := pullTo(t, ref, Options{})
 		if err == nil {
 			t.Fatal("pull of a layer with ../ succeeded")
@@ -268,7 +269,7 @@ func TestPullUnsafeLayers(t *testing.T) {
 		l1 := gzLayer(t, symlink("evil", "/"), symlink("evil2", "../../../../../../.."))
 		l2 := gzLayer(t, file("evil/tmp/"+v1n, "inside", 0o644), file("evil2/tmp/"+v2n, "inside2", 0o644))
 		ref := host + "/evil/symlink:1"
-		push(t, ref, image(t, "amd64", v1.Config{}, l1, l2))
+		ocitest.Push(t, ref, ocitest.Image(t, "amd64", v1.Config{}, l1, l2))
 		_, fsPath, err := pullTo(t, ref, Options{})
 		if err != nil {
 			t.Fatalf("pull: %v", err)
@@ -290,16 +291,16 @@ func TestPullUnsafeLayers(t *testing.T) {
 
 func TestPullPlatforms(t *testing.T) {
 	needRoot(t)
-	host := testRegistry(t, nil)
-	amd := image(t, "amd64", v1.Config{}, gzLayer(t, file("arch", "amd64", 0o644)))
-	arm := image(t, "arm64", v1.Config{}, gzLayer(t, file("arch", "arm64", 0o644)))
+	host := ocitest.Registry(t, nil)
+	amd := ocitest.Image(t, "amd64", v1.Config{}, gzLayer(t, file("arch", "amd64", 0o644)))
+	arm := ocitest.Image(t, "arm64", v1.Config{}, gzLayer(t, file("arch", "arm64", 0o644)))
 	armOnly := mutate.AppendManifests(empty.Index, mutate.IndexAddendum{Add: arm,
 		Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "arm64"}}})
 	both := mutate.AppendManifests(armOnly, mutate.IndexAddendum{Add: amd,
 		Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: "amd64"}}})
 	pushIndex(t, host+"/multi/armonly:1", armOnly)
 	pushIndex(t, host+"/multi/both:1", both)
-	push(t, host+"/single/arm:1", arm)
+	ocitest.Push(t, host+"/single/arm:1", arm)
 
 	t.Run("index picks linux/amd64, by digest", func(t *testing.T) {
 		ref := host + "/multi/both@" + digestOf(t, both)
@@ -360,7 +361,7 @@ func TestPullRegistryFailures(t *testing.T) {
 	content := strings.Repeat("payload ", 512)
 	rawTar := tarBytes(t, file("data", content, 0o644))
 	raw := static.NewLayer(rawTar, types.OCIUncompressedLayer)
-	img := image(t, "amd64", v1.Config{}, gzLayer(t, file("base", "b", 0o644)), raw)
+	img := ocitest.Image(t, "amd64", v1.Config{}, gzLayer(t, file("base", "b", 0o644)), raw)
 	layerDigest := digestOf(t, raw)
 
 	// An image whose config names a different diff ID for its layer.
@@ -411,9 +412,9 @@ func TestPullRegistryFailures(t *testing.T) {
 		{"config lies about the diff ID", nil, lying, "uncompressed content has digest", api.CodeOperationFailed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			host := testRegistry(t, tc.wrap)
+			host := ocitest.Registry(t, tc.wrap)
 			ref := host + "/broken/img:1"
-			push(t, ref, tc.image)
+			ocitest.Push(t, ref, tc.image)
 			_, _, err := pullTo(t, ref, Options{})
 			if err == nil {
 				t.Fatal("pull succeeded")
@@ -428,12 +429,12 @@ func TestPullRegistryFailures(t *testing.T) {
 
 func TestPullBadInput(t *testing.T) {
 	needRoot(t)
-	host := testRegistry(t, nil)
+	host := ocitest.Registry(t, nil)
 	big := make([]byte, 3<<20)
 	if _, err := rand.Read(big); err != nil {
 		t.Fatal(err)
 	}
-	push(t, host+"/big/img:1", image(t, "amd64", v1.Config{}, gzLayer(t, file("noise", string(big), 0o644))))
+	ocitest.Push(t, host+"/big/img:1", ocitest.Image(t, "amd64", v1.Config{}, gzLayer(t, file("noise", string(big), 0o644))))
 
 	for _, tc := range []struct {
 		name string
