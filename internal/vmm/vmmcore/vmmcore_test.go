@@ -372,8 +372,27 @@ func TestCheckKVM(t *testing.T) {
 	if err := os.WriteFile(notKVM, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	old := kvmDevice
-	t.Cleanup(func() { kvmDevice = old })
+	old, oldMods := kvmDevice, sysModules
+	t.Cleanup(func() { kvmDevice, sysModules = old, oldMods })
+	sysModules = filepath.Join(dir, "modules")
+	for _, m := range []string{"kvm", "kvm_pvm"} {
+		if err := os.MkdirAll(filepath.Join(sysModules, m), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Run("pvm only", func(t *testing.T) {
+		kvmDevice = notKVM
+		if err := CheckKVM(); err == nil || !strings.Contains(err.Error(), "PVM-only") {
+			t.Fatalf("CheckKVM with kvm_pvm alone = %v, want PVM-only", err)
+		}
+		if err := os.Mkdir(filepath.Join(sysModules, "kvm_intel"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		// With kvm_intel too, the device itself is probed.
+		if err := CheckKVM(); err == nil || !strings.Contains(err.Error(), "not a usable KVM device") {
+			t.Fatalf("CheckKVM with kvm_intel = %v", err)
+		}
+	})
 
 	cases := []struct {
 		name, dev, want string
@@ -390,6 +409,6 @@ func TestCheckKVM(t *testing.T) {
 			}
 		})
 	}
-	kvmDevice = old
+	kvmDevice, sysModules = old, oldMods
 	t.Logf("this host: CheckKVM() = %v", CheckKVM())
 }
