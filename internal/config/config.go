@@ -24,7 +24,8 @@ type Config struct {
 	BridgeCIDR     string     `toml:"bridge_cidr"`     // gateway address and prefix of the VM network
 	TapPoolSize    int        `toml:"tap_pool_size"`   // taps kept ready for fast creates
 	DNSListen      string     `toml:"dns_listen"`      // where the NAME.vm resolver listens
-	DefaultDNS     []string   `toml:"default_dns"`     // guest nameservers; empty: the host's
+	DefaultDNS     []string   `toml:"default_dns"`     // upstreams guests' names are forwarded to; empty: the host's
+	DefaultNAT     bool       `toml:"default_nat"`     // NAT for VMs created without --nat/--no-nat
 	VMM            string     `toml:"vmm"`             // auto, firecracker or qemu
 	QEMUAccel      string     `toml:"qemu_accel"`      // auto, kvm or tcg
 	FirecrackerBin string     `toml:"firecracker_bin"` // firecracker binary, by name or path
@@ -176,6 +177,7 @@ type fileConfig struct {
 	TapPoolSize    *int            `toml:"tap_pool_size"`
 	DNSListen      *string         `toml:"dns_listen"`
 	DefaultDNS     *[]string       `toml:"default_dns"`
+	DefaultNAT     *bool           `toml:"default_nat"`
 	VMM            *string         `toml:"vmm"`
 	QEMUAccel      *string         `toml:"qemu_accel"`
 	FirecrackerBin *string         `toml:"firecracker_bin"`
@@ -370,6 +372,10 @@ func (c *Config) apply(fc fileConfig, path string, index docIndex) []error {
 			c.DefaultDNS = append([]string(nil), (*v)...)
 			set("default_dns")
 		}
+	}
+	if v := fc.DefaultNAT; v != nil {
+		c.DefaultNAT = *v
+		set("default_nat")
 	}
 	if v := fc.VMM; v != nil {
 		switch *v {

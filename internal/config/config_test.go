@@ -33,7 +33,7 @@ func TestLoadMissingFileGivesDefaults(t *testing.T) {
 	}
 	if cfg.LogLevel != "info" || cfg.DefaultImage != "debian-bookworm" || cfg.BridgeName != "banger0" ||
 		cfg.BridgeCIDR != "172.30.0.1/24" || cfg.TapPoolSize != 2 || cfg.DNSListen != "127.0.0.1:42069" ||
-		cfg.DefaultDNS != nil || cfg.VMM != "auto" || cfg.FirecrackerBin != "firecracker" ||
+		cfg.DefaultDNS != nil || cfg.DefaultNAT || cfg.VMM != "auto" || cfg.FirecrackerBin != "firecracker" ||
 		cfg.QEMUBin != "qemu-system-x86_64" || time.Duration(cfg.OpsRetention) != time.Hour ||
 		cfg.VMDefaults.DiskSize != "8G" {
 		t.Fatalf("unexpected defaults: %+v", cfg)
@@ -49,6 +49,7 @@ bridge_cidr = "10.9.0.254/16"
 tap_pool_size = 0
 dns_listen = "127.0.0.53:5353"
 default_dns = ["1.1.1.1", "2606:4700::1111"]
+default_nat = true
 vmm = "qemu"
 qemu_accel = "tcg"
 firecracker_bin = "/opt/fc/firecracker"
@@ -67,7 +68,7 @@ disk_size = "20GiB"
 	want := Config{
 		LogLevel: "debug", DefaultImage: "alpine", BridgeName: "br-test", BridgeCIDR: "10.9.0.254/16",
 		TapPoolSize: 0, DNSListen: "127.0.0.53:5353", DefaultDNS: []string{"1.1.1.1", "2606:4700::1111"},
-		VMM: "qemu", QEMUAccel: "tcg", FirecrackerBin: "/opt/fc/firecracker", QEMUBin: "/usr/bin/qemu-system-x86_64",
+		DefaultNAT: true, VMM: "qemu", QEMUAccel: "tcg", FirecrackerBin: "/opt/fc/firecracker", QEMUBin: "/usr/bin/qemu-system-x86_64",
 		OpsRetention: Duration(30 * time.Minute),
 		VMDefaults:   VMDefaults{VCPU: 3, MemoryMiB: 2048, DiskSize: "20GiB"},
 	}
@@ -209,6 +210,8 @@ func TestLoadErrorsNameKeyAndLine(t *testing.T) {
 			"line 1: default_dns must be a list of strings"},
 		{"bad nameserver", "default_dns = [\"1.1.1.1\", \"dns.google\"]\n", 1, "default_dns",
 			`line 1: default_dns entry "dns.google" is not an IP address`},
+		{"string for bool", "default_nat = \"yes\"\n", 1, "default_nat",
+			"line 1: default_nat must be true or false, not a string"},
 		{"bad log level", "log_level = \"verbose\"\n", 1, "log_level",
 			`line 1: log_level "verbose" is not a level; use debug, info, warn or error`},
 		{"long bridge name", "bridge_name = \"a-very-long-bridge\"\n", 1, "bridge_name",

@@ -17,6 +17,7 @@ const (
 	kindInteger
 	kindStringList
 	kindTable
+	kindBool
 )
 
 // keyKinds lists every key config.toml may hold, by dotted name.
@@ -27,6 +28,7 @@ var keyKinds = map[string]valueKind{
 	"bridge_cidr":            kindString,
 	"tap_pool_size":          kindInteger,
 	"dns_listen":             kindString,
+	"default_nat":            kindBool,
 	"default_dns":            kindStringList,
 	"vmm":                    kindString,
 	"qemu_accel":             kindString,
@@ -173,6 +175,10 @@ func kindMismatch(key string, want valueKind, info keyInfo) string {
 			if k != unstable.String {
 				return fmt.Sprintf("%s must be a list of strings such as [\"1.1.1.1\"]; it holds %s", key, describeKind(k))
 			}
+		}
+	case kindBool:
+		if info.kind != unstable.Bool {
+			return fmt.Sprintf("%s must be true or false, not %s", key, describeKind(info.kind))
 		}
 	case kindTable:
 		if info.kind != unstable.Table {
