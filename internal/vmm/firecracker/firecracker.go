@@ -52,8 +52,9 @@ const (
 	// first non-reserved CID.
 	GuestCID = 3
 
-	rootDriveID = "rootfs"
-	workDriveID = "work"
+	rootDriveID   = "rootfs"
+	workDriveID   = "work"
+	configDriveID = "config"
 	ifaceID     = "eth0"
 )
 
@@ -128,7 +129,7 @@ type layout struct {
 
 // vmPaths are the paths sent in API calls.
 type vmPaths struct {
-	kernel, initrd, root, work, vsock string
+	kernel, initrd, root, work, config, vsock string
 }
 
 // instanceID turns a VM name into a Firecracker/jailer id: alphanumerics
@@ -162,7 +163,7 @@ func (d *Driver) layoutFor(spec vmmcore.Spec) (layout, error) {
 		return layout{}, err
 	}
 	l.guestPaths = vmPaths{kernel: spec.KernelPath, initrd: spec.InitrdPath,
-		root: spec.RootDisk, work: spec.WorkDisk, vsock: l.vsockHost}
+		root: spec.RootDisk, work: spec.WorkDisk, config: spec.ConfigDisk, vsock: l.vsockHost}
 	return l, nil
 }
 
@@ -188,6 +189,9 @@ func (d *Driver) command(l layout) []string {
 // tail of the console log.
 func (d *Driver) Start(ctx context.Context, spec vmmcore.Spec) (vmmcore.Handle, error) {
 	if err := spec.Validate(); err != nil {
+		return vmmcore.Handle{}, err
+	}
+	if err := rawDisksOnly(spec); err != nil {
 		return vmmcore.Handle{}, err
 	}
 	l, err := d.layoutFor(spec)
@@ -258,6 +262,10 @@ func (d *Driver) configure(ctx context.Context, c *client, spec vmmcore.Spec, p 
 	if p.work != "" {
 		steps = append(steps, apiCall{"/drives/" + workDriveID,
 			drive{DriveID: workDriveID, PathOnHost: p.work, CacheType: "Writeback"}})
+	}
+	if p.config != "" {
+		steps = append(steps, apiCall{"/drives/" + configDriveID,
+			drive{DriveID: configDriveID, PathOnHost: p.config, IsReadOnly: true, CacheType: "Unsafe"}})
 	}
 	steps = append(steps, apiCall{"/machine-config", machineConfig{VcpuCount: spec.VCPU, MemSizeMib: spec.MemoryMiB}})
 	if spec.Tap != "" {
@@ -375,4 +383,15 @@ func hasID(argv []string, id string) bool {
 // send "CONNECT <port>\n", read "OK <n>\n", then talk to the guest port.
 func AgentSocket(h vmmcore.Handle) string {
 	return filepath.Join(filepath.Dir(h.APISocket), VsockName)
+}
+
+// rawDisksOnly refuses disk formats Firecracker cannot open: it takes raw
+// files and block devices only (a device-mapper snapshot is one).
+func rawDisksOnly(spec vmmcore.Spec) error {
+	for _, f := range []struct{ what, format string }{{"root", spec.RootFormat}, {"work", spec.WorkFormat}} {
+		if f.format != "" && f.format != "raw" {
+			return fmt.Errorf("start vm %s: Firecracker cannot open a %s %s disk; it needs raw files or block devices (root_disk = \"dm\", \"reflink\" or \"copy\")", spec.Name, f.format, f.what)
+		}
+	}
+	return nil
 }

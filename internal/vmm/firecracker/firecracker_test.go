@@ -31,7 +31,7 @@ func testSpec(t *testing.T) vmmcore.Spec {
 		Name: "fctest", VCPU: 2, MemoryMiB: 256,
 		KernelPath: write("vmlinux"), InitrdPath: write("initrd.img"),
 		Cmdline:  "console=ttyS0 reboot=k panic=1",
-		RootDisk: write("root.img"), WorkDisk: write("work.img"),
+		RootDisk: write("root.img"), WorkDisk: write("work.img"), ConfigDisk: write("config.img"),
 		Tap: "tap-fctest", MAC: "02:fc:00:00:00:02",
 		RuntimeDir: filepath.Join(dir, "run"),
 		ConsoleLog: filepath.Join(dir, "console.log"),
@@ -134,7 +134,7 @@ func TestStartConfiguresThenStarts(t *testing.T) {
 		t.Errorf("argv = %q, want %q", fv.argv, wantArgv)
 	}
 	reqs, started := fv.api.snapshot()
-	wantReqs := []string{"PUT /logger", "PUT /boot-source", "PUT /drives/rootfs", "PUT /drives/work",
+	wantReqs := []string{"PUT /logger", "PUT /boot-source", "PUT /drives/rootfs", "PUT /drives/work", "PUT /drives/config",
 		"PUT /machine-config", "PUT /network-interfaces/eth0", "PUT /vsock", "PUT /actions", "GET /"}
 	if !slices.Equal(reqs, wantReqs) {
 		t.Errorf("requests = %q\nwant %q", reqs, wantReqs)
@@ -153,6 +153,9 @@ func TestStartConfiguresThenStarts(t *testing.T) {
 	}
 	if w := f.drives["work"]; *w.PathOnHost != spec.WorkDisk || *w.IsRootDevice {
 		t.Errorf("work drive %+v", w)
+	}
+	if c := f.drives["config"]; *c.PathOnHost != spec.ConfigDisk || *c.IsRootDevice || !*c.IsReadOnly {
+		t.Errorf("config drive %+v", c)
 	}
 	if *f.machine.VcpuCount != 2 || *f.machine.MemSizeMib != 256 || f.machine.Smt == nil || *f.machine.Smt {
 		t.Errorf("machine config %+v", f.machine)
@@ -211,7 +214,7 @@ func TestStartConfiguresThenStarts(t *testing.T) {
 
 func TestStartMinimalSpec(t *testing.T) {
 	spec := testSpec(t)
-	spec.InitrdPath, spec.WorkDisk, spec.Tap, spec.MAC = "", "", "", ""
+	spec.InitrdPath, spec.WorkDisk, spec.ConfigDisk, spec.Tap, spec.MAC = "", "", "", "", ""
 	d := New(Config{})
 	fv := installFake(t, d)
 	h, err := d.Start(context.Background(), spec)
@@ -502,5 +505,19 @@ func TestIdentityHelpers(t *testing.T) {
 	if !hasID([]string{"firecracker", "--id=dev"}, "dev") || !hasID([]string{"jailer", "--id", "dev"}, "dev") ||
 		hasID([]string{"firecracker", "--id", "dev2"}, "dev") || hasID([]string{"--id"}, "dev") {
 		t.Error("hasID")
+	}
+}
+
+func TestStartRefusesQCOW2(t *testing.T) {
+	spec := testSpec(t)
+	spec.RootFormat = "qcow2"
+	d := New(Config{Binary: "/opt/fc/firecracker"})
+	fv := installFake(t, d)
+	_, err := d.Start(context.Background(), spec)
+	if err == nil || !strings.Contains(err.Error(), "cannot open a qcow2 root disk") {
+		t.Fatalf("Start with a qcow2 root = %v", err)
+	}
+	if fv.pid != 0 {
+		t.Fatal("Firecracker was started for a qcow2 root")
 	}
 }

@@ -71,6 +71,9 @@ func (d *Driver) jailLayout(l layout, spec vmmcore.Spec) (layout, error) {
 	if spec.WorkDisk != "" {
 		l.guestPaths.work = "/work.img"
 	}
+	if spec.ConfigDisk != "" {
+		l.guestPaths.config = "/config.img"
+	}
 	return l, nil
 }
 
@@ -93,6 +96,7 @@ func (d *Driver) prepareJail(l layout, spec vmmcore.Spec) error {
 		{spec.InitrdPath, l.guestPaths.initrd, false},
 		{spec.RootDisk, l.guestPaths.root, true},
 		{spec.WorkDisk, l.guestPaths.work, true},
+		{spec.ConfigDisk, l.guestPaths.config, false},
 	}
 	for _, ln := range links {
 		if ln.src == "" {

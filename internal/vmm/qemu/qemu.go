@@ -170,15 +170,29 @@ func (d *Driver) Command(spec vmmcore.Spec) ([]string, error) {
 		"-chardev", "file,id=console,append=on,path="+escapeOpt(spec.ConsoleLog),
 		"-serial", "chardev:console",
 	)
-	disks := []struct{ id, path string }{{"root", spec.RootDisk}, {"work", spec.WorkDisk}}
+	// Guests see them in this order: vda root, vdb work, then the
+	// read-only configuration disk (found by its content, not its name).
+	disks := []struct {
+		id, path, format string
+		readonly         bool
+	}{{"root", spec.RootDisk, spec.RootFormat, false}, {"work", spec.WorkDisk, spec.WorkFormat, false}, {"config", spec.ConfigDisk, "raw", true}}
 	for _, disk := range disks {
 		if disk.path == "" {
 			continue
 		}
-		argv = append(argv,
-			"-drive", "id="+disk.id+",file="+escapeOpt(disk.path)+",format=raw,if=none,cache=writeback,aio=threads,discard=unmap",
-			"-device", "virtio-blk-device,drive="+disk.id,
-		)
+		format := disk.format
+		if format == "" {
+			format = "raw"
+		}
+		opts := "id=" + disk.id + ",file=" + escapeOpt(disk.path) + ",format=" + format + ",if=none,cache=writeback,aio=threads"
+		if disk.readonly {
+			opts += ",readonly=on"
+		} else {
+			// A copy-on-write layer that cannot grow (host disk full)
+			// pauses the guest instead of corrupting it; vm show reports it.
+			opts += ",discard=unmap,werror=stop,rerror=report"
+		}
+		argv = append(argv, "-drive", opts, "-device", "virtio-blk-device,drive="+disk.id)
 	}
 	if spec.Tap != "" {
 		nic := "virtio-net-device,netdev=net0"

@@ -100,6 +100,22 @@ func TestCommand(t *testing.T) {
 				t.Errorf("unexpected -initrd or -netdev: %v", argv)
 			}
 		}},
+		{"config disk last and read-only, qcow2 layers", false, func(s *vmmcore.Spec) {
+			s.ConfigDisk, s.RootFormat, s.WorkFormat = "/d/config.img", "qcow2", "qcow2"
+		}, func(t *testing.T, argv []string) {
+			drives := valueAfter(argv, "-drive")
+			want := []string{
+				"id=root,file=/d/root.img,format=qcow2,if=none,cache=writeback,aio=threads,discard=unmap,werror=stop,rerror=report",
+				"id=work,file=/d/work.img,format=qcow2,if=none,cache=writeback,aio=threads,discard=unmap,werror=stop,rerror=report",
+				"id=config,file=/d/config.img,format=raw,if=none,cache=writeback,aio=threads,readonly=on",
+			}
+			if !slices.Equal(drives, want) {
+				t.Errorf("drives\n%q\nwant\n%q", drives, want)
+			}
+			if devs := valueAfter(argv, "-device"); !slices.Contains(devs, "virtio-blk-device,drive=config") {
+				t.Errorf("devices %v", devs)
+			}
+		}},
 		{"root before work", false, nil, func(t *testing.T, argv []string) {
 			drives := valueAfter(argv, "-drive")
 			if len(drives) != 2 || !strings.HasPrefix(drives[0], "id=root,file=/d/root.img,format=raw") ||

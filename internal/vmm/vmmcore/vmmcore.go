@@ -35,10 +35,16 @@ type Spec struct {
 	KernelPath string
 	InitrdPath string // optional
 	Cmdline    string
-	// RootDisk and WorkDisk are raw disk image files (or block devices).
-	// WorkDisk is optional.
-	RootDisk string
-	WorkDisk string
+	// RootDisk and WorkDisk are disk image files (or block devices) in
+	// RootFormat and WorkFormat: "raw" (the default when empty) or "qcow2"
+	// (QEMU only). WorkDisk is optional.
+	RootDisk   string
+	WorkDisk   string
+	RootFormat string
+	WorkFormat string
+	// ConfigDisk is the VM's configuration disk (internal/configdisk), a
+	// raw file the guest gets read-only after the other disks; optional.
+	ConfigDisk string
 	// Tap is the host tap device for the guest's one NIC; empty means no
 	// network device. MAC is the guest's address (optional).
 	Tap string
