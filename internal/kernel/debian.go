@@ -18,7 +18,7 @@ const DebianName = "debian-6.1"
 // Recipe names the build recipe of debian-6.1 (the initrd and the files
 // made). Bump it whenever BuildDebian's output changes, so caches of built
 // kernels rebuild.
-const Recipe = "debian-6.1-2"
+const Recipe = "debian-6.1-4"
 
 // debianMetaPackage always depends on the current Debian kernel.
 const debianMetaPackage = "linux-image-amd64"
@@ -173,12 +173,13 @@ func buildDebian(ctx context.Context, r Runner, work, out string, progress func(
 			Version: kernelFields["Version"],
 			Origin:  "debian",
 		},
-		Files:         map[string]File{},
-		ModulesDir:    "modules",
-		InitrdModules: loaded,
-		PVH:           pvh,
-		Cmdline:       DebianCmdline,
-		BuiltAt:       time.Now().UTC().Truncate(time.Second),
+		Files:          map[string]File{},
+		ModulesDir:     "modules",
+		InitrdModules:  loaded,
+		PVH:            pvh,
+		Cmdline:        DebianCmdline,
+		InitrdFeatures: []string{FeatureConfigDisk, FeatureNetArg},
+		BuiltAt:        time.Now().UTC().Truncate(time.Second),
 	}
 	for role, rel := range files {
 		f, err := describeFile(out, rel)

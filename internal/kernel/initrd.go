@@ -39,15 +39,21 @@ var InitrdModules = []string{
 // initrdApplets get a /bin symlink to busybox: what /init uses, plus
 // enough to look around when banger.initrd=shell drops to a shell.
 var initrdApplets = []string{
-	"[", "cat", "dmesg", "echo", "findfs", "grep", "insmod", "ls", "lsmod",
-	"mkdir", "mount", "poweroff", "ps", "reboot", "sh", "sleep", "switch_root",
-	"test", "umount", "uname",
+	"[", "cat", "cp", "dmesg", "echo", "find", "findfs", "grep", "head", "insmod", "ip", "ls", "lsmod",
+	"mkdir", "mount", "poweroff", "ps", "reboot", "rm", "sh", "sleep", "switch_root", "tar",
+	"test", "umount", "uname", "wc",
 }
 
 // initScript is the initrd's /init.
 //
 //go:embed initrd_init.sh
 var initScript string
+
+// ApplyConfigScript is the initrd's /bin/banger-apply-config, which
+// copies a VM's configuration disk (see internal/configdisk) over its root.
+//
+//go:embed apply_config.sh
+var ApplyConfigScript string
 
 // initrdModuleList is where /init reads the ordered module paths from.
 const initrdModuleList = "etc/banger-initrd/modules"
@@ -96,6 +102,7 @@ func buildInitrd(ctx context.Context, r Runner, spec initrdSpec) ([]string, erro
 		cw.symlink("bin/"+a, "busybox")
 	}
 	cw.file("init", 0o755, []byte(initScript))
+	cw.file("bin/banger-apply-config", 0o755, []byte(ApplyConfigScript))
 
 	var list strings.Builder
 	names := make([]string, 0, len(order))

@@ -47,8 +47,32 @@ type Manifest struct {
 	PVH bool `json:"pvh"`
 	// Cmdline is the base kernel command line this kernel's initrd expects;
 	// the VMM appends its own arguments.
-	Cmdline string    `json:"cmdline"`
-	BuiltAt time.Time `json:"built_at"`
+	Cmdline string `json:"cmdline"`
+	// InitrdFeatures are what the initrd does beyond mounting the root
+	// (FeatureConfigDisk, FeatureNetArg); a kernel built before a feature
+	// existed lacks it, and the daemon refuses what needs it.
+	InitrdFeatures []string  `json:"initrd_features,omitempty"`
+	BuiltAt        time.Time `json:"built_at"`
+}
+
+// Initrd features.
+const (
+	// FeatureConfigDisk: the initrd applies a VM's configuration disk
+	// (internal/configdisk) over the root before its init runs.
+	FeatureConfigDisk = "config-disk"
+	// FeatureNetArg: banger.net=ADDR/LEN,GW,MAC on the command line brings
+	// the interface up in the initrd.
+	FeatureNetArg = "net-arg"
+)
+
+// HasInitrdFeature reports whether the kernel's initrd does f.
+func (m Manifest) HasInitrdFeature(f string) bool {
+	for _, have := range m.InitrdFeatures {
+		if have == f {
+			return true
+		}
+	}
+	return false
 }
 
 // Source names the package a kernel was built from.
