@@ -152,3 +152,22 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 	}
 	return nil
 }
+
+// NewHostKey generates an ed25519 SSH host key for a guest: the private
+// key in OpenSSH's PEM format (what sshd reads from
+// /etc/ssh/ssh_host_ed25519_key) and its public key.
+func NewHostKey(comment string) (privatePEM []byte, pub ssh.PublicKey, err error) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generate host key: %w", err)
+	}
+	block, err := ssh.MarshalPrivateKey(priv, comment)
+	if err != nil {
+		return nil, nil, fmt.Errorf("encode host key: %w", err)
+	}
+	signer, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(block), signer.PublicKey(), nil
+}

@@ -294,3 +294,41 @@ func hashedMatches(pattern, host string) bool {
 	mac.Write([]byte(host))
 	return hmac.Equal(mac.Sum(nil), want)
 }
+
+// PinHostKey makes key the only key known_hosts holds for hosts: lines
+// naming any of them are dropped and one line naming them all is added.
+// The daemon pins a VM's host key this way before the VM first boots, so
+// no other machine on the bridge can answer in its place (no trust on
+// first use).
+func PinHostKey(knownHostsPath string, key ssh.PublicKey, hosts ...string) error {
+	if len(hosts) == 0 {
+		return errors.New("pin host key: no host names")
+	}
+	unlock, err := lockKnownHosts(knownHostsPath)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	data, err := os.ReadFile(knownHostsPath)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("read known hosts %s: %w", knownHostsPath, err)
+	}
+	names := make([]string, 0, len(hosts))
+	for _, h := range hosts {
+		names = append(names, knownhosts.Normalize(h))
+	}
+	var kept bytes.Buffer
+	for _, line := range bytes.SplitAfter(data, []byte("\n")) {
+		if len(line) > 0 && !lineNamesAny(string(line), names) {
+			kept.Write(line)
+		}
+	}
+	if kept.Len() > 0 && !bytes.HasSuffix(kept.Bytes(), []byte("\n")) {
+		kept.WriteByte('\n')
+	}
+	kept.WriteString(knownhosts.Line(names, key) + "\n")
+	if err := writeFileAtomic(knownHostsPath, kept.Bytes(), 0o600); err != nil {
+		return fmt.Errorf("pin host key in %s: %w", knownHostsPath, err)
+	}
+	return nil
+}

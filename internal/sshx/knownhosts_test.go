@@ -1,6 +1,7 @@
 package sshx
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -252,5 +253,60 @@ func TestRemoveHostMissingFile(t *testing.T) {
 	}
 	if _, err := os.Stat(kh); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("RemoveHost created %s", kh)
+	}
+}
+
+func TestPinHostKeyReplacesEveryLineForTheHosts(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "known_hosts")
+	_, old, err := NewHostKey("old")
+	if err != nil {
+		t.Fatal(err)
+	}
+	priv, pub, err := NewHostKey("new")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, other, _ := NewHostKey("other")
+	// A stale key for the address and one for another VM.
+	if err := PinHostKey(path, old, "172.30.0.2", "web.vm"); err != nil {
+		t.Fatal(err)
+	}
+	if err := PinHostKey(path, other, "172.30.0.3", "db.vm"); err != nil {
+		t.Fatal(err)
+	}
+	if err := PinHostKey(path, pub, "172.30.0.2", "web.vm"); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(path)
+	if n := strings.Count(string(data), "\n"); n != 2 {
+		t.Fatalf("known_hosts has %d lines, want 2:\n%s", n, data)
+	}
+	// The pinned key is accepted under both names, the old one refused.
+	cb, err := knownhosts.New(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := &net.TCPAddr{IP: net.ParseIP("172.30.0.2"), Port: 22}
+	for _, host := range []string{"172.30.0.2:22", "web.vm:22"} {
+		if err := cb(host, addr, pub); err != nil {
+			t.Errorf("pinned key refused for %s: %v", host, err)
+		}
+		if err := cb(host, addr, old); err == nil {
+			t.Errorf("old key still accepted for %s", host)
+		}
+	}
+	if err := cb("db.vm:22", addr, other); err != nil {
+		t.Errorf("another VM's key was dropped: %v", err)
+	}
+	// The private half is what sshd reads.
+	signer, err := ssh.ParsePrivateKey(priv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(signer.PublicKey().Marshal(), pub.Marshal()) || signer.PublicKey().Type() != ssh.KeyAlgoED25519 {
+		t.Fatalf("private key does not match its public key (%s)", signer.PublicKey().Type())
+	}
+	if bytes.Equal(old.Marshal(), pub.Marshal()) {
+		t.Fatal("two generated host keys are equal")
 	}
 }
