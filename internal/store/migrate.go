@@ -68,6 +68,10 @@ CREATE UNIQUE INDEX vms_ip ON vms (ip) WHERE ip <> '';
 CREATE UNIQUE INDEX vms_tap ON vms (tap) WHERE tap <> '';
 CREATE INDEX vms_image ON vms (image);
 `},
+	{2, "record how each VM's root and work disks are layered", `
+ALTER TABLE vms ADD COLUMN root_disk TEXT NOT NULL DEFAULT '';
+ALTER TABLE vms ADD COLUMN work_disk TEXT NOT NULL DEFAULT '';
+`},
 }
 
 // LatestSchemaVersion is the id of the newest migration this binary knows.
