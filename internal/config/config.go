@@ -26,6 +26,7 @@ type Config struct {
 	DNSListen      string     `toml:"dns_listen"`      // where the NAME.vm resolver listens
 	DefaultDNS     []string   `toml:"default_dns"`     // upstreams guests' names are forwarded to; empty: the host's
 	DefaultNAT     bool       `toml:"default_nat"`     // NAT for VMs created without --nat/--no-nat
+	RootDisk       string     `toml:"root_disk"`       // auto, dm, qcow2, reflink or copy
 	VMM            string     `toml:"vmm"`             // auto, firecracker or qemu
 	QEMUAccel      string     `toml:"qemu_accel"`      // auto, kvm or tcg
 	FirecrackerBin string     `toml:"firecracker_bin"` // firecracker binary, by name or path
@@ -67,6 +68,7 @@ const (
 	DefaultTapPoolSize    = 2
 	DefaultDNSListen      = "127.0.0.1:42069"
 	DefaultVMM            = "auto"
+	DefaultRootDisk       = "auto"
 	DefaultQEMUAccel      = "auto"
 	DefaultFirecrackerBin = "firecracker"
 	DefaultQEMUBin        = "qemu-system-x86_64"
@@ -125,6 +127,7 @@ func Default(host HostInfo) Config {
 		TapPoolSize:    DefaultTapPoolSize,
 		DNSListen:      DefaultDNSListen,
 		VMM:            DefaultVMM,
+		RootDisk:       DefaultRootDisk,
 		QEMUAccel:      DefaultQEMUAccel,
 		FirecrackerBin: DefaultFirecrackerBin,
 		QEMUBin:        DefaultQEMUBin,
@@ -178,6 +181,7 @@ type fileConfig struct {
 	DNSListen      *string         `toml:"dns_listen"`
 	DefaultDNS     *[]string       `toml:"default_dns"`
 	DefaultNAT     *bool           `toml:"default_nat"`
+	RootDisk       *string         `toml:"root_disk"`
 	VMM            *string         `toml:"vmm"`
 	QEMUAccel      *string         `toml:"qemu_accel"`
 	FirecrackerBin *string         `toml:"firecracker_bin"`
@@ -376,6 +380,15 @@ func (c *Config) apply(fc fileConfig, path string, index docIndex) []error {
 	if v := fc.DefaultNAT; v != nil {
 		c.DefaultNAT = *v
 		set("default_nat")
+	}
+	if v := fc.RootDisk; v != nil {
+		switch *v {
+		case "auto", "dm", "qcow2", "reflink", "copy":
+			c.RootDisk = *v
+			set("root_disk")
+		default:
+			fail("root_disk", "%q is not a root disk strategy; use auto, dm, qcow2, reflink or copy", *v)
+		}
 	}
 	if v := fc.VMM; v != nil {
 		switch *v {

@@ -29,6 +29,7 @@ var keyKinds = map[string]valueKind{
 	"tap_pool_size":          kindInteger,
 	"dns_listen":             kindString,
 	"default_nat":            kindBool,
+	"root_disk":              kindString,
 	"default_dns":            kindStringList,
 	"vmm":                    kindString,
 	"qemu_accel":             kindString,
