@@ -107,8 +107,15 @@ func TestVMDefaultsResolution(t *testing.T) {
 				"vm_defaults.memory_mib": SourceBuiltin, "vm_defaults.disk_size": SourceBuiltin},
 		},
 		{
-			name: "small host: floor of 1 vcpu and 512 MiB",
+			name: "small host: floor of 2 vcpus and 512 MiB",
 			host: HostInfo{CPUs: 2, MemoryBytes: 2 << 30},
+			want: VMDefaults{VCPU: 2, MemoryMiB: 512, DiskSize: "8G"},
+			wantSrcs: map[string]Source{"vm_defaults.vcpu": SourceHost,
+				"vm_defaults.memory_mib": SourceHost, "vm_defaults.disk_size": SourceBuiltin},
+		},
+		{
+			name: "one-cpu host: never more vcpus than it has",
+			host: HostInfo{CPUs: 1, MemoryBytes: 2 << 30},
 			want: VMDefaults{VCPU: 1, MemoryMiB: 512, DiskSize: "8G"},
 			wantSrcs: map[string]Source{"vm_defaults.vcpu": SourceHost,
 				"vm_defaults.memory_mib": SourceHost, "vm_defaults.disk_size": SourceBuiltin},

@@ -30,12 +30,13 @@ const (
 	heuristicMinMemoryMiB = 512
 )
 
-// vcpuFor is a quarter of the host's CPUs, at least 1 and at most 4.
+// vcpuFor is a quarter of the host's CPUs, but at least 2 where the host
+// has them (one vCPU doubles a software-emulated boot) and at most 4.
 func vcpuFor(h HostInfo) (int, bool) {
 	if h.CPUs <= 0 {
 		return 0, false
 	}
-	return min(max(h.CPUs/4, 1), heuristicMaxVCPU), true
+	return min(max(h.CPUs/4, 2), heuristicMaxVCPU, h.CPUs), true
 }
 
 // memoryMiBFor is an eighth of the host's memory, between 512 MiB and 8 GiB.
