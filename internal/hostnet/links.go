@@ -24,10 +24,12 @@ const maxIfName = 15
 // change is repeated before giving up.
 const dumpRetries = 5
 
-// TapName returns the TAP device name for a VM: "bg-" followed by the VM
-// id when that id is 1–12 characters of [a-z0-9], otherwise followed by 12
-// hex digits of the id's SHA-256. The result is deterministic, unique per
-// id in practice, and always a valid interface name (at most 15 bytes).
+// TapName returns the name of a VM's tap when it is created cold (the pool
+// had none idle; Pool.Claim's fallback): "bg-" followed by the VM id when
+// that id is 1–12 characters of [a-z0-9], otherwise followed by 12 hex
+// digits of the id's SHA-256. The result is deterministic, unique per id in
+// practice, and always a valid interface name (at most 15 bytes). A VM
+// that got a warm tap from the pool has a pool name (IsPoolTap) instead.
 func TapName(vmID string) string {
 	short := maxIfName - len(TapPrefix)
 	if len(vmID) > 0 && len(vmID) <= short && isLowerAlnum(vmID) {
@@ -242,7 +244,10 @@ func DeleteTap(name string) error {
 }
 
 // ListTaps returns the names of all TAP devices whose name starts with
-// prefix, sorted.
+// prefix, sorted. Pool taps start with TapPrefix too, and a VM's tap may be
+// one (a claimed pool tap keeps its bg-pool-NNNN name): a sweep for
+// orphaned VM taps must go by the names the VM rows record, skipping the
+// idle pool taps, not by TapName alone.
 func ListTaps(prefix string) ([]string, error) {
 	var links []netlink.Link
 	var err error

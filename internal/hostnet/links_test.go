@@ -16,7 +16,7 @@ import (
 // original namespace in t.Cleanup. Closing the last handle destroys the
 // namespace and every link in it, so nothing reaches the host namespace
 // even if the test fails halfway.
-func inFreshNetns(t *testing.T) {
+func inFreshNetns(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (CAP_NET_ADMIN) to create network namespaces, bridges and taps")
