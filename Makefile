@@ -12,7 +12,7 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
 
 install: build
-	install -m 0755 $(BIN)/banger $(BIN)/bangerd $(PREFIX)/bin/
+	install -m 0755 $(BIN)/banger $(BIN)/bangerd $(BIN)/banger-agent $(PREFIX)/bin/
 
 # Unit and host-integration tests (the latter need root and skip without it).
 test:

@@ -16,6 +16,7 @@ const ProtocolVersion = 1
 // Operation kinds. The Kind field of OperationSummary takes one of these.
 const (
 	OpKindVMCreate   = "vm.create"
+	OpKindVMClone    = "vm.clone"
 	OpKindImagePull  = "image.pull"
 	OpKindKernelPull = "kernel.pull"
 )

@@ -4,23 +4,38 @@ import "time"
 
 // VM is the public shape of one VM (vm.show, vm.list).
 type VM struct {
-	Name          string    `json:"name"`
-	ID            string    `json:"id"`
-	State         string    `json:"state"`
-	Image         string    `json:"image"`
-	Kernel        string    `json:"kernel"`
-	VCPU          int       `json:"vcpu"`
-	MemoryMiB     int       `json:"memory_mib"`
-	DiskSizeBytes int64     `json:"disk_size_bytes"`
-	IP            string    `json:"ip"`
-	MAC           string    `json:"mac"`
-	Tap           string    `json:"tap,omitempty"`
-	VMM           string    `json:"vmm"`
-	PID           int       `json:"pid,omitempty"`
-	Dir           string    `json:"dir"`
-	LastError     string    `json:"last_error,omitempty"`
-	CreatedAt     time.Time `json:"created_at"`
-	UpdatedAt     time.Time `json:"updated_at"`
+	Name          string `json:"name"`
+	ID            string `json:"id"`
+	State         string `json:"state"`
+	Image         string `json:"image"`
+	Kernel        string `json:"kernel"`
+	VCPU          int    `json:"vcpu"`
+	MemoryMiB     int    `json:"memory_mib"`
+	DiskSizeBytes int64  `json:"disk_size_bytes"`
+	IP            string `json:"ip"`
+	MAC           string `json:"mac"`
+	Tap           string `json:"tap,omitempty"`
+	NAT           bool   `json:"nat"`
+	// NATNote says what banger found or did on the host for NAT
+	// (ip_forward already on or enabled by banger, or why rules failed).
+	NATNote string `json:"nat_note,omitempty"`
+	DNSName string `json:"dns_name"`
+	// RootDisk is how the root disk is layered over the image (dm, qcow2,
+	// reflink, copy); RootUsedBytes and WorkUsedBytes are what the VM's
+	// own layers hold on the host.
+	RootDisk      string `json:"root_disk,omitempty"`
+	RootUsedBytes int64  `json:"root_used_bytes"`
+	WorkUsedBytes int64  `json:"work_used_bytes"`
+	// Agent is the guest agent's report (running VMs, vm show only);
+	// AgentError says why it is missing.
+	Agent      *AgentHealth `json:"agent,omitempty"`
+	AgentError string       `json:"agent_error,omitempty"`
+	VMM        string       `json:"vmm"`
+	PID        int          `json:"pid,omitempty"`
+	Dir        string       `json:"dir"`
+	LastError  string       `json:"last_error,omitempty"`
+	CreatedAt  time.Time    `json:"created_at"`
+	UpdatedAt  time.Time    `json:"updated_at"`
 }
 
 // VMCreateParams are the params of vm.create.begin. Zero values take the
@@ -32,6 +47,8 @@ type VMCreateParams struct {
 	MemoryMiB int    `json:"memory_mib,omitempty"`
 	DiskSize  string `json:"disk_size,omitempty"`
 	NoStart   bool   `json:"no_start,omitempty"`
+	// NAT gives the VM a way out through the host; nil: default_nat.
+	NAT *bool `json:"nat,omitempty"`
 }
 
 // VMCreateBeginResult is returned by vm.create.begin.
@@ -58,6 +75,17 @@ type VMCreateStatus struct {
 	Operation OperationSummary `json:"operation"`
 	Stages    []StageTiming    `json:"stages"`
 	VM        *VM              `json:"vm,omitempty"`
+	// Warnings are things the user should know that did not stop the
+	// create (a root disk that had to be a full copy, say).
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// VMCloneParams are the params of vm.clone.begin: a new VM Name whose
+// disks start as copy-on-write copies of the stopped VM Source's.
+type VMCloneParams struct {
+	Source  string `json:"source"`
+	Name    string `json:"name"`
+	NoStart bool   `json:"no_start,omitempty"`
 }
 
 // VMRef names VMs.
@@ -70,12 +98,15 @@ type VMListResult struct {
 	VMs []VM `json:"vms"`
 }
 
-// VMSetParams change a stopped VM's resources. Zero values keep the current one.
+// VMSetParams change a VM's resources (while it is stopped) or its NAT
+// (at any time). Zero values keep the current one.
 type VMSetParams struct {
 	Name      string `json:"name"`
 	VCPU      int    `json:"vcpu,omitempty"`
 	MemoryMiB int    `json:"memory_mib,omitempty"`
 	DiskSize  string `json:"disk_size,omitempty"`
+	// NAT turns the VM's way out on or off, live; nil leaves it.
+	NAT *bool `json:"nat,omitempty"`
 }
 
 // VMLogsParams ask for the console log from Offset on (at most MaxBytes).
@@ -111,4 +142,45 @@ type VMPruneParams struct {
 // VMPruneResult lists the VMs vm.prune deleted.
 type VMPruneResult struct {
 	Deleted []string `json:"deleted"`
+}
+
+// AgentHealth is what a VM's guest agent reports (vm.health, vm.show).
+type AgentHealth struct {
+	AgentVersion string      `json:"agent_version"`
+	UptimeS      float64     `json:"uptime_s"`
+	Load1        float64     `json:"load1"`
+	Load5        float64     `json:"load5"`
+	Load15       float64     `json:"load15"`
+	MemTotal     uint64      `json:"mem_total"`
+	MemAvailable uint64      `json:"mem_available"`
+	Disks        []AgentDisk `json:"disks"`
+	Hostname     string      `json:"hostname"`
+	BootID       string      `json:"boot_id"`
+	Warnings     []string    `json:"warnings,omitempty"`
+}
+
+// AgentDisk is one filesystem of the guest ("/" and "/root"), in bytes.
+type AgentDisk struct {
+	Path  string `json:"path"`
+	Size  uint64 `json:"size"`
+	Used  uint64 `json:"used"`
+	Avail uint64 `json:"avail"`
+}
+
+// GuestPort is one listening socket in a guest.
+type GuestPort struct {
+	Proto   string `json:"proto"`
+	Addr    string `json:"addr"`
+	Port    uint16 `json:"port"`
+	PID     int    `json:"pid,omitempty"`
+	Process string `json:"process,omitempty"`
+	// URL is http://NAME.vm:PORT/ when the port answered an HTTP request.
+	URL string `json:"url,omitempty"`
+}
+
+// VMPortsResult is the result of vm.ports.
+type VMPortsResult struct {
+	Name    string      `json:"name"`
+	DNSName string      `json:"dns_name"`
+	Ports   []GuestPort `json:"ports"`
 }

@@ -37,7 +37,7 @@ func startTestDaemon(t *testing.T) func(string) string {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	d, err := daemon.Open(ctx, daemon.Options{Layout: layout, Config: cfg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	d, err := daemon.Open(ctx, daemon.Options{Layout: layout, Config: cfg, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), WithoutNetwork: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"strings"
@@ -26,6 +27,7 @@ func newVMCommand(app *App) *cobra.Command {
 	}
 	vm.AddCommand(
 		newVMCreateCommand(app),
+		newVMCloneCommand(app),
 		newVMListCommand(app, "list"),
 		newVMShowCommand(app),
 		newVMLifecycleCommand(app, "start", "Start stopped VMs and wait until SSH answers", "vm.start"),
@@ -34,6 +36,8 @@ func newVMCommand(app *App) *cobra.Command {
 		newVMLifecycleCommand(app, "kill", "End VMs' VMM processes at once", "vm.kill"),
 		newVMLifecycleCommand(app, "delete", "Delete VMs and everything they own (running ones are stopped first)", "vm.delete"),
 		newVMSetCommand(app),
+		newVMHealthCommand(app),
+		newVMPortsCommand(app),
 		newVMLogsCommand(app),
 		newVMSSHCommand(app),
 		newVMExecCommand(app),
@@ -67,6 +71,11 @@ func newVMCreateCommand(app *App) *cobra.Command {
 		Short: "Create a VM and boot it (returns when SSH answers)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			nat, err := natFlag(cmd)
+			if err != nil {
+				return err
+			}
+			p.NAT = nat
 			vm, err := createVM(cmd.Context(), app, p, !asJSON)
 			if err != nil {
 				return err
@@ -89,13 +98,94 @@ func newVMCreateCommand(app *App) *cobra.Command {
 	f.IntVar(&p.MemoryMiB, "memory", 0, "memory in MiB (default "+memHelp+")")
 	f.StringVar(&p.DiskSize, "disk-size", "", "work disk size, e.g. 8G (default "+diskHelp+")")
 	f.BoolVar(&p.NoStart, "no-start", false, "create the disks but do not boot")
+	addNATFlags(cmd, "give the VM a way out through the host (masquerade); default: default_nat in config.toml ("+natDefaultHelp(app)+")")
 	f.BoolVar(&asJSON, "json", false, "print the VM as JSON")
 	return cmd
+}
+
+func newVMCloneCommand(app *App) *cobra.Command {
+	var p api.VMCloneParams
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "clone SRC NAME",
+		Short: "Create VM NAME from stopped VM SRC's disks (copy-on-write) and boot it",
+		Long: "Create VM NAME whose root and work disks start as copy-on-write copies of the stopped VM SRC's\n" +
+			"(its installed packages, /root), with its own name, address, MAC, host key and machine-id.\n" +
+			"SRC and NAME then diverge; SRC may be deleted later (shared layers stay until the last user goes).",
+		Args: cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p.Source, p.Name = args[0], args[1]
+			vm, err := followCreate(cmd.Context(), app, "vm.clone.begin", p, !asJSON)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(app, vm)
+			}
+			if vm.State == "running" {
+				fmt.Fprintf(app.Stdout, "%s is running at %s; connect with: banger vm ssh %s\n", vm.Name, vm.IP, vm.Name)
+			} else {
+				fmt.Fprintf(app.Stdout, "%s cloned from %s (%s); start it with: banger vm start %s\n", vm.Name, p.Source, vm.State, vm.Name)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&p.NoStart, "no-start", false, "clone the disks but do not boot")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the VM as JSON")
+	return cmd
+}
+
+// addNATFlags adds --nat and --no-nat.
+func addNATFlags(cmd *cobra.Command, help string) {
+	cmd.Flags().Bool("nat", false, help)
+	cmd.Flags().Bool("no-nat", false, "no way out: the VM reaches the host and other VMs only")
+	cmd.MarkFlagsMutuallyExclusive("nat", "no-nat")
+}
+
+// natFlag is what --nat / --no-nat asked for: nil when neither was given.
+func natFlag(cmd *cobra.Command) (*bool, error) {
+	on, err := cmd.Flags().GetBool("nat")
+	if err != nil {
+		return nil, err
+	}
+	off, err := cmd.Flags().GetBool("no-nat")
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case on:
+		return &on, nil
+	case off:
+		v := false
+		return &v, nil
+	}
+	return nil, nil
+}
+
+func natDefaultHelp(app *App) string {
+	layout, err := config.LayoutFromEnv(app.Getenv)
+	if err != nil {
+		return "off"
+	}
+	cfg, err := config.Load(layout.ConfigFile, config.DetectHost())
+	if err != nil {
+		return "off"
+	}
+	if cfg.DefaultNAT {
+		return "on"
+	}
+	return "off"
 }
 
 // createVM begins a vm.create, renders its stages until it ends, and
 // cancels it (rolling everything back) on Ctrl-C.
 func createVM(ctx context.Context, app *App, p api.VMCreateParams, show bool) (api.VM, error) {
+	return followCreate(ctx, app, "vm.create.begin", p, show)
+}
+
+// followCreate begins a create-like operation (vm.create.begin,
+// vm.clone.begin) and follows it as createVM describes.
+func followCreate(ctx context.Context, app *App, method string, p any, show bool) (api.VM, error) {
 	// Ctrl-C from here on cancels the create: during begin the daemon sees
 	// the request go away and cancels what it started.
 	sigctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
@@ -105,7 +195,7 @@ func createVM(ctx context.Context, app *App, p api.VMCreateParams, show bool) (a
 		return api.VM{}, err
 	}
 	var begin api.VMCreateBeginResult
-	if err := c.Call(sigctx, "vm.create.begin", p, &begin); err != nil {
+	if err := c.Call(sigctx, method, p, &begin); err != nil {
 		if sigctx.Err() != nil && ctx.Err() == nil {
 			return api.VM{}, fmt.Errorf("create interrupted before it began; anything it started is being rolled back (banger ops shows it)")
 		}
@@ -142,6 +232,9 @@ func createVM(ctx context.Context, app *App, p api.VMCreateParams, show bool) (a
 		r.update(st.Stages, st.Operation.Stage)
 		if st.Operation.Done {
 			r.finish()
+			for _, w := range st.Warnings {
+				fmt.Fprintf(app.Stderr, "warning: %s\n", w)
+			}
 			if st.Operation.Error != "" {
 				return api.VM{}, fmt.Errorf("create %s failed: %s", begin.Name, st.Operation.Error)
 			}
@@ -252,10 +345,10 @@ func newVMListCommand(app *App, use string) *cobra.Command {
 				return nil
 			}
 			tw := tabwriter.NewWriter(app.Stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tSTATE\tIP\tVCPU\tMEMORY\tDISK\tIMAGE\tVMM\tAGE")
+			fmt.Fprintln(tw, "NAME\tSTATE\tIP\tVCPU\tMEMORY\tDISK\tDISK USED\tIMAGE\tVMM\tAGE")
 			for _, v := range res.VMs {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\t%s\n", v.Name, v.State, v.IP, v.VCPU, v.MemoryMiB,
-					humanBytes(v.DiskSizeBytes), v.Image, v.VMM, time.Since(v.CreatedAt).Round(time.Second))
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%dM\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.State, v.IP, v.VCPU, v.MemoryMiB,
+					humanBytes(v.DiskSizeBytes), humanBytes(v.RootUsedBytes+v.WorkUsedBytes), v.Image, v.VMM, time.Since(v.CreatedAt).Round(time.Second))
 			}
 			return tw.Flush()
 		},
@@ -283,10 +376,13 @@ func newVMShowCommand(app *App) *cobra.Command {
 				return writeJSON(app, v)
 			}
 			tw := tabwriter.NewWriter(app.Stdout, 0, 4, 2, ' ', 0)
-			rows := [][2]string{{"name", v.Name}, {"state", v.State}, {"ip", v.IP}, {"dns", v.Name + ".vm"}, {"mac", v.MAC},
-				{"vcpu", fmt.Sprint(v.VCPU)}, {"memory", fmt.Sprintf("%d MiB", v.MemoryMiB)}, {"work disk", humanBytes(v.DiskSizeBytes)},
+			rows := [][2]string{{"name", v.Name}, {"state", v.State}, {"ip", v.IP}, {"dns", v.DNSName}, {"mac", v.MAC},
+				{"nat", onOff(v.NAT)}, {"nat note", v.NATNote},
+				{"vcpu", fmt.Sprint(v.VCPU)}, {"memory", fmt.Sprintf("%d MiB", v.MemoryMiB)},
+				{"root disk", fmt.Sprintf("%s over image %s, %s used", v.RootDisk, v.Image, humanBytes(v.RootUsedBytes))},
+				{"work disk", fmt.Sprintf("%s, %s used", humanBytes(v.DiskSizeBytes), humanBytes(v.WorkUsedBytes))},
 				{"image", v.Image}, {"kernel", v.Kernel}, {"vmm", v.VMM}, {"tap", v.Tap}, {"pid", fmt.Sprint(v.PID)},
-				{"dir", v.Dir}, {"created", v.CreatedAt.Format(time.RFC3339)}, {"last error", v.LastError}}
+				{"dir", v.Dir}, {"created", v.CreatedAt.Format(time.RFC3339)}, {"last error", v.LastError}, {"agent", agentLine(v)}}
 			for _, r := range rows {
 				if r[1] == "" || r[1] == "0" {
 					continue
@@ -347,10 +443,15 @@ func newVMSetCommand(app *App) *cobra.Command {
 	var p api.VMSetParams
 	cmd := &cobra.Command{
 		Use:   "set NAME",
-		Short: "Change a stopped VM's vCPUs, memory or work disk size (grow only)",
+		Short: "Change a stopped VM's vCPUs, memory or work disk size (grow only), or any VM's NAT",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p.Name = args[0]
+			nat, err := natFlag(cmd)
+			if err != nil {
+				return err
+			}
+			p.NAT = nat
 			c, err := app.client(cmd.Context())
 			if err != nil {
 				return err
@@ -359,10 +460,14 @@ func newVMSetCommand(app *App) *cobra.Command {
 			if err := c.Call(cmd.Context(), "vm.set", p, &v); err != nil {
 				return err
 			}
-			fmt.Fprintf(app.Stdout, "%s: vcpu %d, memory %d MiB, work disk %s\n", v.Name, v.VCPU, v.MemoryMiB, humanBytes(v.DiskSizeBytes))
+			fmt.Fprintf(app.Stdout, "%s: vcpu %d, memory %d MiB, work disk %s, nat %s\n", v.Name, v.VCPU, v.MemoryMiB, humanBytes(v.DiskSizeBytes), onOff(v.NAT))
+			if v.NATNote != "" {
+				fmt.Fprintf(app.Stdout, "  %s\n", v.NATNote)
+			}
 			return nil
 		},
 	}
+	addNATFlags(cmd, "turn NAT on, live: the VM reaches everything the host reaches")
 	cmd.Flags().IntVar(&p.VCPU, "vcpu", 0, "virtual CPUs")
 	cmd.Flags().IntVar(&p.MemoryMiB, "memory", 0, "memory in MiB")
 	cmd.Flags().StringVar(&p.DiskSize, "disk-size", "", "new work disk size, e.g. 16G (grow only)")
@@ -561,4 +666,112 @@ func humanBytes(n int64) string {
 		return fmt.Sprintf("%d%c", int64(v), "KMGTPE"[exp])
 	}
 	return fmt.Sprintf("%.1f%c", v, "KMGTPE"[exp])
+}
+
+func onOff(b bool) string {
+	if b {
+		return "on"
+	}
+	return "off"
+}
+
+func newVMHealthCommand(app *App) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "health NAME",
+		Short: "Ask a running VM's guest agent how it is (uptime, load, memory, disks)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := app.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var h api.AgentHealth
+			if err := c.Call(cmd.Context(), "vm.health", api.VMRef{Name: args[0]}, &h); err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(app, h)
+			}
+			printHealth(app.Stdout, h)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func printHealth(w io.Writer, h api.AgentHealth) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "agent:\t%s\n", h.AgentVersion)
+	fmt.Fprintf(tw, "hostname:\t%s\n", h.Hostname)
+	fmt.Fprintf(tw, "uptime:\t%s\n", (time.Duration(h.UptimeS) * time.Second).String())
+	fmt.Fprintf(tw, "load:\t%.2f %.2f %.2f\n", h.Load1, h.Load5, h.Load15)
+	fmt.Fprintf(tw, "memory:\t%s available of %s\n", humanBytes(int64(h.MemAvailable)), humanBytes(int64(h.MemTotal)))
+	for _, d := range h.Disks {
+		fmt.Fprintf(tw, "disk %s:\t%s used, %s free of %s\n", d.Path, humanBytes(int64(d.Used)), humanBytes(int64(d.Avail)), humanBytes(int64(d.Size)))
+	}
+	for _, warn := range h.Warnings {
+		fmt.Fprintf(tw, "warning:\t%s\n", warn)
+	}
+	tw.Flush()
+}
+
+func newVMPortsCommand(app *App) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "ports NAME",
+		Short: "List what listens in a running VM (NAME.vm:PORT, protocol, process)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := app.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			var res api.VMPortsResult
+			if err := c.Call(cmd.Context(), "vm.ports", api.VMRef{Name: args[0]}, &res); err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(app, res.Ports)
+			}
+			if len(res.Ports) == 0 {
+				fmt.Fprintf(app.Stdout, "nothing listens in %s\n", res.Name)
+				return nil
+			}
+			tw := tabwriter.NewWriter(app.Stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ADDRESS\tPROTO\tPROCESS\tURL")
+			for _, p := range res.Ports {
+				host := res.DNSName
+				if p.Addr == "127.0.0.1" || p.Addr == "::1" {
+					host = "localhost (in the guest)"
+				}
+				proc := p.Process
+				if p.PID != 0 {
+					proc = fmt.Sprintf("%s[%d]", p.Process, p.PID)
+				}
+				fmt.Fprintf(tw, "%s:%d\t%s\t%s\t%s\n", host, p.Port, p.Proto, proc, p.URL)
+			}
+			return tw.Flush()
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+// agentLine sums up the guest agent's report for vm show.
+func agentLine(v api.VM) string {
+	switch {
+	case v.AgentError != "":
+		return "unreachable: " + v.AgentError
+	case v.Agent == nil:
+		return ""
+	}
+	h := v.Agent
+	line := fmt.Sprintf("%s, up %s, load %.2f, %s of %s memory available", h.AgentVersion,
+		(time.Duration(h.UptimeS) * time.Second).String(), h.Load1, humanBytes(int64(h.MemAvailable)), humanBytes(int64(h.MemTotal)))
+	for _, d := range h.Disks {
+		line += fmt.Sprintf(", %s %s/%s used", d.Path, humanBytes(int64(d.Used)), humanBytes(int64(d.Size)))
+	}
+	return line
 }

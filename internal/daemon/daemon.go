@@ -25,6 +25,10 @@ type Options struct {
 	Logger *slog.Logger
 	// AllowedUIDs are answered besides root (system mode adds the owner).
 	AllowedUIDs []uint32
+	// WithoutNetwork serves without the bridge, tap pool, rules and DNS
+	// server, for tests of the RPC surface that must not touch the host's
+	// network. bangerd never sets it.
+	WithoutNetwork bool
 }
 
 // Daemon is the root every service hangs off.
@@ -47,8 +51,15 @@ type Daemon struct {
 
 	pulls pullOnce
 
+	net            *network
+	withoutNetwork bool
+	agents         agentLocks
+
 	// allocMu serialises IP allocation with the insert of the VM row.
 	allocMu sync.Mutex
+	// layersMu serialises clones (which freeze disks into shared layers)
+	// with the removal of layers no VM uses.
+	layersMu sync.Mutex
 
 	// bgCtx is cancelled when the daemon stops; async work derives from it.
 	bgCtx    context.Context
@@ -99,6 +110,13 @@ func Open(ctx context.Context, opts Options) (*Daemon, error) {
 		host:        config.DetectHost(),
 		stateLock:   stateLock,
 	}
+	d.net, err = newNetwork(opts.Config, opts.Logger, st)
+	if err != nil {
+		st.Close()
+		stateLock.Close()
+		return nil, err
+	}
+	d.withoutNetwork = opts.WithoutNetwork
 	d.bgCtx, d.bgCancel = context.WithCancel(context.Background())
 	d.adoptVMs(ctx)
 	return d, nil
@@ -122,6 +140,12 @@ func (d *Daemon) Serve(ctx context.Context) error {
 		return err
 	}
 	defer release()
+	if !d.withoutNetwork {
+		if err := d.net.start(ctx); err != nil {
+			return err
+		}
+		defer d.net.close()
+	}
 
 	srv := &rpc.Server{Methods: d.Methods(), Logger: d.log, AllowedUIDs: d.allowedUIDs}
 	bg, stopBG := context.WithCancel(ctx)

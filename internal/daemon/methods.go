@@ -19,6 +19,9 @@ func (d *Daemon) Methods() rpc.Methods {
 		"daemon.operations.list": rpc.Typed(d.operationsList),
 
 		"vm.create.begin":  rpc.Typed(d.vmCreateBegin),
+		"vm.clone.begin":   rpc.Typed(d.vmCloneBegin),
+		"vm.health":        rpc.Typed(d.vmHealth),
+		"vm.ports":         rpc.Typed(d.vmPorts),
 		"vm.create.status": rpc.Typed(d.vmCreateStatus),
 		"vm.create.cancel": rpc.Typed(d.vmCreateCancel),
 		"vm.list":          rpc.Typed(d.vmList),

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"banger/internal/agent"
 	"banger/internal/api"
 	"banger/internal/config"
 	"banger/internal/hostnet"
@@ -27,7 +28,8 @@ const (
 
 func toAPIVM(v store.VM) api.VM {
 	return api.VM{Name: v.Name, ID: v.ID, State: v.State, Image: v.Image, Kernel: v.Kernel, VCPU: v.VCPU,
-		MemoryMiB: v.MemoryMiB, DiskSizeBytes: v.DiskSizeBytes, IP: v.IP, MAC: v.MAC, Tap: v.Tap, VMM: v.VMM,
+		MemoryMiB: v.MemoryMiB, DiskSizeBytes: v.DiskSizeBytes, IP: v.IP, MAC: v.MAC, Tap: v.Tap, NAT: v.NAT,
+		DNSName: v.Name + ".vm", VMM: v.VMM,
 		PID: v.PID, Dir: v.Dir, LastError: v.LastError, CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt}
 }
 
@@ -38,15 +40,21 @@ func handleOf(v store.VM) vmm.Handle {
 // vmPaths are the files of one VM.
 type vmPaths struct {
 	dir, root, work, console, run string
+	// config is the configuration disk written at every boot; hostKey and
+	// machineID are the VM's identity, made once at create.
+	config, hostKey, machineID string
 }
 
 func (d *Daemon) pathsFor(id string) vmPaths {
 	dir := filepath.Join(d.layout.VMsDir, id)
 	return vmPaths{
-		dir:     dir,
-		root:    filepath.Join(dir, "root.ext4"),
-		work:    filepath.Join(dir, "work.ext4"),
-		console: filepath.Join(dir, "console.log"),
+		dir:       dir,
+		root:      filepath.Join(dir, "root.ext4"),
+		work:      filepath.Join(dir, "work.ext4"),
+		console:   filepath.Join(dir, "console.log"),
+		config:    filepath.Join(dir, "config.img"),
+		hostKey:   filepath.Join(dir, "ssh_host_ed25519_key"),
+		machineID: filepath.Join(dir, "machine-id"),
 		// Unix socket paths are limited to 108 bytes: keep the VMM's
 		// sockets under the short runtime dir, not the state dir.
 		run: filepath.Join(d.layout.RuntimeDir, "vms", shortID(id)),
@@ -92,17 +100,36 @@ func (d *Daemon) refresh(ctx context.Context, v store.VM) (store.VM, error) {
 	if err := d.store.UpdateVM(ctx, v); err != nil {
 		return v, err
 	}
+	d.syncNetwork(ctx)
 	return d.store.GetVM(ctx, v.Name)
+}
+
+// syncNetwork brings DNS records and network rules in line with the VM
+// rows after a change; a failure is logged (the VMs that need NAT report
+// it themselves, and the watch loop retries).
+func (d *Daemon) syncNetwork(ctx context.Context) {
+	if err := d.net.sync(context.WithoutCancel(ctx)); err != nil {
+		d.log.Warn("sync network rules", "err", err)
+	}
 }
 
 // releaseRuntime removes what only a running VM holds: its tap and VMM
 // runtime directory. The caller saves the record.
 func (d *Daemon) releaseRuntime(ctx context.Context, v *store.VM) {
-	// The tap's name derives from the VM's id, so it is released even when
-	// a daemon died between creating it and recording it.
-	tap := hostnet.TapName(v.ID)
-	if err := hostnet.DeleteTap(tap); err != nil {
-		d.log.Warn("delete tap", "vm", v.Name, "tap", tap, "err", err)
+	// The recorded tap (a pool tap keeps its pool name), and the one named
+	// after the VM's id: a tap created cold is released even when a daemon
+	// died between creating it and recording it.
+	for _, tap := range []string{v.Tap, hostnet.TapName(v.ID)} {
+		if tap == "" {
+			continue
+		}
+		if err := hostnet.DeleteTap(tap); err != nil {
+			d.log.Warn("delete tap", "vm", v.Name, "tap", tap, "err", err)
+		}
+	}
+	// A dm root's snapshot device goes with the VMM.
+	if err := d.detachDisks(ctx, v); err != nil {
+		d.log.Warn("detach disks", "vm", v.Name, "err", err)
 	}
 	// The driver removes what it keeps outside the runtime dir (a
 	// Firecracker jail); it refuses while the VMM still runs.
@@ -174,7 +201,7 @@ func (d *Daemon) vmList(ctx context.Context, _ noParams) (api.VMListResult, erro
 		if v, err = d.refresh(ctx, v); err != nil {
 			return out, err
 		}
-		out.VMs = append(out.VMs, toAPIVM(v))
+		out.VMs = append(out.VMs, d.apiVM(v))
 	}
 	return out, nil
 }
@@ -184,7 +211,20 @@ func (d *Daemon) vmShow(ctx context.Context, p api.VMRef) (api.VM, error) {
 	if err != nil {
 		return api.VM{}, err
 	}
-	return toAPIVM(v), nil
+	out := d.apiVM(v)
+	if v.State == store.StateRunning {
+		actx, cancel := context.WithTimeout(ctx, agentCallTimeout)
+		defer cancel()
+		err := d.withAgent(actx, v, func(c *agent.Client) error {
+			h, err := c.Health(actx)
+			out.Agent = toAPIHealth(h)
+			return err
+		})
+		if err != nil {
+			out.Agent, out.AgentError = nil, err.Error()
+		}
+	}
+	return out, nil
 }
 
 func (d *Daemon) vmStart(ctx context.Context, p api.VMRef) (api.VM, error) {
@@ -220,6 +260,7 @@ func (d *Daemon) boot(ctx context.Context, v *store.VM) error {
 		if uerr := d.store.UpdateVM(context.WithoutCancel(ctx), *v); uerr != nil {
 			d.log.Error("record failed boot", "vm", v.Name, "err", uerr)
 		}
+		d.syncNetwork(ctx)
 		return err
 	}
 	return nil
@@ -295,7 +336,11 @@ func (d *Daemon) stop(ctx context.Context, v *store.VM, force bool) error {
 	d.releaseRuntime(ctx, v)
 	v.State = store.StateStopped
 	v.LastError = note
-	return d.store.UpdateVM(context.WithoutCancel(ctx), *v)
+	if err := d.store.UpdateVM(context.WithoutCancel(ctx), *v); err != nil {
+		return err
+	}
+	d.syncNetwork(ctx)
+	return nil
 }
 
 func (d *Daemon) vmRestart(ctx context.Context, p api.VMRef) (api.VM, error) {
@@ -348,6 +393,11 @@ func (d *Daemon) deleteVM(ctx context.Context, name string, onlyStopped bool) (a
 	if err := d.store.DeleteVM(context.WithoutCancel(ctx), v.Name); err != nil {
 		return api.VM{}, false, err
 	}
+	d.syncNetwork(ctx)
+	// Layers it shared with clones stay until the last of them goes.
+	d.layersMu.Lock()
+	d.gcLayers(context.WithoutCancel(ctx))
+	d.layersMu.Unlock()
 	v.State = "deleted"
 	return toAPIVM(v), true, nil
 }
@@ -377,11 +427,20 @@ func (d *Daemon) vmSet(ctx context.Context, p api.VMSetParams) (api.VM, error) {
 		return api.VM{}, err
 	}
 	defer unlock()
-	if v.State != store.StateStopped {
-		return api.VM{}, api.Errorf(api.CodeBadRequest, "vm %q is %s; stop it first (banger vm stop %s)", v.Name, v.State, v.Name)
+	resources := p.VCPU != 0 || p.MemoryMiB != 0 || p.DiskSize != ""
+	if !resources && p.NAT == nil {
+		return api.VM{}, api.Errorf(api.CodeBadRequest, "nothing to change: pass --vcpu, --memory, --disk-size, --nat or --no-nat")
 	}
-	if p.VCPU == 0 && p.MemoryMiB == 0 && p.DiskSize == "" {
-		return api.VM{}, api.Errorf(api.CodeBadRequest, "nothing to change: pass --vcpu, --memory or --disk-size")
+	if resources && v.State != store.StateStopped {
+		return api.VM{}, api.Errorf(api.CodeBadRequest, "vm %q is %s; stop it first to change --vcpu, --memory or --disk-size (banger vm stop %s); --nat and --no-nat work on a running VM", v.Name, v.State, v.Name)
+	}
+	if p.NAT != nil && *p.NAT != v.NAT {
+		if err := d.setNAT(ctx, &v, *p.NAT); err != nil {
+			return api.VM{}, err
+		}
+	}
+	if !resources {
+		return d.apiVM(v), nil
 	}
 	if p.VCPU != 0 {
 		if err := d.checkVCPU(p.VCPU); err != nil {
@@ -404,7 +463,7 @@ func (d *Daemon) vmSet(ctx context.Context, p api.VMSetParams) (api.VM, error) {
 			return api.VM{}, api.Errorf(api.CodeBadRequest, "disk size %s is smaller than the current %d bytes; work disks only grow", p.DiskSize, v.DiskSizeBytes)
 		}
 		if size > v.DiskSizeBytes {
-			if err := d.growWorkDisk(ctx, d.pathsFor(v.ID).work, size); err != nil {
+			if err := d.growWorkDisk(ctx, v, size); err != nil {
 				return api.VM{}, err
 			}
 			v.DiskSizeBytes = size
@@ -414,7 +473,34 @@ func (d *Daemon) vmSet(ctx context.Context, p api.VMSetParams) (api.VM, error) {
 		return api.VM{}, err
 	}
 	v, err = d.store.GetVM(ctx, v.Name)
-	return toAPIVM(v), err
+	return d.apiVM(v), err
+}
+
+// setNAT turns a VM's way out on or off, live: the rules follow the row at
+// once. When the rules cannot be installed the change is undone and the
+// reason returned.
+func (d *Daemon) setNAT(ctx context.Context, v *store.VM, on bool) error {
+	v.NAT = on
+	if err := d.store.UpdateVM(ctx, *v); err != nil {
+		return err
+	}
+	if err := d.net.sync(ctx); err != nil {
+		v.NAT = !on
+		if uerr := d.store.UpdateVM(context.WithoutCancel(ctx), *v); uerr != nil {
+			d.log.Error("restore NAT setting", "vm", v.Name, "err", uerr)
+		}
+		d.syncNetwork(ctx)
+		return natError(err)
+	}
+	return nil
+}
+
+// apiVM is the public shape of v with what the network service knows.
+func (d *Daemon) apiVM(v store.VM) api.VM {
+	out := toAPIVM(v)
+	out.NATNote = d.net.natNote(v)
+	out.RootDisk, out.RootUsedBytes, out.WorkUsedBytes = d.diskUsage(v)
+	return out
 }
 
 func (d *Daemon) vmLogs(ctx context.Context, p api.VMLogsParams) (api.VMLogsResult, error) {
@@ -564,6 +650,7 @@ func (d *Daemon) adoptVMs(ctx context.Context) {
 			}
 		}
 	}
+	d.syncNetwork(ctx)
 }
 
 // watchLoop notices VMMs that exit behind the daemon's back.
@@ -592,6 +679,7 @@ func (d *Daemon) watchLoop(ctx context.Context) {
 				}
 				mu.Unlock()
 			}
+			d.net.ensureRules(ctx)
 		}
 	}
 }

@@ -9,11 +9,13 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/crypto/ssh"
+
 	"banger/internal/api"
 	"banger/internal/disk"
-	"banger/internal/guestfs"
 	"banger/internal/hostnet"
 	"banger/internal/kernel"
+	"banger/internal/rootdisk"
 	"banger/internal/rpc"
 	"banger/internal/sshx"
 	"banger/internal/store"
@@ -26,10 +28,13 @@ const (
 	stageClaimIP  = "claim IP"
 	stageRootDisk = "prepare root disk"
 	stageWorkDisk = "prepare work disk"
-	stagePatch    = "patch guest files"
+	stageIdentity = "make identity"
+	stageConfig   = "write config disk"
 	stageTap      = "claim tap"
+	stageAttach   = "attach disks"
 	stageStartVMM = "start VMM"
 	stageWaitSSH  = "wait for SSH"
+	stageAgent    = "wait for agent"
 )
 
 // vmCreateOp is one vm.create operation: the VM being made, the stage it
@@ -41,6 +46,14 @@ type vmCreateOp struct {
 	stagesMu sync.Mutex
 	stages   []api.StageTiming
 	vm       *api.VM
+	warnings []string
+}
+
+// warn records something the user should know that does not stop the create.
+func (o *vmCreateOp) warn(msg string) {
+	o.stagesMu.Lock()
+	o.warnings = append(o.warnings, msg)
+	o.stagesMu.Unlock()
 }
 
 func (o *vmCreateOp) beginStage(name string) {
@@ -65,7 +78,8 @@ func (o *vmCreateOp) endStage(name string) {
 func (o *vmCreateOp) status() api.VMCreateStatus {
 	o.stagesMu.Lock()
 	defer o.stagesMu.Unlock()
-	st := api.VMCreateStatus{Operation: o.summary(), Stages: append([]api.StageTiming(nil), o.stages...), VM: o.vm}
+	st := api.VMCreateStatus{Operation: o.summary(), Stages: append([]api.StageTiming(nil), o.stages...), VM: o.vm,
+		Warnings: append([]string(nil), o.warnings...)}
 	return st
 }
 
@@ -82,10 +96,14 @@ type createPlan struct {
 	memoryMiB int
 	diskSize  int64
 	noStart   bool
+	nat       bool
 }
 
 func (d *Daemon) planCreate(ctx context.Context, p api.VMCreateParams) (createPlan, error) {
-	plan := createPlan{name: p.Name, vcpu: p.VCPU, memoryMiB: p.MemoryMiB, noStart: p.NoStart}
+	plan := createPlan{name: p.Name, vcpu: p.VCPU, memoryMiB: p.MemoryMiB, noStart: p.NoStart, nat: d.cfg.DefaultNAT}
+	if p.NAT != nil {
+		plan.nat = *p.NAT
+	}
 	if plan.name == "" {
 		for i := 0; i < 20; i++ {
 			plan.name = randomVMName()
@@ -157,6 +175,10 @@ func (d *Daemon) planCreate(ctx context.Context, p api.VMCreateParams) (createPl
 	plan.kman, err = kernel.LoadManifest(plan.kernel.Dir)
 	if err != nil {
 		return plan, api.Errorf(api.CodeOperationFailed, "kernel %q: %v", plan.kernel.Name, err)
+	}
+	if !plan.kman.HasInitrdFeature(kernel.FeatureConfigDisk) {
+		return plan, api.Errorf(api.CodeBadRequest, "kernel %q of image %q was built before banger's initrd applied per-VM configuration disks; rebuild it (banger kernel rm %s && banger kernel pull %s, or import a newer build)",
+			plan.kernel.Name, plan.image.Name, plan.kernel.Name, plan.kernel.Name)
 	}
 	return plan, nil
 }
@@ -275,7 +297,7 @@ func (d *Daemon) reserveVM(ctx context.Context, plan createPlan, vmmName string)
 		return store.VM{}, err
 	}
 	vm := store.VM{Name: plan.name, Image: plan.image.Name, Kernel: plan.kernel.Name, State: store.StateCreating,
-		VCPU: plan.vcpu, MemoryMiB: plan.memoryMiB, DiskSizeBytes: plan.diskSize, IP: ip, MAC: mac, VMM: vmmName}
+		VCPU: plan.vcpu, MemoryMiB: plan.memoryMiB, DiskSizeBytes: plan.diskSize, IP: ip, MAC: mac, VMM: vmmName, NAT: plan.nat}
 	if err := d.store.CreateVM(ctx, &vm); err != nil {
 		return store.VM{}, err
 	}
@@ -284,6 +306,8 @@ func (d *Daemon) reserveVM(ctx context.Context, plan createPlan, vmmName string)
 		_ = d.store.DeleteVM(context.WithoutCancel(ctx), vm.Name)
 		return store.VM{}, err
 	}
+	// NAME.vm resolves from the moment the VM has its address.
+	d.syncNetwork(ctx)
 	return vm, nil
 }
 
@@ -313,30 +337,59 @@ func (d *Daemon) runCreate(ctx context.Context, op *vmCreateOp, plan createPlan,
 			return nil, sshx.RemoveHost(d.layout.KnownHosts, vm.IP, vm.Name+".vm")
 		}},
 		{stageRootDisk, func(ctx context.Context) (func(context.Context) error, error) {
+			// Never a copy of the image where the host can do better: a
+			// copy-on-write layer over it, chosen by what the host can do.
+			base := plan.image.RootfsPath
+			strategy, err := d.chooseRootDisk(vm.VMM, base)
+			if err != nil {
+				return nil, err
+			}
+			if err := rootdisk.CheckFree(d.layout.VMsDir, rootdisk.SpaceForCreate(strategy, base)+workDiskMeta); err != nil {
+				return nil, spaceError(err)
+			}
 			if err := os.MkdirAll(paths.dir, 0o700); err != nil {
 				return nil, err
 			}
 			undo := func(context.Context) error { return os.RemoveAll(paths.dir) }
-			method, err := disk.CloneRoot(ctx, plan.image.RootfsPath, paths.root)
+			rd, err := rootdisk.Create(ctx, d.runner, strategy, base, rootDiskPath(paths, strategy))
 			if err != nil {
-				return undo, err
+				return undo, spaceError(err)
 			}
-			rpc.Logger(ctx).Info("root disk ready", "method", method)
-			return undo, nil
+			if strategy == rootdisk.Copy {
+				op.warn(fmt.Sprintf("the root disk is a full copy of image %s: no copy-on-write strategy works on this host (reflink: %v)",
+					plan.image.Name, rootdisk.Check(rootdisk.Reflink, vm.VMM, d.layout.VMsDir, base, d.runner)))
+			}
+			vm.RootDisk = encodeDisk(rd)
+			rpc.Logger(ctx).Info("root disk ready", "strategy", strategy, "path", rd.Path)
+			return undo, d.store.UpdateVM(context.WithoutCancel(ctx), vm)
 		}},
 		{stageWorkDisk, func(ctx context.Context) (func(context.Context) error, error) {
-			return nil, disk.CreateWorkDisk(ctx, d.runner, paths.work, plan.diskSize)
+			if err := disk.CreateWorkDisk(ctx, d.runner, paths.work, plan.diskSize); err != nil {
+				return nil, spaceError(err)
+			}
+			vm.WorkDisk = encodeDisk(rootdisk.NewRaw(paths.work))
+			return nil, d.store.UpdateVM(context.WithoutCancel(ctx), vm)
 		}},
-		{stagePatch, func(ctx context.Context) (func(context.Context) error, error) {
-			return nil, d.patchGuest(ctx, vm, paths.root)
+		{stageIdentity, func(ctx context.Context) (func(context.Context) error, error) {
+			// The files go with the VM dir; the pinned key is undone here.
+			undo := func(context.Context) error { return sshx.RemoveHost(d.layout.KnownHosts, vm.IP, vm.Name+".vm") }
+			return undo, d.makeIdentity(vm)
 		}},
 	}
-	if !plan.noStart {
-		steps = append(steps, d.bootSteps(&vm)...)
+	return d.runVMPipeline(ctx, op, &vm, steps, plan.noStart)
+}
+
+// runVMPipeline runs the steps that make a new VM (a create's or a
+// clone's), then boots it unless noStart. On failure everything is undone,
+// including the VM's row; on success the op carries the VM.
+func (d *Daemon) runVMPipeline(ctx context.Context, op *vmCreateOp, v *store.VM, steps []step, noStart bool) error {
+	vm := v
+	if !noStart {
+		steps = append(steps, d.bootSteps(vm)...)
 	}
 	if err := runSteps(ctx, rpc.Logger(ctx), op, steps); err != nil {
 		if errors.Is(err, errVMMStillRunning) {
-			d.keepUnstoppableVM(ctx, &vm, err)
+			d.keepUnstoppableVM(ctx, vm, err)
 			return err
 		}
 		// The steps' undos removed the row, unless the create was cancelled
@@ -344,11 +397,12 @@ func (d *Daemon) runCreate(ctx context.Context, op *vmCreateOp, plan createPlan,
 		if derr := d.store.DeleteVM(context.WithoutCancel(ctx), vm.Name); derr != nil && !api.IsCode(derr, api.CodeNotFound) {
 			rpc.Logger(ctx).Error("remove the row of a failed create", "err", derr)
 		}
+		d.syncNetwork(context.WithoutCancel(ctx))
 		return err
 	}
-	if plan.noStart {
+	if noStart {
 		vm.State = store.StateStopped
-		if err := d.store.UpdateVM(context.WithoutCancel(ctx), vm); err != nil {
+		if err := d.store.UpdateVM(context.WithoutCancel(ctx), *vm); err != nil {
 			return err
 		}
 	}
@@ -368,19 +422,54 @@ func (d *Daemon) runCreate(ctx context.Context, op *vmCreateOp, plan createPlan,
 func (d *Daemon) bootSteps(v *store.VM) []step {
 	paths := d.pathsFor(v.ID)
 	var handle vmm.Handle
+	var rootDev, rootFmt, workDev, workFmt string
 	return []step{
+		{stageConfig, func(ctx context.Context) (func(context.Context) error, error) {
+			km, err := d.kernelFor(ctx, v.Kernel)
+			if err != nil {
+				return nil, err
+			}
+			return nil, d.writeConfigDisk(ctx, *v, km.manifest)
+		}},
 		{stageTap, func(ctx context.Context) (func(context.Context) error, error) {
-			if err := hostnet.EnsureBridge(d.cfg.BridgeName, d.cfg.BridgeCIDR); err != nil {
+			tap, err := d.net.claimTap(hostnet.TapName(v.ID))
+			if err != nil {
 				return nil, err
 			}
-			tap := hostnet.TapName(v.ID)
-			if err := hostnet.CreateTap(tap, d.cfg.BridgeName); err != nil {
-				return nil, err
-			}
-			v.Tap = tap
-			return func(context.Context) error {
+			undo := func(ctx context.Context) error {
 				v.Tap = ""
-				return hostnet.DeleteTap(tap)
+				err := hostnet.DeleteTap(tap)
+				if uerr := d.store.UpdateVM(ctx, *v); uerr != nil && !api.IsCode(uerr, api.CodeNotFound) {
+					err = errors.Join(err, uerr)
+				}
+				d.syncNetwork(ctx)
+				return err
+			}
+			// The tap is recorded, and its anti-spoofing (and NAT) rules are
+			// in place, before the guest can send its first packet.
+			v.Tap = tap
+			if err := d.store.UpdateVM(context.WithoutCancel(ctx), *v); err != nil {
+				return undo, err
+			}
+			if err := d.net.sync(ctx); err != nil {
+				if v.NAT {
+					return undo, natError(err)
+				}
+				rpc.Logger(ctx).Warn("network rules for the VM's tap could not be installed", "err", err)
+			}
+			return undo, nil
+		}},
+		{stageAttach, func(ctx context.Context) (func(context.Context) error, error) {
+			var err error
+			rootDev, rootFmt, workDev, workFmt, err = d.attachDisks(ctx, v)
+			if err != nil {
+				return nil, err
+			}
+			return func(ctx context.Context) error {
+				if err := d.detachDisks(ctx, v); err != nil {
+					return err
+				}
+				return d.store.UpdateVM(ctx, *v)
 			}, nil
 		}},
 		{stageStartVMM, func(ctx context.Context) (func(context.Context) error, error) {
@@ -408,7 +497,8 @@ func (d *Daemon) bootSteps(v *store.VM) []step {
 				return nil, err
 			}
 			spec := vmm.Spec{Name: v.Name, VCPU: v.VCPU, MemoryMiB: v.MemoryMiB, KernelPath: kpath, InitrdPath: initrd,
-				Cmdline: km.manifest.BootCmdline(), RootDisk: paths.root, WorkDisk: paths.work, Tap: v.Tap, MAC: v.MAC,
+				Cmdline: km.manifest.BootCmdline() + " " + guestNetArg(*v, d.cfg.BridgeCIDR), RootDisk: rootDev, RootFormat: rootFmt,
+				WorkDisk: workDev, WorkFormat: workFmt, ConfigDisk: paths.config, Tap: v.Tap, MAC: v.MAC,
 				RuntimeDir: paths.run, ConsoleLog: paths.console}
 			handle, err = drv.Start(ctx, spec)
 			if err != nil {
@@ -449,8 +539,13 @@ func (d *Daemon) bootSteps(v *store.VM) []step {
 					stopWatch(fmt.Errorf("the VMM exited during boot; last console lines:\n%s", tailFile(paths.console, 20)))
 				}
 			}()
-			cb := sshx.HostKeyCallback(d.layout.KnownHosts, v.IP, v.Name+".vm")
-			err = sshx.WaitForSSH(watch, v.IP+":22", "root", signer, cb, 250*time.Millisecond)
+			// Only the key made for this VM is accepted: it was pinned before
+			// the guest booted, so nothing else on the bridge can answer.
+			pub, _, err := d.hostPublicKey(*v)
+			if err != nil {
+				return nil, err
+			}
+			err = sshx.WaitForSSH(watch, v.IP+":22", "root", signer, ssh.FixedHostKey(pub), 250*time.Millisecond)
 			if err != nil {
 				if cause := context.Cause(watch); cause != nil && cause != context.Canceled && cause != context.DeadlineExceeded {
 					return nil, cause
@@ -460,6 +555,17 @@ func (d *Daemon) bootSteps(v *store.VM) []step {
 				}
 				return nil, err
 			}
+			return nil, nil
+		}},
+		{stageAgent, func(ctx context.Context) (func(context.Context) error, error) {
+			h, err := d.waitAgent(ctx, *v)
+			if err != nil {
+				if ctx.Err() != nil {
+					return nil, err
+				}
+				return nil, fmt.Errorf("the guest agent did not report health within %s: %w; last console lines:\n%s", agentWaitTimeout, err, tailFile(paths.console, 20))
+			}
+			rpc.Logger(ctx).Info("guest agent healthy", "agent_version", h.AgentVersion, "uptime_s", h.UptimeS)
 			return nil, nil
 		}},
 	}
@@ -482,69 +588,35 @@ func (d *Daemon) kernelFor(ctx context.Context, name string) (kernelFiles, error
 	return kernelFiles{dir: k.Dir, manifest: m}, nil
 }
 
-// patchGuest writes the VM's identity into its own root disk (never the
-// shared image): hostname, hosts, network, resolv.conf and SSH access.
-func (d *Daemon) patchGuest(ctx context.Context, v store.VM, rootDisk string) error {
-	signer, err := sshx.EnsureKey(d.layout.SSHKey)
+// guestNetworkd is the VM's systemd-networkd file. The initrd has put the
+// same address on the link before systemd starts (guestNetArg);
+// KeepConfiguration keeps networkd from dropping it while it takes over,
+// and without IPv6 autoconfiguration or link-local addressing it has
+// nothing to wait for.
+func guestNetworkd(mac, ip string, prefix int, gw string) string {
+	return fmt.Sprintf("[Match]\nMACAddress=%s\n\n[Network]\nAddress=%s/%d\nGateway=%s\nDNS=%s\n"+
+		"LinkLocalAddressing=no\nIPv6AcceptRA=no\nKeepConfiguration=static\n", mac, ip, prefix, gw, gw)
+}
+
+// guestNetArg is the kernel argument with which banger's initrd brings the
+// VM's interface up before the root's init runs.
+func guestNetArg(v store.VM, bridgeCIDR string) string {
+	gw, prefix, err := hostnet.Gateway(bridgeCIDR)
+	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("banger.net=%s/%d,%s,%s", v.IP, prefix, gw, v.MAC)
+}
+
+// growWorkDisk grows the file (or qcow2 layer) of a stopped VM's work
+// disk. The host never runs e2fsck or resize2fs on a filesystem the guest
+// wrote: the guest grows /root online at its next boot (banger-growfs).
+func (d *Daemon) growWorkDisk(ctx context.Context, v store.VM, size int64) error {
+	_, wd, err := d.disksOf(v)
 	if err != nil {
 		return err
 	}
-	gw, prefix, err := hostnet.Gateway(d.cfg.BridgeCIDR)
-	if err != nil {
-		return err
-	}
-	dns := d.cfg.DefaultDNS
-	if len(dns) == 0 {
-		dns = hostNameservers()
-	}
-	var resolv strings.Builder
-	for _, ns := range dns {
-		fmt.Fprintf(&resolv, "nameserver %s\n", ns)
-	}
-	network := fmt.Sprintf("[Match]\nMACAddress=%s\n\n[Network]\nAddress=%s/%d\nGateway=%s\n", v.MAC, v.IP, prefix, gw)
-	for _, ns := range dns {
-		network += "DNS=" + ns + "\n"
-	}
-	var e guestfs.Edit
-	files := []struct {
-		path string
-		data string
-		mode os.FileMode
-	}{
-		{"/etc/hostname", v.Name + "\n", 0o644},
-		{"/etc/hosts", fmt.Sprintf("127.0.0.1\tlocalhost\n127.0.1.1\t%s %s.vm\n::1\tlocalhost ip6-localhost ip6-loopback\n", v.Name, v.Name), 0o644},
-		{"/etc/systemd/network/10-banger.network", network, 0o644},
-		{"/etc/resolv.conf", resolv.String(), 0o644},
-		// /root is the work disk's mount point, so the key lives outside it.
-		{"/etc/ssh/sshd_config.d/10-banger.conf", "AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/banger_authorized_keys\nPasswordAuthentication no\nPermitRootLogin prohibit-password\nUseDNS no\n", 0o644},
-		{"/etc/ssh/banger_authorized_keys", sshx.AuthorizedKeyLine(signer.PublicKey()) + "\n", 0o600},
-	}
-	for _, f := range files {
-		if err := e.WriteFile(f.path, []byte(f.data), f.mode, 0, 0); err != nil {
-			return err
-		}
-	}
-	return guestfs.Open(d.runner, rootDisk).Apply(ctx, &e)
-}
-
-// hostNameservers returns the host's non-loopback nameservers.
-func hostNameservers() []string {
-	data, err := os.ReadFile("/etc/resolv.conf")
-	if err != nil {
-		return nil
-	}
-	var out []string
-	for _, line := range strings.Split(string(data), "\n") {
-		f := strings.Fields(line)
-		if len(f) >= 2 && f[0] == "nameserver" && !strings.HasPrefix(f[1], "127.") && f[1] != "::1" {
-			out = append(out, f[1])
-		}
-	}
-	return out
-}
-
-func (d *Daemon) growWorkDisk(ctx context.Context, path string, size int64) error {
-	return disk.ResizeWorkDisk(ctx, d.runner, path, size)
+	return spaceError(wd.Grow(ctx, d.runner, size))
 }
 
 func tailFile(path string, lines int) string {

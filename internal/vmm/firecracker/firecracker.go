@@ -55,7 +55,7 @@ const (
 	rootDriveID   = "rootfs"
 	workDriveID   = "work"
 	configDriveID = "config"
-	ifaceID     = "eth0"
+	ifaceID       = "eth0"
 )
 
 // DefaultStartTimeout bounds how long Start waits for Firecracker to

@@ -1,0 +1,182 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"banger/internal/api"
+	"banger/internal/rootdisk"
+	"banger/internal/rpc"
+	"banger/internal/sshx"
+	"banger/internal/store"
+)
+
+// Stage names of a VM clone (then the boot stages, unless --no-start).
+const (
+	stageCheckSource = "check source"
+	stageCloneRoot   = "clone root disk"
+	stageCloneWork   = "clone work disk"
+)
+
+// vmCloneBegin validates a clone and begins it as an async operation of
+// kind vm.clone, followed with vm.create.status like a create. The new VM
+// starts from the source's disks as they are now (copy-on-write: a qcow2
+// source's layer is frozen and shared, kept until the last VM built on it
+// is deleted) with its own name, address, MAC, host key and machine-id.
+func (d *Daemon) vmCloneBegin(ctx context.Context, p api.VMCloneParams) (api.VMCreateBeginResult, error) {
+	if p.Source == "" {
+		return api.VMCreateBeginResult{}, api.Errorf(api.CodeBadRequest, "missing the source VM: banger vm clone SRC NAME")
+	}
+	if err := validateVMName(p.Name); err != nil {
+		return api.VMCreateBeginResult{}, err
+	}
+	src, err := d.store.GetVM(ctx, p.Source)
+	if err != nil {
+		return api.VMCreateBeginResult{}, err
+	}
+	if src.State != store.StateStopped {
+		return api.VMCreateBeginResult{}, api.Errorf(api.CodeBadRequest, "vm %q is %s; stop it first (banger vm stop %s): a clone copies disks nobody is writing", src.Name, src.State, src.Name)
+	}
+	if _, err := d.store.GetVM(ctx, p.Name); err == nil {
+		return api.VMCreateBeginResult{}, api.Errorf(api.CodeAlreadyExists, "vm %q already exists; pick another name or delete it first", p.Name)
+	}
+	plan := createPlan{name: p.Name, image: store.Image{Name: src.Image}, kernel: store.Kernel{Name: src.Kernel},
+		vcpu: src.VCPU, memoryMiB: src.MemoryMiB, diskSize: src.DiskSizeBytes, noStart: p.NoStart, nat: src.NAT}
+	d.allocMu.Lock()
+	vm, err := d.reserveVM(ctx, plan, src.VMM)
+	d.allocMu.Unlock()
+	if err != nil {
+		return api.VMCreateBeginResult{}, err
+	}
+
+	opID := rpc.NewOpID()
+	log := d.log.With("op_id", opID, "vm", vm.Name, "source", src.Name)
+	bg, cancel := context.WithCancel(rpc.WithLogger(rpc.WithOpID(d.bgCtx, opID), log))
+	op := &vmCreateOp{opCore: newOpCore(opID, api.OpKindVMClone, vm.Name, cancel, d.now), vmName: vm.Name}
+	d.ops.vmCreate.Insert(op)
+	log.Info("vm clone begun", "request_op_id", rpc.OpID(ctx))
+	d.bgWG.Add(1)
+	go func() {
+		defer d.bgWG.Done()
+		defer cancel()
+		err := d.runClone(bg, op, src.Name, vm, p.NoStart)
+		if err != nil {
+			log.Warn("vm clone failed", "err", err)
+		} else {
+			log.Info("vm clone done")
+		}
+		op.finish(err)
+	}()
+	if ctx.Err() != nil {
+		op.Cancel()
+	}
+	return api.VMCreateBeginResult{OpID: opID, Name: vm.Name}, nil
+}
+
+// runClone holds the source's lifecycle lock for the copy (so it cannot
+// start meanwhile), then makes the new VM's identity and boots it.
+func (d *Daemon) runClone(ctx context.Context, op *vmCreateOp, srcName string, vm store.VM, noStart bool) error {
+	mu := d.vmLock(vm.Name)
+	mu.Lock()
+	defer mu.Unlock()
+	srcMu := d.vmLock(srcName)
+	srcLocked := false
+	unlockSrc := func() {
+		if srcLocked {
+			srcLocked = false
+			srcMu.Unlock()
+		}
+	}
+	defer unlockSrc()
+
+	paths := d.pathsFor(vm.ID)
+	var src store.VM
+	var srcRoot, srcWork rootdisk.Disk
+	// cloneDisk copies one of the source's disks into the new VM, freezing
+	// a qcow2 source into a shared layer; the source's row records its new
+	// overlay at once.
+	cloneDisk := func(ctx context.Context, which string, from rootdisk.Disk, dstPath string) (rootdisk.Disk, error) {
+		d.layersMu.Lock()
+		defer d.layersMu.Unlock()
+		if err := rootdisk.CheckFree(d.layout.VMsDir, rootdisk.SpaceForClone(from, paths.dir, src.VMM)); err != nil {
+			return rootdisk.Disk{}, spaceError(err)
+		}
+		layer := filepath.Join(d.layersDir(), vm.ID+"-"+which)
+		newSrc, dst, err := rootdisk.Clone(ctx, d.runner, from, dstPath, layer, src.VMM)
+		if err != nil {
+			return rootdisk.Disk{}, spaceError(err)
+		}
+		switch which {
+		case "root":
+			src.RootDisk, srcRoot = encodeDisk(newSrc), newSrc
+		default:
+			src.WorkDisk, srcWork = encodeDisk(newSrc), newSrc
+		}
+		return dst, d.store.UpdateVM(context.WithoutCancel(ctx), src)
+	}
+	steps := []step{
+		{stageCheckSource, func(ctx context.Context) (func(context.Context) error, error) {
+			undo := func(ctx context.Context) error { return d.store.DeleteVM(ctx, vm.Name) }
+			srcMu.Lock()
+			srcLocked = true
+			var err error
+			if src, err = d.store.GetVM(ctx, srcName); err != nil {
+				return undo, err
+			}
+			if src.State != store.StateStopped {
+				return undo, api.Errorf(api.CodeBadRequest, "vm %q is %s now; stop it first", src.Name, src.State)
+			}
+			if srcRoot, srcWork, err = d.disksOf(src); err != nil {
+				return undo, err
+			}
+			if err := mkdirLayers(d.layersDir()); err != nil {
+				return undo, err
+			}
+			return undo, os.MkdirAll(paths.dir, 0o700)
+		}},
+		{stageCloneRoot, func(ctx context.Context) (func(context.Context) error, error) {
+			undo := func(ctx context.Context) error { return os.RemoveAll(paths.dir) }
+			dst, err := cloneDisk(ctx, "root", srcRoot, rootDiskPath(paths, srcRoot.Strategy))
+			if err != nil {
+				return undo, err
+			}
+			vm.RootDisk = encodeDisk(dst)
+			return undo, d.store.UpdateVM(context.WithoutCancel(ctx), vm)
+		}},
+		{stageCloneWork, func(ctx context.Context) (func(context.Context) error, error) {
+			dst, err := cloneDisk(ctx, "work", srcWork, cloneWorkPath(paths, srcWork))
+			if err != nil {
+				return nil, err
+			}
+			vm.WorkDisk = encodeDisk(dst)
+			unlockSrc() // the source is free to start again
+			return nil, d.store.UpdateVM(context.WithoutCancel(ctx), vm)
+		}},
+		{stageIdentity, func(ctx context.Context) (func(context.Context) error, error) {
+			undo := func(context.Context) error { return sshx.RemoveHost(d.layout.KnownHosts, vm.IP, vm.Name+".vm") }
+			return undo, d.makeIdentity(vm)
+		}},
+	}
+	err := d.runVMPipeline(ctx, op, &vm, steps, noStart)
+	if err != nil {
+		d.layersMu.Lock()
+		d.gcLayers(context.WithoutCancel(ctx))
+		d.layersMu.Unlock()
+	}
+	return err
+}
+
+// cloneWorkPath is where a clone's work disk goes; rootdisk.Clone decides
+// whether it is a copy (raw) or a layer (qcow2), and records which.
+func cloneWorkPath(paths vmPaths, _ rootdisk.Disk) string {
+	return filepath.Join(paths.dir, "work.img")
+}
+
+func mkdirLayers(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create layers directory: %w", err)
+	}
+	return nil
+}
