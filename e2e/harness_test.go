@@ -116,7 +116,7 @@ func newEnv(t *testing.T, extraConfig ...string) *env {
 		t.Fatal(err)
 	}
 	cfg := "log_level = \"debug\"\nbridge_name = \"bge2e0\"\nbridge_cidr = \"172.31.250.1/24\"\nvmm = \"qemu\"\n" +
-		"default_dns = [\"172.31.250.1\"]\n" + strings.Join(extraConfig, "\n") +
+		strings.Join(extraConfig, "\n") +
 		"\n\n[vm_defaults]\nvcpu = 2\nmemory_mib = 1024\ndisk_size = \"1G\"\n"
 	if err := os.WriteFile(filepath.Join(cfgDir, "config.toml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)

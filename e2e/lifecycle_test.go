@@ -28,7 +28,7 @@ func TestVMLifecycle(t *testing.T) {
 		t.Fatalf("vm create failed (%d): %s\nlog:\n%s", code, createErr, e.daemonLog())
 	}
 	t.Logf("create to SSH: %s\n%s", time.Since(start).Round(time.Millisecond), createErr)
-	for _, stage := range []string{"prepare root disk", "patch guest files", "start VMM", "wait for SSH"} {
+	for _, stage := range []string{"prepare root disk", "make identity", "write config disk", "start VMM", "wait for SSH"} {
 		if !strings.Contains(createErr, stage) {
 			t.Errorf("create output does not show stage %q:\n%s", stage, createErr)
 		}
