@@ -313,6 +313,17 @@ func TestNetworking(t *testing.T) {
 		t.Errorf("a answered as %q", host)
 	}
 
+	// ssh-config: plain `ssh b.vm` and `ssh b` work from the user's own ssh.
+	e.must("ssh-config", "--install")
+	for _, host := range []string{"b.vm", "b"} {
+		cmd := exec.Command("ip", "netns", "exec", e.ns, "ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", host, "hostname")
+		cmd.Env = e.vars
+		if out, err := cmd.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "b" {
+			t.Errorf("ssh %s hostname after ssh-config --install: %v: %s", host, err, out)
+		}
+	}
+	e.must("ssh-config", "--uninstall")
+
 	// Rules mention each VM's tap; after delete, nothing mentions A.
 	rules := e.nftRuleset()
 	for _, want := range []string{a.Tap, b.Tap, a.IP} {

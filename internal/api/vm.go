@@ -132,6 +132,9 @@ type VMSSHInfo struct {
 	KeyPath        string `json:"key_path"`
 	KnownHostsPath string `json:"known_hosts_path"`
 	HostAlias      string `json:"host_alias"`
+	// ControlPath is where the CLI keeps one shared SSH connection to the
+	// VM (closed by the daemon when the VM stops).
+	ControlPath string `json:"control_path,omitempty"`
 }
 
 // VMPruneParams name the stopped VMs to delete (none: every stopped VM).

@@ -535,7 +535,8 @@ func sshArgv(ctx context.Context, app *App, name string, interactive bool, comma
 		quoted[i] = shellQuote(w)
 	}
 	return sshx.OpenSSHArgv(sshx.OpenSSHOptions{KeyPath: info.KeyPath, KnownHostsPath: info.KnownHostsPath,
-		Host: info.IP, HostKeyAlias: info.HostAlias, User: info.User, Interactive: interactive, Command: quoted}), nil
+		Host: info.IP, HostKeyAlias: info.HostAlias, User: info.User, Interactive: interactive, Command: quoted,
+		ControlPath: info.ControlPath}), nil
 }
 
 // shellQuote quotes one word for the guest's shell. ssh joins command

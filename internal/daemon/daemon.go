@@ -116,6 +116,7 @@ func Open(ctx context.Context, opts Options) (*Daemon, error) {
 		stateLock.Close()
 		return nil, err
 	}
+	d.net.sshConfig, d.net.sshKey, d.net.knownHosts = sshConfigFile(opts.Layout.StateDir), opts.Layout.SSHKey, opts.Layout.KnownHosts
 	d.withoutNetwork = opts.WithoutNetwork
 	d.bgCtx, d.bgCancel = context.WithCancel(context.Background())
 	d.adoptVMs(ctx)

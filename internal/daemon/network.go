@@ -36,6 +36,10 @@ type network struct {
 	gateway netip.Addr
 	subnet  netip.Prefix
 
+	// sshConfig, sshKey and knownHosts: the ssh_config file kept current
+	// for `banger ssh-config` (empty: none).
+	sshConfig, sshKey, knownHosts string
+
 	pool   *hostnet.Pool
 	zone   *dns.Zone
 	server *dns.Server
@@ -215,6 +219,11 @@ func (n *network) sync(ctx context.Context) error {
 		return err
 	}
 	n.zone.Replace(records)
+	if n.sshConfig != "" {
+		if err := writeSSHConfig(n.sshConfig, renderSSHConfig(records, n.sshKey, n.knownHosts)); err != nil {
+			n.log.Warn("write ssh_config", "path", n.sshConfig, "err", err)
+		}
+	}
 	if !n.live {
 		return nil
 	}

@@ -127,6 +127,14 @@ func (d *Daemon) releaseRuntime(ctx context.Context, v *store.VM) {
 			d.log.Warn("delete tap", "vm", v.Name, "tap", tap, "err", err)
 		}
 	}
+	// The shared SSH connection the CLI kept to the guest ends with it.
+	if ctl := d.pathsFor(v.ID).sshControl(); fileExists(ctl) {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
+		if _, err := d.runner.Run(cctx, "ssh", "-F", "/dev/null", "-o", "ControlPath="+ctl, "-O", "exit", "banger-vm"); err != nil {
+			d.log.Debug("close the shared SSH connection", "vm", v.Name, "err", err)
+		}
+		cancel()
+	}
 	// A dm root's snapshot device goes with the VMM.
 	if err := d.detachDisks(ctx, v); err != nil {
 		d.log.Warn("detach disks", "vm", v.Name, "err", err)
@@ -558,7 +566,7 @@ func (d *Daemon) vmSSHInfo(ctx context.Context, p api.VMRef) (api.VMSSHInfo, err
 		return api.VMSSHInfo{}, api.Errorf(api.CodeNotRunning, "vm %q is not running (state %s); start it with banger vm start %s", v.Name, v.State, v.Name)
 	}
 	return api.VMSSHInfo{Name: v.Name, IP: v.IP, User: "root", KeyPath: d.layout.SSHKey,
-		KnownHostsPath: d.layout.KnownHosts, HostAlias: v.IP}, nil
+		KnownHostsPath: d.layout.KnownHosts, HostAlias: v.IP, ControlPath: d.pathsFor(v.ID).sshControl()}, nil
 }
 
 // vmPrune deletes stopped VMs: the ones named (those the user confirmed),
@@ -682,4 +690,13 @@ func (d *Daemon) watchLoop(ctx context.Context) {
 			d.net.ensureRules(ctx)
 		}
 	}
+}
+
+// sshControl is the socket of the CLI's shared SSH connection to the VM;
+// it lives in the runtime dir, which goes when the VM stops.
+func (p vmPaths) sshControl() string { return filepath.Join(p.run, "ssh.ctl") }
+
+func fileExists(path string) bool {
+	_, err := os.Lstat(path)
+	return err == nil
 }

@@ -16,7 +16,14 @@ type OpenSSHOptions struct {
 	User           string   // "root" when empty
 	Interactive    bool     // allocate a terminal (-t)
 	Command        []string // command words; none for a login shell
+	// ControlPath, when set, is the socket of a shared connection to the
+	// guest (OpenSSH ControlMaster): the first call opens it and keeps it
+	// for ControlPersist, later calls skip the handshake.
+	ControlPath string
 }
+
+// controlPersist is how long a shared connection outlives its last use.
+const controlPersist = "300"
 
 // OpenSSHArgv is the argv (argv[0] included) that runs the system ssh
 // client into a guest with banger's key and known_hosts. Host keys are
@@ -39,13 +46,22 @@ func OpenSSHArgv(opts OpenSSHOptions) []string {
 	if alias == "" {
 		alias = opts.Host
 	}
-	argv := []string{bin,
+	// The user's own ssh_config is not read (-F /dev/null): its
+	// ForwardAgent or ProxyCommand must not reach into a sandbox.
+	argv := []string{bin, "-F", "/dev/null",
 		"-i", escapePercent(opts.KeyPath),
 		"-o", "UserKnownHostsFile=" + configPath(opts.KnownHostsPath),
+		"-o", "GlobalKnownHostsFile=/dev/null",
 		"-o", "StrictHostKeyChecking=yes",
 		"-o", "IdentitiesOnly=yes",
+		"-o", "ForwardAgent=no",
+		"-o", "ClearAllForwardings=yes",
 		"-o", "HostKeyAlias=" + alias,
 		"-o", "LogLevel=ERROR",
+	}
+	if opts.ControlPath != "" {
+		argv = append(argv, "-o", "ControlMaster=auto", "-o", "ControlPath="+configPath(opts.ControlPath),
+			"-o", "ControlPersist="+controlPersist, "-o", "ServerAliveInterval=5", "-o", "ServerAliveCountMax=3")
 	}
 	if opts.Port != 0 && opts.Port != 22 {
 		argv = append(argv, "-p", strconv.Itoa(opts.Port))
@@ -53,7 +69,9 @@ func OpenSSHArgv(opts OpenSSHOptions) []string {
 	if opts.Interactive {
 		argv = append(argv, "-t")
 	}
-	argv = append(argv, user+"@"+opts.Host)
+	// The user goes with -l, never in user@host: a user name is not
+	// parsed as an option or a host whatever it holds.
+	argv = append(argv, "-l", user, opts.Host)
 	if len(opts.Command) > 0 {
 		argv = append(argv, "--")
 		argv = append(argv, opts.Command...)
