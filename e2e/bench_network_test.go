@@ -192,7 +192,6 @@ func benchCreateWithPool(t *testing.T, res map[string]any) {
 	for _, size := range []int{2, 0} {
 		func() {
 			e := newEnv(t, fmt.Sprintf("tap_pool_size = %d", size), `qemu_accel = "tcg"`)
-			defer e.cleanup()
 			e.must("kernel", "import", "debian-6.1", "--from", kernelDir)
 			e.must("image", "register", "--name", "debian-bookworm", "--rootfs", rootfs, "--kernel", "debian-6.1")
 			client := &rpc.Client{SocketPath: e.sock}

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -86,6 +87,9 @@ func artifacts(t *testing.T) (kernelDir, rootfs string) {
 	return kernelDir, filepath.Join(imageDir, "rootfs.ext4")
 }
 
+// envCount makes each env's namespace name unique within a run.
+var envCount atomic.Int32
+
 // newEnv starts an isolated banger; extraConfig lines are appended to its
 // config.toml.
 func newEnv(t *testing.T, extraConfig ...string) *env {
@@ -95,7 +99,7 @@ func newEnv(t *testing.T, extraConfig ...string) *env {
 	}
 	root := t.TempDir()
 	e := &env{t: t, root: root, bin: filepath.Join(repoRoot(t), "bin"),
-		ns: fmt.Sprintf("banger-e2e-%d", os.Getpid())}
+		ns: fmt.Sprintf("banger-e2e-%d-%d", os.Getpid(), envCount.Add(1))}
 	for _, b := range []string{"banger", "bangerd"} {
 		if _, err := os.Stat(filepath.Join(e.bin, b)); err != nil {
 			t.Fatalf("%s not built (run make build): %v", b, err)
