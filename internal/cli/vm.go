@@ -28,6 +28,8 @@ func newVMCommand(app *App) *cobra.Command {
 	vm.AddCommand(
 		newVMCreateCommand(app),
 		newVMCloneCommand(app),
+		newVMRunCommand(app),
+		newVMWorkspaceCommand(app),
 		newVMListCommand(app, "list"),
 		newVMShowCommand(app),
 		newVMLifecycleCommand(app, "start", "Start stopped VMs and wait until SSH answers", "vm.start"),
@@ -519,6 +521,16 @@ func newVMLogsCommand(app *App) *cobra.Command {
 }
 
 func sshArgv(ctx context.Context, app *App, name string, interactive bool, command []string) ([]string, error) {
+	quoted := make([]string, len(command))
+	for i, w := range command {
+		quoted[i] = shellQuote(w)
+	}
+	return sshArgvRaw(ctx, app, name, interactive, quoted)
+}
+
+// sshArgvRaw is sshArgv with the remote command already written for the
+// guest's shell (each word is passed as it is).
+func sshArgvRaw(ctx context.Context, app *App, name string, interactive bool, remote []string) ([]string, error) {
 	c, err := app.client(ctx)
 	if err != nil {
 		return nil, err
@@ -530,12 +542,8 @@ func sshArgv(ctx context.Context, app *App, name string, interactive bool, comma
 	if _, err := system.LookPath("ssh"); err != nil {
 		return nil, fmt.Errorf("ssh (OpenSSH client) not found; install it: apt-get install openssh-client")
 	}
-	quoted := make([]string, len(command))
-	for i, w := range command {
-		quoted[i] = shellQuote(w)
-	}
 	return sshx.OpenSSHArgv(sshx.OpenSSHOptions{KeyPath: info.KeyPath, KnownHostsPath: info.KnownHostsPath,
-		Host: info.IP, HostKeyAlias: info.HostAlias, User: info.User, Interactive: interactive, Command: quoted,
+		Host: info.IP, HostKeyAlias: info.HostAlias, User: info.User, Interactive: interactive, Command: remote,
 		ControlPath: info.ControlPath}), nil
 }
 
