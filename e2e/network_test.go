@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os/exec"
@@ -267,6 +268,43 @@ func TestNetworking(t *testing.T) {
 	}
 	if !strings.Contains(found[8000], "http://b.vm:8000/") {
 		t.Errorf("vm ports b: port 8000 is %q, want its http:// link (all: %v)", found[8000], found)
+	}
+
+	// vm forward: the guest's port on the host's loopback, run by bangerd.
+	var fwd struct {
+		HostAddr string `json:"host_addr"`
+	}
+	if err := json.Unmarshal([]byte(e.must("vm", "forward", "b", "8000:0", "--json")), &fwd); err != nil || fwd.HostAddr == "" {
+		t.Fatalf("vm forward: %+v %v", fwd, err)
+	}
+	httpGet := func() (string, error) {
+		var conn net.Conn
+		inNS(t, e.ns, func() error {
+			var err error
+			conn, err = net.DialTimeout("tcp", fwd.HostAddr, 3*time.Second)
+			if err != nil {
+				conn = nil
+			}
+			return nil
+		})
+		if conn == nil {
+			return "", fmt.Errorf("connect %s failed", fwd.HostAddr)
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+		fmt.Fprintf(conn, "GET / HTTP/1.0\r\n\r\n")
+		body, err := io.ReadAll(conn)
+		return string(body), err
+	}
+	if body, err := httpGet(); err != nil || !strings.HasSuffix(body, "hi\n") {
+		t.Errorf("GET through the forward: %q %v", body, err)
+	}
+	if list := e.must("vm", "forward", "b", "--list"); !strings.Contains(list, fwd.HostAddr) {
+		t.Errorf("forward --list lacks %s:\n%s", fwd.HostAddr, list)
+	}
+	e.must("vm", "forward", "b", "--stop", fwd.HostAddr[strings.LastIndex(fwd.HostAddr, ":")+1:])
+	if body, err := httpGet(); err == nil {
+		t.Errorf("the forward still answered after --stop: %q", body)
 	}
 
 	// B cannot send as A: a datagram from B's own address arrives, one from

@@ -187,3 +187,29 @@ type VMPortsResult struct {
 	DNSName string      `json:"dns_name"`
 	Ports   []GuestPort `json:"ports"`
 }
+
+// VMForwardParams ask the daemon to forward a guest port to 127.0.0.1
+// (vm.forward), or name the forward to stop (vm.forward.stop: HostPort).
+type VMForwardParams struct {
+	Name      string `json:"name"`
+	GuestPort uint16 `json:"guest_port,omitempty"`
+	HostPort  uint16 `json:"host_port,omitempty"` // 0: a free port
+	Proto     string `json:"proto,omitempty"`     // tcp (default) or udp
+}
+
+// Forward is one guest port forwarded to the host.
+type Forward struct {
+	Name      string    `json:"name"`
+	Proto     string    `json:"proto"`
+	GuestPort uint16    `json:"guest_port"`
+	HostAddr  string    `json:"host_addr"`
+	Started   time.Time `json:"started"`
+	BytesIn   uint64    `json:"bytes_in"`
+	BytesOut  uint64    `json:"bytes_out"`
+	Conns     int       `json:"conns"`
+}
+
+// VMForwardListResult is the result of vm.forward.list.
+type VMForwardListResult struct {
+	Forwards []Forward `json:"forwards"`
+}

@@ -39,6 +39,7 @@ func newVMCommand(app *App) *cobra.Command {
 		newVMLifecycleCommand(app, "delete", "Delete VMs and everything they own (running ones are stopped first)", "vm.delete"),
 		newVMSetCommand(app),
 		newVMHealthCommand(app),
+		newVMForwardCommand(app),
 		newVMPortsCommand(app),
 		newVMLogsCommand(app),
 		newVMSSHCommand(app),

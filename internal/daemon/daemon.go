@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"banger/internal/config"
+	"banger/internal/forward"
 	"banger/internal/rpc"
 	"banger/internal/store"
 	"banger/internal/system"
@@ -54,6 +55,7 @@ type Daemon struct {
 	net            *network
 	withoutNetwork bool
 	agents         agentLocks
+	fwd            *forward.Manager
 
 	// allocMu serialises IP allocation with the insert of the VM row.
 	allocMu sync.Mutex
@@ -118,6 +120,7 @@ func Open(ctx context.Context, opts Options) (*Daemon, error) {
 	}
 	d.net.sshConfig, d.net.sshKey, d.net.knownHosts = sshConfigFile(opts.Layout.StateDir), opts.Layout.SSHKey, opts.Layout.KnownHosts
 	d.withoutNetwork = opts.WithoutNetwork
+	d.fwd = forward.NewManager(opts.Logger.With("component", "forward"))
 	d.bgCtx, d.bgCancel = context.WithCancel(context.Background())
 	d.adoptVMs(ctx)
 	return d, nil
@@ -128,6 +131,7 @@ func Open(ctx context.Context, opts Options) (*Daemon, error) {
 func (d *Daemon) Close() error {
 	d.bgCancel()
 	d.bgWG.Wait()
+	d.fwd.Close()
 	err := d.store.Close()
 	d.stateLock.Close()
 	return err

@@ -127,6 +127,10 @@ func (d *Daemon) releaseRuntime(ctx context.Context, v *store.VM) {
 			d.log.Warn("delete tap", "vm", v.Name, "tap", tap, "err", err)
 		}
 	}
+	// Its forwards end with it, before its address can go to another VM.
+	if n := d.fwd.StopVM(v.Name); n > 0 {
+		d.log.Info("forwards ended with their VM", "vm", v.Name, "count", n)
+	}
 	// The shared SSH connection the CLI kept to the guest ends with it.
 	if ctl := d.pathsFor(v.ID).sshControl(); fileExists(ctl) {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 3*time.Second)
