@@ -40,6 +40,7 @@ func newVMCommand(app *App) *cobra.Command {
 		newVMSetCommand(app),
 		newVMHealthCommand(app),
 		newVMForwardCommand(app),
+		newVMCpCommand(app),
 		newVMPortsCommand(app),
 		newVMLogsCommand(app),
 		newVMSSHCommand(app),
