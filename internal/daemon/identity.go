@@ -117,6 +117,12 @@ func (d *Daemon) guestFiles(v store.VM) ([]configdisk.File, error) {
 		// host's resolvers (or default_dns).
 		{Path: "/etc/resolv.conf", Data: []byte("# banger: NAME.vm and, through the host's resolvers, every other name.\nnameserver " + gw + "\n")},
 		{Path: "/etc/systemd/network/10-banger.network", Data: []byte(guestNetworkd(v.MAC, v.IP, prefix, gw))},
+		// The initrd has configured the link (banger.net=) before systemd
+		// starts; networkd would only add seconds before network.target,
+		// which sshd waits for (5 s of a 12 s TCG userspace boot here).
+		{Path: "/etc/systemd/system/systemd-networkd.service", Target: "/dev/null"},
+		{Path: "/etc/systemd/system/systemd-networkd.socket", Target: "/dev/null"},
+		{Path: "/etc/systemd/system/systemd-networkd-wait-online.service", Target: "/dev/null"},
 		{Path: "/etc/ssh/sshd_config.d/10-banger.conf", Data: []byte(sshdDropIn)},
 		// /root is the work disk's mount point, so the key lives outside it.
 		{Path: "/etc/ssh/banger_authorized_keys", Data: []byte(sshx.AuthorizedKeyLine(signer.PublicKey()) + "\n"), Mode: 0o600},

@@ -588,11 +588,11 @@ func (d *Daemon) kernelFor(ctx context.Context, name string) (kernelFiles, error
 	return kernelFiles{dir: k.Dir, manifest: m}, nil
 }
 
-// guestNetworkd is the VM's systemd-networkd file. The initrd has put the
-// same address on the link before systemd starts (guestNetArg);
-// KeepConfiguration keeps networkd from dropping it while it takes over,
-// and without IPv6 autoconfiguration or link-local addressing it has
-// nothing to wait for.
+// guestNetworkd is the VM's systemd-networkd file, for an image that runs
+// networkd itself (banger masks it in its own guests: the initrd puts the
+// same address on the link before systemd starts, see guestNetArg);
+// KeepConfiguration keeps networkd from dropping that address, and without
+// IPv6 autoconfiguration or link-local addressing it has nothing to wait for.
 func guestNetworkd(mac, ip string, prefix int, gw string) string {
 	return fmt.Sprintf("[Match]\nMACAddress=%s\n\n[Network]\nAddress=%s/%d\nGateway=%s\nDNS=%s\n"+
 		"LinkLocalAddressing=no\nIPv6AcceptRA=no\nKeepConfiguration=static\n", mac, ip, prefix, gw, gw)
