@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func gitIn(t *testing.T, dir string, args ...string) string {
@@ -27,7 +28,7 @@ func gitIn(t *testing.T, dir string, args ...string) string {
 // exports the guest's changes as a patch, and --rm leaves nothing.
 func TestWorkspace(t *testing.T) {
 	kernelDir, rootfs := artifacts(t)
-	e := newEnv(t)
+	e := newEnv(t, `forward_ports = "auto"`)
 	e.must("kernel", "import", "debian-6.1", "--from", kernelDir)
 	e.must("image", "register", "--name", "debian-bookworm", "--rootfs", rootfs, "--kernel", "debian-6.1")
 
@@ -95,6 +96,63 @@ func TestWorkspace(t *testing.T) {
 		t.Fatal(err)
 	}
 	gitIn(t, clone, "apply", "--check", patchFile)
+
+	// forward_ports = "auto": a new listener in the guest shows up on the
+	// host's loopback by itself, and goes when it stops listening.
+	e.must("vm", "exec", "ws", "--", "systemd-run", "--unit", "web8123", "--", "systemd-socket-activate", "-l", "8123", "--inetd", "-a",
+		"sh", "-c", `printf 'HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nhi\n'`)
+	waitForward := func(want bool) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			list := e.must("vm", "forward", "ws", "--list")
+			if strings.Contains(list, "127.0.0.1:8123") == want {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("auto-forward of 8123 present=%v not reached within 15s:\n%s", want, list)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	waitForward(true)
+	e.must("vm", "exec", "ws", "--", "systemctl", "stop", "web8123")
+	waitForward(false)
+
+	// vm cp: a tree there and back, modes, a link and a sparse file kept.
+	tree := filepath.Join(e.root, "cp-src")
+	if err := os.MkdirAll(filepath.Join(tree, "sub"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(tree, "sub", "run.sh"), []byte("#!/bin/sh\necho hi\n"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("sub/run.sh", filepath.Join(tree, "link")); err != nil {
+		t.Fatal(err)
+	}
+	sparse, err := os.Create(filepath.Join(tree, "sparse.img"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sparse.Truncate(1 << 30); err != nil {
+		t.Fatal(err)
+	}
+	sparse.Close()
+	e.must("vm", "cp", "-r", tree, "ws:/root/cp-dst")
+	if got := strings.TrimSpace(e.must("vm", "exec", "ws", "--", "stat", "-c", "%a %s", "/root/cp-dst/sub/run.sh", "/root/cp-dst/sparse.img")); got != "750 18\n644 1073741824" {
+		t.Errorf("in the guest: %q", got)
+	}
+	if got := strings.TrimSpace(e.must("vm", "exec", "ws", "--", "readlink", "/root/cp-dst/link")); got != "sub/run.sh" {
+		t.Errorf("the link in the guest points to %q", got)
+	}
+	back := filepath.Join(e.root, "cp-back")
+	e.must("vm", "cp", "-r", "ws:/root/cp-dst", back)
+	if fi, err := os.Stat(filepath.Join(back, "sub", "run.sh")); err != nil || fi.Mode().Perm() != 0o750 {
+		t.Errorf("back on the host: %v %v", fi, err)
+	}
+	if target, _ := os.Readlink(filepath.Join(back, "link")); target != "sub/run.sh" {
+		t.Errorf("link back on the host: %q", target)
+	}
 
 	// --rm: nothing is left of a VM made for one command.
 	countVMs := func() int {

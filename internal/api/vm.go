@@ -20,6 +20,8 @@ type VM struct {
 	// (ip_forward already on or enabled by banger, or why rules failed).
 	NATNote string `json:"nat_note,omitempty"`
 	DNSName string `json:"dns_name"`
+	// ForwardPorts: every new guest listener is forwarded to 127.0.0.1.
+	ForwardPorts bool `json:"forward_ports"`
 	// RootDisk is how the root disk is layered over the image (dm, qcow2,
 	// reflink, copy); RootUsedBytes and WorkUsedBytes are what the VM's
 	// own layers hold on the host.
@@ -49,6 +51,9 @@ type VMCreateParams struct {
 	NoStart   bool   `json:"no_start,omitempty"`
 	// NAT gives the VM a way out through the host; nil: default_nat.
 	NAT *bool `json:"nat,omitempty"`
+	// ForwardPorts forwards every new guest listener to 127.0.0.1 while
+	// the VM runs; false: forward_ports in config.toml decides.
+	ForwardPorts bool `json:"forward_ports,omitempty"`
 }
 
 // VMCreateBeginResult is returned by vm.create.begin.

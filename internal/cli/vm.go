@@ -102,6 +102,7 @@ func newVMCreateCommand(app *App) *cobra.Command {
 	f.IntVar(&p.MemoryMiB, "memory", 0, "memory in MiB (default "+memHelp+")")
 	f.StringVar(&p.DiskSize, "disk-size", "", "work disk size, e.g. 8G (default "+diskHelp+")")
 	f.BoolVar(&p.NoStart, "no-start", false, "create the disks but do not boot")
+	f.BoolVar(&p.ForwardPorts, "forward-ports", false, "forward every new guest listener to the same port on 127.0.0.1 (default: forward_ports in config.toml)")
 	addNATFlags(cmd, "give the VM a way out through the host (masquerade); default: default_nat in config.toml ("+natDefaultHelp(app)+")")
 	f.BoolVar(&asJSON, "json", false, "print the VM as JSON")
 	return cmd

@@ -27,6 +27,7 @@ type Config struct {
 	DefaultDNS     []string   `toml:"default_dns"`     // upstreams guests' names are forwarded to; empty: the host's
 	DefaultNAT     bool       `toml:"default_nat"`     // NAT for VMs created without --nat/--no-nat
 	RootDisk       string     `toml:"root_disk"`       // auto, dm, qcow2, reflink or copy
+	ForwardPorts   string     `toml:"forward_ports"`   // "auto": forward every new guest listener; "none"
 	VMM            string     `toml:"vmm"`             // auto, firecracker or qemu
 	QEMUAccel      string     `toml:"qemu_accel"`      // auto, kvm or tcg
 	FirecrackerBin string     `toml:"firecracker_bin"` // firecracker binary, by name or path
@@ -128,6 +129,7 @@ func Default(host HostInfo) Config {
 		DNSListen:      DefaultDNSListen,
 		VMM:            DefaultVMM,
 		RootDisk:       DefaultRootDisk,
+		ForwardPorts:   "none",
 		QEMUAccel:      DefaultQEMUAccel,
 		FirecrackerBin: DefaultFirecrackerBin,
 		QEMUBin:        DefaultQEMUBin,
@@ -182,6 +184,7 @@ type fileConfig struct {
 	DefaultDNS     *[]string       `toml:"default_dns"`
 	DefaultNAT     *bool           `toml:"default_nat"`
 	RootDisk       *string         `toml:"root_disk"`
+	ForwardPorts   *string         `toml:"forward_ports"`
 	VMM            *string         `toml:"vmm"`
 	QEMUAccel      *string         `toml:"qemu_accel"`
 	FirecrackerBin *string         `toml:"firecracker_bin"`
@@ -380,6 +383,15 @@ func (c *Config) apply(fc fileConfig, path string, index docIndex) []error {
 	if v := fc.DefaultNAT; v != nil {
 		c.DefaultNAT = *v
 		set("default_nat")
+	}
+	if v := fc.ForwardPorts; v != nil {
+		switch *v {
+		case "auto", "none":
+			c.ForwardPorts = *v
+			set("forward_ports")
+		default:
+			fail("forward_ports", "%q is not a forwarding mode; use \"auto\" (every new guest listener on 127.0.0.1) or \"none\"", *v)
+		}
 	}
 	if v := fc.RootDisk; v != nil {
 		switch *v {

@@ -51,6 +51,7 @@ dns_listen = "127.0.0.53:5353"
 default_dns = ["1.1.1.1", "2606:4700::1111"]
 default_nat = true
 root_disk = "qcow2"
+forward_ports = "auto"
 vmm = "qemu"
 qemu_accel = "tcg"
 firecracker_bin = "/opt/fc/firecracker"
@@ -69,7 +70,7 @@ disk_size = "20GiB"
 	want := Config{
 		LogLevel: "debug", DefaultImage: "alpine", BridgeName: "br-test", BridgeCIDR: "10.9.0.254/16",
 		TapPoolSize: 0, DNSListen: "127.0.0.53:5353", DefaultDNS: []string{"1.1.1.1", "2606:4700::1111"},
-		DefaultNAT: true, RootDisk: "qcow2", VMM: "qemu", QEMUAccel: "tcg", FirecrackerBin: "/opt/fc/firecracker", QEMUBin: "/usr/bin/qemu-system-x86_64",
+		DefaultNAT: true, RootDisk: "qcow2", ForwardPorts: "auto", VMM: "qemu", QEMUAccel: "tcg", FirecrackerBin: "/opt/fc/firecracker", QEMUBin: "/usr/bin/qemu-system-x86_64",
 		OpsRetention: Duration(30 * time.Minute),
 		VMDefaults:   VMDefaults{VCPU: 3, MemoryMiB: 2048, DiskSize: "20GiB"},
 	}
@@ -236,6 +237,7 @@ func TestLoadErrorsNameKeyAndLine(t *testing.T) {
 		{"pool negative", "tap_pool_size = -1\n", 1, "tap_pool_size", "use a number from 0 to 64"},
 		{"dns listen without port", "dns_listen = \"127.0.0.1\"\n", 1, "dns_listen", "is not an address with a port"},
 		{"bad vmm", "vmm = \"kvmtool\"\n", 1, "vmm", `vmm "kvmtool" is not a VMM banger drives`},
+		{"bad forward mode", "forward_ports = \"all\"\n", 1, "forward_ports", `forward_ports "all" is not a forwarding mode`},
 		{"bad root disk", "root_disk = \"zfs\"\n", 1, "root_disk", `root_disk "zfs" is not a root disk strategy; use auto, dm, qcow2, reflink or copy`},
 		{"empty image", "default_image = \"  \"\n", 1, "default_image", "default_image is empty"},
 		{"zero vcpu", "[vm_defaults]\n\nvcpu = 0\n", 3, "vm_defaults.vcpu",

@@ -30,6 +30,7 @@ var keyKinds = map[string]valueKind{
 	"dns_listen":             kindString,
 	"default_nat":            kindBool,
 	"root_disk":              kindString,
+	"forward_ports":          kindString,
 	"default_dns":            kindStringList,
 	"vmm":                    kindString,
 	"qemu_accel":             kindString,

@@ -29,7 +29,7 @@ const (
 func toAPIVM(v store.VM) api.VM {
 	return api.VM{Name: v.Name, ID: v.ID, State: v.State, Image: v.Image, Kernel: v.Kernel, VCPU: v.VCPU,
 		MemoryMiB: v.MemoryMiB, DiskSizeBytes: v.DiskSizeBytes, IP: v.IP, MAC: v.MAC, Tap: v.Tap, NAT: v.NAT,
-		DNSName: v.Name + ".vm", VMM: v.VMM,
+		DNSName: v.Name + ".vm", VMM: v.VMM, ForwardPorts: v.ForwardPorts,
 		PID: v.PID, Dir: v.Dir, LastError: v.LastError, CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt}
 }
 
@@ -692,6 +692,7 @@ func (d *Daemon) watchLoop(ctx context.Context) {
 				mu.Unlock()
 			}
 			d.net.ensureRules(ctx)
+			d.autoForward(ctx)
 		}
 	}
 }

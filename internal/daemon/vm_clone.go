@@ -43,7 +43,7 @@ func (d *Daemon) vmCloneBegin(ctx context.Context, p api.VMCloneParams) (api.VMC
 		return api.VMCreateBeginResult{}, api.Errorf(api.CodeAlreadyExists, "vm %q already exists; pick another name or delete it first", p.Name)
 	}
 	plan := createPlan{name: p.Name, image: store.Image{Name: src.Image}, kernel: store.Kernel{Name: src.Kernel},
-		vcpu: src.VCPU, memoryMiB: src.MemoryMiB, diskSize: src.DiskSizeBytes, noStart: p.NoStart, nat: src.NAT}
+		vcpu: src.VCPU, memoryMiB: src.MemoryMiB, diskSize: src.DiskSizeBytes, noStart: p.NoStart, nat: src.NAT, forwardPorts: src.ForwardPorts}
 	d.allocMu.Lock()
 	vm, err := d.reserveVM(ctx, plan, src.VMM)
 	d.allocMu.Unlock()

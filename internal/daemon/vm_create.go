@@ -97,6 +97,8 @@ type createPlan struct {
 	diskSize  int64
 	noStart   bool
 	nat       bool
+	// forwardPorts: every new guest listener forwarded to the host.
+	forwardPorts bool
 }
 
 func (d *Daemon) planCreate(ctx context.Context, p api.VMCreateParams) (createPlan, error) {
@@ -104,6 +106,7 @@ func (d *Daemon) planCreate(ctx context.Context, p api.VMCreateParams) (createPl
 	if p.NAT != nil {
 		plan.nat = *p.NAT
 	}
+	plan.forwardPorts = p.ForwardPorts || d.cfg.ForwardPorts == "auto"
 	if plan.name == "" {
 		for i := 0; i < 20; i++ {
 			plan.name = randomVMName()
@@ -297,7 +300,8 @@ func (d *Daemon) reserveVM(ctx context.Context, plan createPlan, vmmName string)
 		return store.VM{}, err
 	}
 	vm := store.VM{Name: plan.name, Image: plan.image.Name, Kernel: plan.kernel.Name, State: store.StateCreating,
-		VCPU: plan.vcpu, MemoryMiB: plan.memoryMiB, DiskSizeBytes: plan.diskSize, IP: ip, MAC: mac, VMM: vmmName, NAT: plan.nat}
+		VCPU: plan.vcpu, MemoryMiB: plan.memoryMiB, DiskSizeBytes: plan.diskSize, IP: ip, MAC: mac, VMM: vmmName, NAT: plan.nat,
+		ForwardPorts: plan.forwardPorts}
 	if err := d.store.CreateVM(ctx, &vm); err != nil {
 		return store.VM{}, err
 	}

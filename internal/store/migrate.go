@@ -72,6 +72,9 @@ CREATE INDEX vms_image ON vms (image);
 ALTER TABLE vms ADD COLUMN root_disk TEXT NOT NULL DEFAULT '';
 ALTER TABLE vms ADD COLUMN work_disk TEXT NOT NULL DEFAULT '';
 `},
+	{3, "forward each new guest listener automatically, per VM", `
+ALTER TABLE vms ADD COLUMN forward_ports INTEGER NOT NULL DEFAULT 0 CHECK (forward_ports IN (0, 1));
+`},
 }
 
 // LatestSchemaVersion is the id of the newest migration this binary knows.

@@ -41,15 +41,18 @@ type VM struct {
 	// RootDisk and WorkDisk describe the VM's disks (JSON the daemon owns:
 	// strategy, file, format, the read-only layers below); empty for a VM
 	// made before they were recorded (plain raw files in Dir).
-	RootDisk  string
-	WorkDisk  string
-	LastError string
-	CreatedAt time.Time
-	UpdatedAt time.Time
+	RootDisk string
+	WorkDisk string
+	// ForwardPorts forwards every new guest listener to the host's
+	// loopback while the VM runs.
+	ForwardPorts bool
+	LastError    string
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
 }
 
 const vmColumns = `id, name, image, kernel, state, vcpu, memory_mib, disk_size_bytes, ip, mac, tap, nat,
-	vmm, pid, pid_start_time, api_socket, dir, root_disk, work_disk, last_error, created_at, updated_at`
+	vmm, pid, pid_start_time, api_socket, dir, root_disk, work_disk, forward_ports, last_error, created_at, updated_at`
 
 func validateVM(v *VM) error {
 	if strings.TrimSpace(v.Name) == "" {
@@ -102,10 +105,10 @@ func (s *Store) CreateVM(ctx context.Context, v *VM) error {
 	row.CreatedAt = row.CreatedAt.UTC()
 	row.UpdatedAt = now
 	_, err := s.db.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		row.ID, row.Name, row.Image, row.Kernel, row.State, row.VCPU, row.MemoryMiB, row.DiskSizeBytes,
 		row.IP, row.MAC, row.Tap, row.NAT, row.VMM, row.PID, int64(row.PIDStartTime),
-		row.APISocket, row.Dir, row.RootDisk, row.WorkDisk, row.LastError, formatTime(row.CreatedAt), formatTime(row.UpdatedAt))
+		row.APISocket, row.Dir, row.RootDisk, row.WorkDisk, row.ForwardPorts, row.LastError, formatTime(row.CreatedAt), formatTime(row.UpdatedAt))
 	if cerr := vmConflict(err, &row); cerr != nil {
 		return cerr
 	}
@@ -121,7 +124,7 @@ func scanVM(sc scanner) (VM, error) {
 	var startTime int64
 	var created, updated string
 	err := sc.Scan(&v.ID, &v.Name, &v.Image, &v.Kernel, &v.State, &v.VCPU, &v.MemoryMiB, &v.DiskSizeBytes,
-		&v.IP, &v.MAC, &v.Tap, &v.NAT, &v.VMM, &v.PID, &startTime, &v.APISocket, &v.Dir, &v.RootDisk, &v.WorkDisk, &v.LastError,
+		&v.IP, &v.MAC, &v.Tap, &v.NAT, &v.VMM, &v.PID, &startTime, &v.APISocket, &v.Dir, &v.RootDisk, &v.WorkDisk, &v.ForwardPorts, &v.LastError,
 		&created, &updated)
 	if err != nil {
 		return VM{}, err
@@ -187,9 +190,9 @@ func (s *Store) UpdateVM(ctx context.Context, v VM) error {
 	}
 	res, err := s.db.ExecContext(ctx, `UPDATE vms SET name = ?, image = ?, kernel = ?, state = ?, vcpu = ?,
 		memory_mib = ?, disk_size_bytes = ?, ip = ?, mac = ?, tap = ?, nat = ?, vmm = ?, pid = ?,
-		pid_start_time = ?, api_socket = ?, dir = ?, root_disk = ?, work_disk = ?, last_error = ?, updated_at = ? WHERE id = ?`,
+		pid_start_time = ?, api_socket = ?, dir = ?, root_disk = ?, work_disk = ?, forward_ports = ?, last_error = ?, updated_at = ? WHERE id = ?`,
 		v.Name, v.Image, v.Kernel, v.State, v.VCPU, v.MemoryMiB, v.DiskSizeBytes, v.IP, v.MAC, v.Tap,
-		v.NAT, v.VMM, v.PID, int64(v.PIDStartTime), v.APISocket, v.Dir, v.RootDisk, v.WorkDisk, v.LastError,
+		v.NAT, v.VMM, v.PID, int64(v.PIDStartTime), v.APISocket, v.Dir, v.RootDisk, v.WorkDisk, v.ForwardPorts, v.LastError,
 		formatTime(s.timestamp()), v.ID)
 	if cerr := vmConflict(err, &v); cerr != nil {
 		return cerr
