@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -351,10 +352,13 @@ func TestNetworking(t *testing.T) {
 		t.Errorf("a answered as %q", host)
 	}
 
-	// ssh-config: plain `ssh b.vm` and `ssh b` work from the user's own ssh.
+	// ssh-config: plain `ssh b.vm` and `ssh b` work from the user's own ssh
+	// config. OpenSSH finds ~ through the password database, not $HOME, so
+	// the test names the user config --install wrote (in its temp HOME).
 	e.must("ssh-config", "--install")
+	userConfig := filepath.Join(e.root, ".ssh", "config")
 	for _, host := range []string{"b.vm", "b"} {
-		cmd := exec.Command("ip", "netns", "exec", e.ns, "ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", host, "hostname")
+		cmd := exec.Command("ip", "netns", "exec", e.ns, "ssh", "-F", userConfig, "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", host, "hostname")
 		cmd.Env = e.vars
 		if out, err := cmd.CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "b" {
 			t.Errorf("ssh %s hostname after ssh-config --install: %v: %s", host, err, out)
