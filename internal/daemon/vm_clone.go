@@ -8,7 +8,6 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/rootdisk"
-	"banger/internal/rpc"
 	"banger/internal/sshx"
 	"banger/internal/store"
 )
@@ -51,28 +50,9 @@ func (d *Daemon) vmCloneBegin(ctx context.Context, p api.VMCloneParams) (api.VMC
 		return api.VMCreateBeginResult{}, err
 	}
 
-	opID := rpc.NewOpID()
-	log := d.log.With("op_id", opID, "vm", vm.Name, "source", src.Name)
-	bg, cancel := context.WithCancel(rpc.WithLogger(rpc.WithOpID(d.bgCtx, opID), log))
-	op := &vmCreateOp{opCore: newOpCore(opID, api.OpKindVMClone, vm.Name, cancel, d.now), vmName: vm.Name}
-	d.ops.vmCreate.Insert(op)
-	log.Info("vm clone begun", "request_op_id", rpc.OpID(ctx))
-	d.bgWG.Add(1)
-	go func() {
-		defer d.bgWG.Done()
-		defer cancel()
-		err := d.runClone(bg, op, src.Name, vm, p.NoStart)
-		if err != nil {
-			log.Warn("vm clone failed", "err", err)
-		} else {
-			log.Info("vm clone done")
-		}
-		op.finish(err)
-	}()
-	if ctx.Err() != nil {
-		op.Cancel()
-	}
-	return api.VMCreateBeginResult{OpID: opID, Name: vm.Name}, nil
+	return d.beginVMOp(ctx, api.OpKindVMClone, vm, d.log.With("source", src.Name), func(ctx context.Context, op *vmCreateOp) error {
+		return d.runClone(ctx, op, src.Name, vm, p.NoStart)
+	}), nil
 }
 
 // runClone holds the source's lifecycle lock for the copy (so it cannot

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -206,31 +207,39 @@ func (d *Daemon) vmCreateBegin(ctx context.Context, p api.VMCreateParams) (api.V
 		return api.VMCreateBeginResult{}, err
 	}
 
-	opID := rpc.NewOpID()
-	log := d.log.With("op_id", opID, "vm", vm.Name)
-	bg, cancel := context.WithCancel(rpc.WithLogger(rpc.WithOpID(d.bgCtx, opID), log))
-	op := &vmCreateOp{opCore: newOpCore(opID, api.OpKindVMCreate, vm.Name, cancel, d.now), vmName: vm.Name}
-	d.ops.vmCreate.Insert(op)
-	log.Info("vm create begun", "request_op_id", rpc.OpID(ctx))
+	return d.beginVMOp(ctx, api.OpKindVMCreate, vm, d.log, func(ctx context.Context, op *vmCreateOp) error {
+		return d.runCreate(ctx, op, plan, vm)
+	}), nil
+}
 
+// beginVMOp registers an operation of kind (vm.create, vm.clone) making
+// vm and runs it in the background under the daemon's context; the caller
+// follows it with vm.create.status.
+func (d *Daemon) beginVMOp(ctx context.Context, kind string, vm store.VM, log *slog.Logger, run func(context.Context, *vmCreateOp) error) api.VMCreateBeginResult {
+	opID := rpc.NewOpID()
+	log = log.With("op_id", opID, "vm", vm.Name)
+	bg, cancel := context.WithCancel(rpc.WithLogger(rpc.WithOpID(d.bgCtx, opID), log))
+	op := &vmCreateOp{opCore: newOpCore(opID, kind, vm.Name, cancel, d.now), vmName: vm.Name}
+	d.ops.vmCreate.Insert(op)
+	log.Info(kind+" begun", "request_op_id", rpc.OpID(ctx))
 	d.bgWG.Add(1)
 	go func() {
 		defer d.bgWG.Done()
 		defer cancel()
-		err := d.runCreate(bg, op, plan, vm)
+		err := run(bg, op)
 		if err != nil {
-			log.Warn("vm create failed", "err", err)
+			log.Warn(kind+" failed", "err", err)
 		} else {
-			log.Info("vm create done")
+			log.Info(kind + " done")
 		}
 		op.finish(err)
 	}()
 	if ctx.Err() != nil {
 		// The caller left before learning the op id (Ctrl-C during begin):
-		// nobody can follow or cancel this create, so cancel it now.
+		// nobody can follow or cancel this operation, so cancel it now.
 		op.Cancel()
 	}
-	return api.VMCreateBeginResult{OpID: opID, Name: vm.Name}, nil
+	return api.VMCreateBeginResult{OpID: opID, Name: vm.Name}
 }
 
 // pullForCreate builds the catalog image a create needs (or waits for the
