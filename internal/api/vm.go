@@ -30,14 +30,17 @@ type VM struct {
 	WorkUsedBytes int64  `json:"work_used_bytes"`
 	// Agent is the guest agent's report (running VMs, vm show only);
 	// AgentError says why it is missing.
-	Agent      *AgentHealth `json:"agent,omitempty"`
-	AgentError string       `json:"agent_error,omitempty"`
-	VMM        string       `json:"vmm"`
-	PID        int          `json:"pid,omitempty"`
-	Dir        string       `json:"dir"`
-	LastError  string       `json:"last_error,omitempty"`
-	CreatedAt  time.Time    `json:"created_at"`
-	UpdatedAt  time.Time    `json:"updated_at"`
+	Agent *AgentHealth `json:"agent,omitempty"`
+	// VMMState is what the VMM says of the guest when it is not simply
+	// running (vm show): e.g. paused after a disk write failed.
+	VMMState   string    `json:"vmm_state,omitempty"`
+	AgentError string    `json:"agent_error,omitempty"`
+	VMM        string    `json:"vmm"`
+	PID        int       `json:"pid,omitempty"`
+	Dir        string    `json:"dir"`
+	LastError  string    `json:"last_error,omitempty"`
+	CreatedAt  time.Time `json:"created_at"`
+	UpdatedAt  time.Time `json:"updated_at"`
 }
 
 // VMCreateParams are the params of vm.create.begin. Zero values take the

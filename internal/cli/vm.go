@@ -387,7 +387,7 @@ func newVMShowCommand(app *App) *cobra.Command {
 				{"root disk", fmt.Sprintf("%s over image %s, %s used", v.RootDisk, v.Image, humanBytes(v.RootUsedBytes))},
 				{"work disk", fmt.Sprintf("%s, %s used", humanBytes(v.DiskSizeBytes), humanBytes(v.WorkUsedBytes))},
 				{"image", v.Image}, {"kernel", v.Kernel}, {"vmm", v.VMM}, {"tap", v.Tap}, {"pid", fmt.Sprint(v.PID)},
-				{"dir", v.Dir}, {"created", v.CreatedAt.Format(time.RFC3339)}, {"last error", v.LastError}, {"agent", agentLine(v)}}
+				{"dir", v.Dir}, {"created", v.CreatedAt.Format(time.RFC3339)}, {"last error", v.LastError}, {"vmm state", v.VMMState}, {"agent", agentLine(v)}}
 			for _, r := range rows {
 				if r[1] == "" || r[1] == "0" {
 					continue

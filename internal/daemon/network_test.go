@@ -23,6 +23,7 @@ import (
 	"banger/internal/hostnet"
 	"banger/internal/rpc"
 	"banger/internal/store"
+	"banger/internal/vmm/qemu"
 )
 
 // inOwnNetns re-runs the calling test in a child process that
@@ -282,3 +283,18 @@ func TestNetworkServiceRefusesBadConfig(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestDescribeVMMState(t *testing.T) {
+	if got := describeVMMState("web", "running"); got != "" {
+		t.Errorf("running: %q", got)
+	}
+	if got := describeVMMState("web", "io-error"); !strings.Contains(got, "paused: a disk write failed") || !strings.Contains(got, "banger vm restart web") {
+		t.Errorf("io-error: %q", got)
+	}
+	if got := describeVMMState("web", "paused"); got != "the VMM reports paused" {
+		t.Errorf("paused: %q", got)
+	}
+}
+
+// QEMU's driver answers Status, so vm show can report a paused guest.
+var _ statusReporter = (*qemu.Driver)(nil)

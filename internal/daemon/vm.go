@@ -225,6 +225,7 @@ func (d *Daemon) vmShow(ctx context.Context, p api.VMRef) (api.VM, error) {
 	}
 	out := d.apiVM(v)
 	if v.State == store.StateRunning {
+		out.VMMState = vmmStateNote(ctx, v)
 		actx, cancel := context.WithTimeout(ctx, agentCallTimeout)
 		defer cancel()
 		err := d.withAgent(actx, v, func(c *agent.Client) error {
@@ -704,4 +705,45 @@ func (p vmPaths) sshControl() string { return filepath.Join(p.run, "ssh.ctl") }
 func fileExists(path string) bool {
 	_, err := os.Lstat(path)
 	return err == nil
+}
+
+// statusReporter is a VMM driver that can say how its guest runs (QEMU,
+// over QMP).
+type statusReporter interface {
+	Status(ctx context.Context, h vmm.Handle) (string, error)
+}
+
+// vmmStateNote asks the VMM of a running VM how the guest runs, and says
+// what to do when it is not running normally. A guest whose copy-on-write
+// layer could not grow (the host filesystem is full) is paused by QEMU
+// (werror=stop) instead of corrupted: vm show says so.
+func vmmStateNote(ctx context.Context, v store.VM) string {
+	drv, err := vmm.ForHandle(handleOf(v))
+	if err != nil {
+		return ""
+	}
+	sr, ok := drv.(statusReporter)
+	if !ok {
+		return ""
+	}
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st, err := sr.Status(sctx, handleOf(v))
+	if err != nil {
+		return ""
+	}
+	return describeVMMState(v.Name, st)
+}
+
+// describeVMMState turns a QEMU run state into what vm show prints ("" for
+// a guest that runs normally).
+func describeVMMState(name, st string) string {
+	switch st {
+	case "running", "":
+		return ""
+	case "io-error":
+		return fmt.Sprintf("paused: a disk write failed (QEMU io-error), usually because the filesystem holding the VM's disk layers is full; free space there, then banger vm restart %s", name)
+	default:
+		return "the VMM reports " + st
+	}
 }
