@@ -120,22 +120,6 @@ func (d *Daemon) detachDisks(ctx context.Context, v *store.VM) error {
 	return nil
 }
 
-// removeDisks deletes the VM's own disk layers (never the layers below
-// them), then every frozen layer no VM uses any more.
-func (d *Daemon) removeDisks(ctx context.Context, v store.VM) error {
-	rd, wd, err := d.disksOf(v)
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for _, disk := range []rootdisk.Disk{rd, wd} {
-		if err := rootdisk.Remove(context.WithoutCancel(ctx), d.runner, disk); err != nil && !errors.Is(err, os.ErrNotExist) {
-			errs = append(errs, err)
-		}
-	}
-	return errors.Join(errs...)
-}
-
 // gcLayers removes the frozen layers no VM's disks are built on. The
 // caller holds layersMu, which serialises it with clones.
 func (d *Daemon) gcLayers(ctx context.Context) {
