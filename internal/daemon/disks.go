@@ -143,7 +143,25 @@ func (d *Daemon) gcLayers(ctx context.Context) {
 		}
 		return
 	}
+	// The files themselves have the last word: a clone interrupted between
+	// freezing a layer and recording it leaves a VM whose overlay already
+	// stands on a layer its row does not name yet.
+	standing := map[string]bool{}
+	for _, disk := range disks {
+		chain, err := rootdisk.BackingChain(disk.Path)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			d.log.Warn("layers: cannot read a disk's backing chain; keeping every layer", "disk", disk.Path, "err", err)
+			return
+		}
+		for _, c := range chain {
+			standing[filepath.Clean(c)] = true
+		}
+	}
 	for _, l := range unused {
+		if standing[filepath.Clean(l)] {
+			d.log.Warn("layers: a VM's disk stands on a layer its record does not name; keeping it", "layer", l)
+			continue
+		}
 		if err := os.Remove(l); err != nil && !errors.Is(err, os.ErrNotExist) {
 			d.log.Warn("layers: remove an unused layer", "layer", l, "err", err)
 			continue
