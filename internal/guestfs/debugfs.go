@@ -283,6 +283,10 @@ const permMask = fs.ModePerm | fs.ModeSetuid | fs.ModeSetgid | fs.ModeSticky
 
 // Lstat describes p inside the image without following a final symlink.
 // A missing path gives an error wrapping fs.ErrNotExist.
+// MaxReadFile bounds what ReadFile reads from an image (16 MiB: the
+// files banger reads are a few KB of configuration).
+var MaxReadFile int64 = 16 << 20
+
 func (im *Image) Lstat(ctx context.Context, p string) (FileInfo, error) {
 	if err := checkGuestPathOrRoot(p); err != nil {
 		return FileInfo{}, err
@@ -320,6 +324,16 @@ func checkGuestPathOrRoot(p string) error {
 func (im *Image) ReadFile(ctx context.Context, p string) ([]byte, error) {
 	if err := checkGuestPath("file", p); err != nil {
 		return nil, err
+	}
+	// An image is untrusted input: look at the size before dumping, so a
+	// multi-GiB (sparse) file can neither fill the host's disk through the
+	// dump nor its memory through the read.
+	pre, err := im.Lstat(ctx, p)
+	if err != nil {
+		return nil, err
+	}
+	if pre.Mode.IsRegular() && pre.Size > MaxReadFile {
+		return nil, fmt.Errorf("read %s in %s: the file is %d bytes; banger reads at most %d bytes of a file from an image", p, im.path, pre.Size, MaxReadFile)
 	}
 	dir, err := os.MkdirTemp("", "banger-guestfs-")
 	if err != nil {

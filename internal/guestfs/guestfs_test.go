@@ -409,3 +409,23 @@ func TestSplitByEcho(t *testing.T) {
 		t.Error("missing echo for the last request not reported")
 	}
 }
+
+// TestReadFileRefusesBigFiles: a file over MaxReadFile is refused from its
+// size, before anything is dumped or read.
+func TestReadFileRefusesBigFiles(t *testing.T) {
+	im := newImage(t)
+	ctx := context.Background()
+	var e Edit
+	must(t, e.WriteFile("/big", make([]byte, 2<<20), 0o644, 0, 0))
+	must(t, e.WriteFile("/small", []byte("ok"), 0o644, 0, 0))
+	must(t, im.Apply(ctx, &e))
+	old := MaxReadFile
+	MaxReadFile = 1 << 20
+	t.Cleanup(func() { MaxReadFile = old })
+	if _, err := im.ReadFile(ctx, "/big"); err == nil || !strings.Contains(err.Error(), "the file is 2097152 bytes; banger reads at most 1048576") {
+		t.Fatalf("ReadFile of a 2 MiB file with a 1 MiB cap = %v", err)
+	}
+	if data, err := im.ReadFile(ctx, "/small"); err != nil || string(data) != "ok" {
+		t.Fatalf("ReadFile(/small) = %q, %v", data, err)
+	}
+}
