@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -36,7 +37,13 @@ func Listen(ctx context.Context, sockPath string) (net.Listener, func(), error) 
 
 	// We hold the lock, so any socket file is stale — unless a daemon from
 	// an older release (without the lock) still answers on it.
-	if _, err := os.Lstat(sockPath); err == nil {
+	if fi, err := os.Lstat(sockPath); err == nil {
+		// Only a stale socket is ours to remove: a --socket path that names
+		// any other file (a symlink, a user's file) is refused, not deleted.
+		if fi.Mode().Type() != fs.ModeSocket {
+			lock.Close()
+			return nil, nil, fmt.Errorf("%s exists and is not a socket (%s); choose another --socket path or remove it yourself", sockPath, fi.Mode().Type())
+		}
 		if answering(ctx, sockPath) {
 			lock.Close()
 			return nil, nil, fmt.Errorf("a daemon already answers on %s; stop it first", sockPath)
@@ -73,7 +80,9 @@ func Listen(ctx context.Context, sockPath string) (net.Listener, func(), error) 
 // fails naming the pid that holds it ("bangerd pid N already <what>").
 // The lock lasts as long as the returned file is open.
 func lockFile(path, what string) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	// O_NOFOLLOW: a symlink planted at the lock's path is refused rather
+	// than followed (a root daemon would otherwise truncate its target).
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open lock file %s: %w", path, err)
 	}
