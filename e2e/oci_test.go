@@ -57,7 +57,9 @@ func TestOCIImageBoots(t *testing.T) {
 
 	// Pull in the host namespace: stop the namespaced daemon, run one here.
 	e.stopDaemon()
-	host := exec.Command(filepath.Join(e.bin, "bangerd"), "--foreground")
+	// --no-network: this daemon only pulls; the host namespace gets no
+	// bridge, rules or DNS listener from the test.
+	host := exec.Command(filepath.Join(e.bin, "bangerd"), "--foreground", "--no-network")
 	host.Env = e.vars
 	logf, _ := os.OpenFile(e.logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	host.Stdout, host.Stderr = logf, logf
@@ -75,6 +77,9 @@ func TestOCIImageBoots(t *testing.T) {
 	pull.Env = e.vars
 	out, err := pull.CombinedOutput()
 	stopHost()
+	if exec.Command("ip", "link", "show", "bge2e0").Run() == nil {
+		t.Error("the pulling daemon made the VM bridge in the host's own network namespace")
+	}
 	if err != nil {
 		t.Fatalf("image pull: %v\n%s\nlog:\n%s", err, out, e.daemonLog())
 	}

@@ -29,6 +29,7 @@ func run(args []string) int {
 		socket          string
 		checkMigrations bool
 		showVersion     bool
+		noNetwork       bool
 		code            int
 	)
 	cmd := &cobra.Command{
@@ -76,7 +77,7 @@ func run(args []string) int {
 
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			d, err := daemon.Open(ctx, daemon.Options{Layout: layout, Config: cfg, Logger: logger})
+			d, err := daemon.Open(ctx, daemon.Options{Layout: layout, Config: cfg, Logger: logger, WithoutNetwork: noNetwork})
 			if err != nil {
 				return err
 			}
@@ -88,6 +89,7 @@ func run(args []string) int {
 	cmd.Flags().StringVar(&socket, "socket", os.Getenv("BANGER_SOCKET"), "Unix socket to listen on (default $XDG_RUNTIME_DIR/banger/bangerd.sock)")
 	cmd.Flags().BoolVar(&checkMigrations, "check-migrations", false, "exit 0 if the database is up to date, 1 if migrations are pending, 2 if it is newer than this binary")
 	cmd.Flags().BoolVar(&showVersion, "version", false, "print the version and exit")
+	cmd.Flags().BoolVar(&noNetwork, "no-network", false, "serve without the bridge, tap pool, rules and DNS server (pulls and artifacts only; VMs started this way get a tap the slow way and no DNS)")
 	cmd.SetArgs(args)
 	if err := cmd.Execute(); err != nil {
 		fmt.Fprintf(os.Stderr, "bangerd: %v\n", err)
