@@ -601,9 +601,11 @@ func (d *Daemon) kernelFor(ctx context.Context, name string) (kernelFiles, error
 	return kernelFiles{dir: k.Dir, manifest: m}, nil
 }
 
-// guestNetworkd is the VM's systemd-networkd file, for an image that runs
-// networkd itself (banger masks it in its own guests: the initrd puts the
-// same address on the link before systemd starts, see guestNetArg);
+// guestNetworkd is the VM's systemd-networkd file. Under systemd, banger
+// masks networkd (the initrd put the same address on the link before
+// systemd started, see guestNetArg); banger-init, on images without
+// systemd, reads its Address=, Gateway= and MACAddress= to configure the
+// link.
 // KeepConfiguration keeps networkd from dropping that address, and without
 // IPv6 autoconfiguration or link-local addressing it has nothing to wait for.
 func guestNetworkd(mac, ip string, prefix int, gw string) string {

@@ -1,6 +1,7 @@
 package hostnat
 
 import (
+	"banger/internal/netnstest"
 	"os"
 	"runtime"
 	"testing"
@@ -17,40 +18,13 @@ func requireRoot(t *testing.T) {
 	}
 }
 
-// inFreshNetns moves the calling test goroutine's OS thread into a new,
-// empty network namespace for the rest of the test and restores the
-// original namespace in t.Cleanup. Everything the package does (Sync,
-// State, Remove, EnableIPForward) then acts on that namespace; closing the
-// last handle destroys it with its tables, links and sysctls, so nothing
-// reaches the host namespace even if the test fails halfway. It returns a
-// handle of the fresh namespace, valid until the test ends.
+// inFreshNetns runs the rest of the test in a network namespace of its
+// own (netnstest.Fresh): Sync, State, Remove and EnableIPForward then act
+// on it, never on the host's.
 func inFreshNetns(t *testing.T) netns.NsHandle {
 	t.Helper()
 	requireRoot(t)
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatalf("get current netns: %v", err)
-	}
-	fresh, err := netns.New() // also switches this thread into it
-	if err != nil {
-		orig.Close()
-		runtime.UnlockOSThread()
-		t.Fatalf("create netns: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked: it dies with the goroutine instead
-			// of running other code in the test namespace.
-			t.Errorf("restore netns: %v", err)
-			return
-		}
-		fresh.Close()
-		orig.Close()
-		runtime.UnlockOSThread()
-	})
-	return fresh
+	return netnstest.Fresh(t)
 }
 
 // newNetns creates a network namespace without entering it: a throwaway

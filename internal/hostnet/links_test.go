@@ -1,52 +1,23 @@
 package hostnet
 
 import (
+	"banger/internal/netnstest"
 	"net"
 	"os"
-	"runtime"
 	"slices"
 	"testing"
 
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 )
 
-// inFreshNetns moves the calling test goroutine's OS thread into a new,
-// empty network namespace for the rest of the test and restores the
-// original namespace in t.Cleanup. Closing the last handle destroys the
-// namespace and every link in it, so nothing reaches the host namespace
-// even if the test fails halfway.
+// inFreshNetns runs the rest of the test in a network namespace of its
+// own (netnstest.Fresh), after checking for /dev/net/tun.
 func inFreshNetns(t testing.TB) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (CAP_NET_ADMIN) to create network namespaces, bridges and taps")
-	}
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
 		t.Skipf("needs /dev/net/tun: %v", err)
 	}
-	runtime.LockOSThread()
-	orig, err := netns.Get()
-	if err != nil {
-		runtime.UnlockOSThread()
-		t.Fatalf("get current netns: %v", err)
-	}
-	fresh, err := netns.New() // also switches this thread into it
-	if err != nil {
-		orig.Close()
-		runtime.UnlockOSThread()
-		t.Fatalf("create netns: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked: it dies with the goroutine instead
-			// of running other code in the test namespace.
-			t.Errorf("restore netns: %v", err)
-			return
-		}
-		fresh.Close()
-		orig.Close()
-		runtime.UnlockOSThread()
-	})
+	netnstest.Fresh(t)
 }
 
 func mustLink(t *testing.T, name string) netlink.Link {
