@@ -36,6 +36,15 @@ func (d *Daemon) makeIdentity(v store.VM) error {
 	if err := os.WriteFile(paths.hostKey, priv, 0o600); err != nil {
 		return fmt.Errorf("write host key of %s: %w", v.Name, err)
 	}
+	// The image's sshd also serves an ECDSA key: the VM gets its own of
+	// that too, or clones and VMs of a built image would share one.
+	ecPriv, _, err := sshx.NewECDSAHostKey(v.Name + ".vm")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(paths.hostKeyECDSA, ecPriv, 0o600); err != nil {
+		return fmt.Errorf("write host key of %s: %w", v.Name, err)
+	}
 	id := make([]byte, 16)
 	if _, err := rand.Read(id); err != nil {
 		return err
@@ -105,11 +114,21 @@ func (d *Daemon) guestFiles(v store.VM) ([]configdisk.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	agentFiles, err := agentFiles()
+	files, err := agentFiles()
 	if err != nil {
 		return nil, err
 	}
-	return append(agentFiles, []configdisk.File{
+	// VMs made before banger gave each its ECDSA key keep the image's.
+	if ec, err := os.ReadFile(d.pathsFor(v.ID).hostKeyECDSA); err == nil {
+		ecSigner, err := ssh.ParsePrivateKey(ec)
+		if err != nil {
+			return nil, fmt.Errorf("ecdsa host key of %s: %w", v.Name, err)
+		}
+		files = append(files,
+			configdisk.File{Path: "/etc/ssh/ssh_host_ecdsa_key", Data: ec, Mode: 0o600},
+			configdisk.File{Path: "/etc/ssh/ssh_host_ecdsa_key.pub", Data: []byte(strings.TrimSpace(string(ssh.MarshalAuthorizedKey(ecSigner.PublicKey()))) + " " + v.Name + ".vm\n")})
+	}
+	return append(files, []configdisk.File{
 		{Path: "/etc/hostname", Data: []byte(v.Name + "\n")},
 		{Path: "/etc/hosts", Data: []byte(fmt.Sprintf("127.0.0.1\tlocalhost\n127.0.1.1\t%s %s.vm\n::1\tlocalhost ip6-localhost ip6-loopback\n", v.Name, v.Name))},
 		// The bridge address is the guest's only nameserver: banger's DNS

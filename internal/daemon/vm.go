@@ -42,19 +42,20 @@ type vmPaths struct {
 	dir, root, work, console, run string
 	// config is the configuration disk written at every boot; hostKey and
 	// machineID are the VM's identity, made once at create.
-	config, hostKey, machineID string
+	config, hostKey, hostKeyECDSA, machineID string
 }
 
 func (d *Daemon) pathsFor(id string) vmPaths {
 	dir := filepath.Join(d.layout.VMsDir, id)
 	return vmPaths{
-		dir:       dir,
-		root:      filepath.Join(dir, "root.ext4"),
-		work:      filepath.Join(dir, "work.ext4"),
-		console:   filepath.Join(dir, "console.log"),
-		config:    filepath.Join(dir, "config.img"),
-		hostKey:   filepath.Join(dir, "ssh_host_ed25519_key"),
-		machineID: filepath.Join(dir, "machine-id"),
+		dir:          dir,
+		root:         filepath.Join(dir, "root.ext4"),
+		work:         filepath.Join(dir, "work.ext4"),
+		console:      filepath.Join(dir, "console.log"),
+		config:       filepath.Join(dir, "config.img"),
+		hostKey:      filepath.Join(dir, "ssh_host_ed25519_key"),
+		hostKeyECDSA: filepath.Join(dir, "ssh_host_ecdsa_key"),
+		machineID:    filepath.Join(dir, "machine-id"),
 		// Unix socket paths are limited to 108 bytes: keep the VMM's
 		// sockets under the short runtime dir, not the state dir.
 		run: filepath.Join(d.layout.RuntimeDir, "vms", shortID(id)),

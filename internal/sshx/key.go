@@ -1,7 +1,10 @@
 package sshx
 
 import (
+	"crypto"
+	"crypto/ecdsa"
 	"crypto/ed25519"
+	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/pem"
 	"errors"
@@ -161,6 +164,20 @@ func NewHostKey(comment string) (privatePEM []byte, pub ssh.PublicKey, err error
 	if err != nil {
 		return nil, nil, fmt.Errorf("generate host key: %w", err)
 	}
+	return encodeHostKey(priv, comment)
+}
+
+// NewECDSAHostKey is NewHostKey for an ECDSA P-256 key
+// (/etc/ssh/ssh_host_ecdsa_key).
+func NewECDSAHostKey(comment string) (privatePEM []byte, pub ssh.PublicKey, err error) {
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, fmt.Errorf("generate host key: %w", err)
+	}
+	return encodeHostKey(priv, comment)
+}
+
+func encodeHostKey(priv crypto.Signer, comment string) ([]byte, ssh.PublicKey, error) {
 	block, err := ssh.MarshalPrivateKey(priv, comment)
 	if err != nil {
 		return nil, nil, fmt.Errorf("encode host key: %w", err)
