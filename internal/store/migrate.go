@@ -75,6 +75,9 @@ ALTER TABLE vms ADD COLUMN work_disk TEXT NOT NULL DEFAULT '';
 	{3, "forward each new guest listener automatically, per VM", `
 ALTER TABLE vms ADD COLUMN forward_ports INTEGER NOT NULL DEFAULT 0 CHECK (forward_ports IN (0, 1));
 `},
+	{4, "mark the daemon's own temporary VMs (image builds), which users never see", `
+ALTER TABLE vms ADD COLUMN purpose TEXT NOT NULL DEFAULT '';
+`},
 }
 
 // LatestSchemaVersion is the id of the newest migration this binary knows.

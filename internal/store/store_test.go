@@ -113,7 +113,7 @@ func TestVMCRUD(t *testing.T) {
 	s := newTestStore(t)
 
 	v := sampleVM("web", "10.0.0.2", "tap0")
-	v.RootDisk, v.WorkDisk = `{"strategy":"qcow2"}`, `{"strategy":"copy"}`
+	v.RootDisk, v.WorkDisk, v.Purpose = `{"strategy":"qcow2"}`, `{"strategy":"copy"}`, PurposeImageBuild
 	if err := s.CreateVM(ctx, &v); err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +131,7 @@ func TestVMCRUD(t *testing.T) {
 		t.Fatalf("GetVMByID = %+v, %v", byID, err)
 	}
 
-	got.State, got.LastError, got.Name, got.RootDisk = StateError, "boom", "web2", `{"strategy":"dm"}`
+	got.State, got.LastError, got.Name, got.RootDisk, got.Purpose = StateError, "boom", "web2", `{"strategy":"dm"}`, ""
 	if err := s.UpdateVM(ctx, got); err != nil {
 		t.Fatal(err)
 	}
@@ -139,7 +139,7 @@ func TestVMCRUD(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if upd.State != StateError || upd.LastError != "boom" || upd.RootDisk != `{"strategy":"dm"}` || upd.WorkDisk != `{"strategy":"copy"}` || !upd.CreatedAt.Equal(v.CreatedAt) || !upd.UpdatedAt.After(v.UpdatedAt) {
+	if upd.State != StateError || upd.Purpose != "" || upd.LastError != "boom" || upd.RootDisk != `{"strategy":"dm"}` || upd.WorkDisk != `{"strategy":"copy"}` || !upd.CreatedAt.Equal(v.CreatedAt) || !upd.UpdatedAt.After(v.UpdatedAt) {
 		t.Fatalf("after update: %+v", upd)
 	}
 
