@@ -72,6 +72,15 @@ type internet struct {
 	mu sync.Mutex
 	// sources are the remote addresses the HTTP server saw.
 	sources []string
+	// files, when set, is served under /files/ (a package repository).
+	files string
+}
+
+// serveFiles serves dir under http://inetAddr:8080/files/.
+func (in *internet) serveFiles(dir string) {
+	in.mu.Lock()
+	in.files = dir
+	in.mu.Unlock()
 }
 
 const (
@@ -110,7 +119,12 @@ func newInternet(t *testing.T, e *env) *internet {
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		in.mu.Lock()
 		in.sources = append(in.sources, r.RemoteAddr)
+		files := in.files
 		in.mu.Unlock()
+		if files != "" && strings.HasPrefix(r.URL.Path, "/files/") {
+			http.StripPrefix("/files/", http.FileServer(http.Dir(files))).ServeHTTP(w, r)
+			return
+		}
 		fmt.Fprint(w, "hello from the internet\n")
 	}), ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()

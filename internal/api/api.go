@@ -19,6 +19,7 @@ const (
 	OpKindVMClone    = "vm.clone"
 	OpKindImagePull  = "image.pull"
 	OpKindKernelPull = "kernel.pull"
+	OpKindImageBuild = "image.build"
 )
 
 // OperationSummary is the public shape of one async operation, as listed by

@@ -88,6 +88,8 @@ const (
 	ImageKindCatalog    = "catalog"    // built locally by `image pull CATALOG-NAME`
 	ImageKindOCI        = "oci"        // converted from a registry image
 	ImageKindRegistered = "registered" // an ext4 file given to `image register`
+	ImageKindBuild      = "build"      // `image build --from IMAGE`
+	ImageKindFromVM     = "from-vm"    // `image build --from-vm VM`
 )
 
 // ImageManifest is what banger recorded about how an image was made.
@@ -122,6 +124,83 @@ type ImageManifest struct {
 	Env           []string `json:"env,omitempty"`
 	Entrypoint    []string `json:"entrypoint,omitempty"`
 	Cmd           []string `json:"cmd,omitempty"`
+
+	// An image build's record (kinds build and from-vm): the base image
+	// and the sha256 of its root filesystem, the VM a from-vm image was
+	// made of, what the build installed, copied and ran, and the banger
+	// that built it.
+	Base          string        `json:"base,omitempty"`
+	BaseSHA256    string        `json:"base_sha256,omitempty"`
+	FromVM        string        `json:"from_vm,omitempty"`
+	BuildPackages []string      `json:"build_packages,omitempty"`
+	Copies        []string      `json:"copies,omitempty"`
+	Scripts       []BuildScript `json:"scripts,omitempty"`
+	BangerVersion string        `json:"banger_version,omitempty"`
+	// WorkSeed: the image carries a /root (work.ext4 beside its root):
+	// every VM's work disk starts as a copy of it.
+	WorkSeed bool `json:"work_seed,omitempty"`
+}
+
+// BuildScript is one --script an image build ran.
+type BuildScript struct {
+	Name   string `json:"name"`
+	SHA256 string `json:"sha256"`
+}
+
+// ImageBuildCopy is one --copy SRC:DST of an image build: a host file or
+// directory and where it goes in the guest.
+type ImageBuildCopy struct {
+	Src string `json:"src"`
+	Dst string `json:"dst"`
+}
+
+// ImageBuildParams begin an image build (image.build.begin). Exactly one
+// of From and FromVM is set. Host paths (Scripts, Copies' Src) are
+// absolute.
+type ImageBuildParams struct {
+	Name     string           `json:"name"`
+	From     string           `json:"from,omitempty"`
+	FromVM   string           `json:"from_vm,omitempty"`
+	Packages []string         `json:"packages,omitempty"`
+	Scripts  []string         `json:"scripts,omitempty"`
+	Copies   []ImageBuildCopy `json:"copies,omitempty"`
+	// Size is the new image's root filesystem size ("8G"); empty keeps
+	// the base's.
+	Size string `json:"size,omitempty"`
+	// NAT gives the build VM a way out (default on: packages need their
+	// mirrors).
+	NAT *bool `json:"nat,omitempty"`
+	// WithWorkDisk keeps the build VM's /root (--from-vm: the VM's) as
+	// the image's work seed.
+	WithWorkDisk bool `json:"with_work_disk,omitempty"`
+	VCPU         int  `json:"vcpu,omitempty"`
+	MemoryMiB    int  `json:"memory_mib,omitempty"`
+}
+
+// ImageBuildBeginResult names the build's operation.
+type ImageBuildBeginResult struct {
+	OpID string `json:"op_id"`
+	Name string `json:"name"`
+}
+
+// ImageBuildStatusParams ask for a build's state and its output lines
+// from index Since on.
+type ImageBuildStatusParams struct {
+	OpID  string `json:"op_id"`
+	Since int    `json:"since"`
+}
+
+// ImageBuildStatus is the result of image.build.status.
+type ImageBuildStatus struct {
+	Operation OperationSummary `json:"operation"`
+	Stages    []StageTiming    `json:"stages"`
+	// Output holds the guest's output lines (packages, scripts) from
+	// index Since; Next is the index to ask from next time. Lines that
+	// fell out of the bounded buffer are counted in Dropped.
+	Output  []string `json:"output"`
+	Next    int      `json:"next"`
+	Dropped int      `json:"dropped,omitempty"`
+	Image   *Image   `json:"image,omitempty"`
 }
 
 // ImageDetails is the result of image.show.

@@ -201,6 +201,7 @@ func newImageCommand(app *App) *cobra.Command {
 			}),
 		newImageRegisterCommand(app),
 		newImagePullCommand(app),
+		newImageBuildCommand(app),
 		cache,
 	)
 	return im
@@ -239,6 +240,27 @@ func printImage(w io.Writer, im api.ImageDetails) error {
 	fmt.Fprintf(tw, "sha256:\t%s\n", im.SHA256)
 	fmt.Fprintf(tw, "built:\t%s\n", m.BuiltAt.Format(time.RFC3339))
 	fmt.Fprintf(tw, "packages:\t%s\n", packagesLine(m))
+	if m.Base != "" {
+		fmt.Fprintf(tw, "base:\t%s (sha256 %s)\n", m.Base, m.BaseSHA256)
+	}
+	if m.FromVM != "" {
+		fmt.Fprintf(tw, "from vm:\t%s\n", m.FromVM)
+	}
+	if len(m.BuildPackages) > 0 {
+		fmt.Fprintf(tw, "installed:\t%s\n", strings.Join(m.BuildPackages, " "))
+	}
+	for _, c := range m.Copies {
+		fmt.Fprintf(tw, "copied:\t%s\n", c)
+	}
+	for _, s := range m.Scripts {
+		fmt.Fprintf(tw, "script:\t%s (sha256 %s)\n", s.Name, s.SHA256)
+	}
+	if m.WorkSeed {
+		fmt.Fprintf(tw, "/root:\tcarried (work.ext4): each VM's work disk starts as a copy\n")
+	}
+	if m.BangerVersion != "" {
+		fmt.Fprintf(tw, "built by:\tbanger %s\n", m.BangerVersion)
+	}
 	if m.Init != "" {
 		fmt.Fprintf(tw, "init:\t%s\n", m.Init)
 	}

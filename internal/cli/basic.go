@@ -118,6 +118,26 @@ func newOpsCommand(app *App) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	cmd.AddCommand(&cobra.Command{
+		Use:   "cancel ID",
+		Short: "Cancel an operation; what it made is removed",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			op, err := rpcCall[api.OperationSummary](cmd.Context(), app, "daemon.operations.cancel", api.OpRef{OpID: args[0]})
+			if err != nil {
+				return err
+			}
+			switch {
+			case !op.Done:
+				fmt.Fprintf(app.Stdout, "%s %s: cancelled; its rollback is still running\n", op.Kind, op.Target)
+			case op.Error == "":
+				fmt.Fprintf(app.Stdout, "%s %s had already finished\n", op.Kind, op.Target)
+			default:
+				fmt.Fprintf(app.Stdout, "%s %s: %s\n", op.Kind, op.Target, op.Error)
+			}
+			return nil
+		},
+	})
 	return cmd
 }
 

@@ -58,6 +58,8 @@ type kernelSpec struct {
 	busybox []byte
 	modules map[string]string // relative path -> content
 	pvh     bool
+	// features are the initrd's (kernel.FeatureConfigDisk, ...).
+	features []string
 }
 
 // makeKernelDir writes a kernel directory as banger's kernel builder lays
@@ -96,7 +98,7 @@ func makeKernelDir(t *testing.T, spec kernelSpec) string {
 	m := kernel.Manifest{SchemaVersion: 1, Name: "test", Version: spec.version, Arch: "amd64",
 		Source: kernel.Source{Package: "linux-image-" + spec.version, Version: "1.0-1", Origin: "test"},
 		Files:  files, ModulesDir: "modules", InitrdModules: []string{"virtio_blk"}, PVH: spec.pvh,
-		Cmdline: "console=ttyS0 root=/dev/vda rw", BuiltAt: time.Unix(1700000000, 0).UTC()}
+		Cmdline: "console=ttyS0 root=/dev/vda rw", BuiltAt: time.Unix(1700000000, 0).UTC(), InitrdFeatures: spec.features}
 	data, err := json.Marshal(m)
 	if err != nil {
 		t.Fatal(err)

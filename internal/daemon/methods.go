@@ -14,9 +14,10 @@ import (
 // entry; TestDispatchTableMatchesDocs holds the two equal.
 func (d *Daemon) Methods() rpc.Methods {
 	return rpc.Methods{
-		"ping":                   rpc.Typed(d.ping),
-		"daemon.version":         rpc.Typed(d.versionInfo),
-		"daemon.operations.list": rpc.Typed(d.operationsList),
+		"ping":                     rpc.Typed(d.ping),
+		"daemon.version":           rpc.Typed(d.versionInfo),
+		"daemon.operations.list":   rpc.Typed(d.operationsList),
+		"daemon.operations.cancel": rpc.Typed(d.cancelOperation),
 
 		"vm.create.begin":  rpc.Typed(d.vmCreateBegin),
 		"vm.clone.begin":   rpc.Typed(d.vmCloneBegin),
@@ -39,19 +40,21 @@ func (d *Daemon) Methods() rpc.Methods {
 		"vm.ssh_info":      rpc.Typed(d.vmSSHInfo),
 		"vm.prune":         rpc.Typed(d.vmPrune),
 
-		"kernel.import":     rpc.Typed(d.kernelImport),
-		"kernel.list":       rpc.Typed(d.kernelList),
-		"kernel.pull":       rpc.Typed(d.kernelPull),
-		"kernel.catalog":    rpc.Typed(d.kernelCatalogList),
-		"kernel.show":       rpc.Typed(d.kernelShow),
-		"kernel.rm":         rpc.Typed(d.kernelRm),
-		"image.register":    rpc.Typed(d.imageRegister),
-		"image.list":        rpc.Typed(d.imageList),
-		"image.pull":        rpc.Typed(d.imagePull),
-		"image.show":        rpc.Typed(d.imageShow),
-		"image.delete":      rpc.Typed(d.imageDelete),
-		"image.promote":     rpc.Typed(d.imagePromote),
-		"image.cache_prune": rpc.Typed(d.imageCachePrune),
+		"kernel.import":      rpc.Typed(d.kernelImport),
+		"kernel.list":        rpc.Typed(d.kernelList),
+		"kernel.pull":        rpc.Typed(d.kernelPull),
+		"kernel.catalog":     rpc.Typed(d.kernelCatalogList),
+		"kernel.show":        rpc.Typed(d.kernelShow),
+		"kernel.rm":          rpc.Typed(d.kernelRm),
+		"image.register":     rpc.Typed(d.imageRegister),
+		"image.list":         rpc.Typed(d.imageList),
+		"image.pull":         rpc.Typed(d.imagePull),
+		"image.show":         rpc.Typed(d.imageShow),
+		"image.delete":       rpc.Typed(d.imageDelete),
+		"image.promote":      rpc.Typed(d.imagePromote),
+		"image.cache_prune":  rpc.Typed(d.imageCachePrune),
+		"image.build.begin":  rpc.Typed(d.imageBuildBegin),
+		"image.build.status": rpc.Typed(d.imageBuildStatus),
 	}
 }
 

@@ -195,7 +195,9 @@ func (n *network) desired(ctx context.Context) (map[string]netip.Addr, hostnat.S
 		if err != nil {
 			continue
 		}
-		records[v.Name] = ip
+		if v.Purpose == "" {
+			records[v.Name] = ip
+		}
 		if v.Tap == "" {
 			continue
 		}

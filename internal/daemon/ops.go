@@ -85,6 +85,9 @@ func (o *opCore) finish(err error) {
 	close(o.doneCh)
 }
 
+// wait is closed when the operation has finished.
+func (o *opCore) wait() <-chan struct{} { return o.doneCh }
+
 func (o *opCore) summary() api.OperationSummary {
 	o.mu.Lock()
 	defer o.mu.Unlock()
@@ -98,6 +101,7 @@ type operations struct {
 	vmCreate   *opstate.Registry[*vmCreateOp]
 	imagePull  *opstate.Registry[*pullOp]
 	kernelPull *opstate.Registry[*pullOp]
+	imageBuild *opstate.Registry[*imageBuildOp]
 }
 
 func newOperations() *operations {
@@ -105,6 +109,7 @@ func newOperations() *operations {
 		vmCreate:   opstate.NewRegistry[*vmCreateOp](),
 		imagePull:  opstate.NewRegistry[*pullOp](),
 		kernelPull: opstate.NewRegistry[*pullOp](),
+		imageBuild: opstate.NewRegistry[*imageBuildOp](),
 	}
 }
 
@@ -121,6 +126,9 @@ func (d *Daemon) ListOperations(ctx context.Context) api.OperationsListResult {
 	for _, op := range d.ops.kernelPull.List() {
 		out = append(out, op.summary())
 	}
+	for _, op := range d.ops.imageBuild.List() {
+		out = append(out, op.summary())
+	}
 	opstate.SortByStart(out, func(s api.OperationSummary) time.Time { return s.StartedAt })
 	return api.OperationsListResult{Operations: out}
 }
@@ -128,7 +136,36 @@ func (d *Daemon) ListOperations(ctx context.Context) api.OperationsListResult {
 // pruneOperations forgets finished operations older than the retention.
 func (d *Daemon) pruneOperations() int {
 	cutoff := d.now().Add(-time.Duration(d.cfg.OpsRetention))
-	return d.ops.vmCreate.Prune(cutoff) + d.ops.imagePull.Prune(cutoff) + d.ops.kernelPull.Prune(cutoff)
+	return d.ops.vmCreate.Prune(cutoff) + d.ops.imagePull.Prune(cutoff) + d.ops.kernelPull.Prune(cutoff) + d.ops.imageBuild.Prune(cutoff)
+}
+
+// cancelOperation cancels the operation opID, whatever its kind, and
+// waits (bounded by ctx) for its rollback to finish.
+func (d *Daemon) cancelOperation(ctx context.Context, p api.OpRef) (api.OperationSummary, error) {
+	type cancellable interface {
+		Cancel()
+		summary() api.OperationSummary
+		wait() <-chan struct{}
+	}
+	var op cancellable
+	if o, ok := d.ops.vmCreate.Get(p.OpID); ok {
+		op = o
+	} else if o, ok := d.ops.imagePull.Get(p.OpID); ok {
+		op = o
+	} else if o, ok := d.ops.kernelPull.Get(p.OpID); ok {
+		op = o
+	} else if o, ok := d.ops.imageBuild.Get(p.OpID); ok {
+		op = o
+	}
+	if op == nil {
+		return api.OperationSummary{}, api.Errorf(api.CodeNotFound, "operation %q not found; banger ops lists them", p.OpID)
+	}
+	op.Cancel()
+	select {
+	case <-op.wait():
+	case <-ctx.Done():
+	}
+	return op.summary(), nil
 }
 
 func (d *Daemon) pruneLoop(ctx context.Context) {

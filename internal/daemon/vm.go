@@ -163,6 +163,9 @@ func (d *Daemon) getVM(ctx context.Context, name string) (store.VM, error) {
 		return store.VM{}, api.Errorf(api.CodeBadRequest, "missing VM name")
 	}
 	v, err := d.store.GetVM(ctx, name)
+	if err == nil {
+		err = usersVM(v)
+	}
 	if err != nil || v.State != store.StateRunning {
 		return v, err
 	}
@@ -179,6 +182,15 @@ func (d *Daemon) getVM(ctx context.Context, name string) (store.VM, error) {
 	return d.refresh(ctx, v)
 }
 
+// usersVM refuses the daemon's own temporary VMs to the vm commands:
+// they belong to an operation, which removes them when it ends.
+func usersVM(v store.VM) error {
+	if v.Purpose == store.PurposeImageBuild {
+		return api.Errorf(api.CodeBadRequest, "vm %q is the temporary VM of an image build; it goes away with the build (banger ops shows it, banger ops cancel stops it)", v.Name)
+	}
+	return nil
+}
+
 // lockVM takes the VM's lifecycle lock and loads its (refreshed) record;
 // the caller runs unlock when done.
 func (d *Daemon) lockVM(ctx context.Context, name string) (store.VM, func(), error) {
@@ -187,6 +199,8 @@ func (d *Daemon) lockVM(ctx context.Context, name string) (store.VM, func(), err
 	}
 	// A create holds the lock for minutes: answer at once instead.
 	if v, err := d.store.GetVM(ctx, name); err != nil {
+		return v, nil, err
+	} else if err := usersVM(v); err != nil {
 		return v, nil, err
 	} else if v.State == store.StateCreating {
 		return v, nil, api.Errorf(api.CodeBadRequest, "vm %q is still being created; wait for its create to finish or cancel it (banger ops shows it)", name)
@@ -211,6 +225,9 @@ func (d *Daemon) vmList(ctx context.Context, _ noParams) (api.VMListResult, erro
 	}
 	out := api.VMListResult{VMs: []api.VM{}}
 	for _, v := range vms {
+		if v.Purpose != "" {
+			continue
+		}
 		if v, err = d.refresh(ctx, v); err != nil {
 			return out, err
 		}
@@ -586,7 +603,7 @@ func (d *Daemon) vmPrune(ctx context.Context, p api.VMPruneParams) (api.VMPruneR
 			return api.VMPruneResult{}, err
 		}
 		for _, v := range vms {
-			if v.State == store.StateStopped || v.State == store.StateError {
+			if v.Purpose == "" && (v.State == store.StateStopped || v.State == store.StateError) {
 				names = append(names, v.Name)
 			}
 		}
@@ -639,6 +656,12 @@ func (d *Daemon) adoptVMs(ctx context.Context) {
 		return
 	}
 	for _, v := range vms {
+		if v.Purpose != "" {
+			// The build that owned it died with the previous daemon.
+			d.log.Warn("removing the temporary VM of an image build a previous daemon left", "vm", v.Name)
+			d.removeOrphanVM(ctx, v)
+			continue
+		}
 		switch v.State {
 		case store.StateRunning:
 			nv, err := d.refresh(ctx, v)
@@ -650,21 +673,35 @@ func (d *Daemon) adoptVMs(ctx context.Context) {
 		case store.StateCreating:
 			// The daemon died mid-create: undo what the record says exists.
 			d.log.Warn("removing VM left half-created by a previous daemon", "vm", v.Name)
-			if v.PID != 0 {
-				if drv, err := d.driverFor(v.VMM); err == nil {
-					_ = drv.Kill(handleOf(v))
-				}
-			}
-			d.releaseRuntime(ctx, &v)
-			if err := d.removeVMFiles(v); err != nil {
-				d.log.Error("clean half-created VM", "vm", v.Name, "err", err)
-			}
-			if err := d.store.DeleteVM(ctx, v.Name); err != nil {
-				d.log.Error("delete half-created VM", "vm", v.Name, "err", err)
-			}
+			d.removeOrphanVM(ctx, v)
 		}
 	}
 	d.syncNetwork(ctx)
+	d.removeBuildLeftovers()
+}
+
+// removeOrphanVM undoes, at daemon start, a VM whose operation died with
+// the previous daemon: its VMM (only if the recorded pid is still that
+// process), runtime, files and row.
+func (d *Daemon) removeOrphanVM(ctx context.Context, v store.VM) {
+	if v.PID != 0 {
+		if drv, err := vmm.ForHandle(handleOf(v)); err == nil {
+			h := handleOf(v)
+			if drv.Alive(h) {
+				_ = drv.Kill(h)
+				wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				_ = vmm.WaitExit(wctx, h, 50*time.Millisecond)
+				cancel()
+			}
+		}
+	}
+	d.releaseRuntime(ctx, &v)
+	if err := d.removeVMFiles(v); err != nil {
+		d.log.Error("clean orphaned VM", "vm", v.Name, "err", err)
+	}
+	if err := d.store.DeleteVM(ctx, v.Name); err != nil {
+		d.log.Error("delete orphaned VM", "vm", v.Name, "err", err)
+	}
 }
 
 // watchLoop notices VMMs that exit behind the daemon's back.

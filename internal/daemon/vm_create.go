@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -100,6 +101,8 @@ type createPlan struct {
 	nat       bool
 	// forwardPorts: every new guest listener forwarded to the host.
 	forwardPorts bool
+	// purpose marks the daemon's own VMs (store.PurposeImageBuild).
+	purpose string
 }
 
 func (d *Daemon) planCreate(ctx context.Context, p api.VMCreateParams) (createPlan, error) {
@@ -310,7 +313,7 @@ func (d *Daemon) reserveVM(ctx context.Context, plan createPlan, vmmName string)
 	}
 	vm := store.VM{Name: plan.name, Image: plan.image.Name, Kernel: plan.kernel.Name, State: store.StateCreating,
 		VCPU: plan.vcpu, MemoryMiB: plan.memoryMiB, DiskSizeBytes: plan.diskSize, IP: ip, MAC: mac, VMM: vmmName, NAT: plan.nat,
-		ForwardPorts: plan.forwardPorts}
+		ForwardPorts: plan.forwardPorts, Purpose: plan.purpose}
 	if err := d.store.CreateVM(ctx, &vm); err != nil {
 		return store.VM{}, err
 	}
@@ -377,6 +380,15 @@ func (d *Daemon) runCreate(ctx context.Context, op *vmCreateOp, plan createPlan,
 			return undo, d.store.UpdateVM(context.WithoutCancel(ctx), vm)
 		}},
 		{stageWorkDisk, func(ctx context.Context) (func(context.Context) error, error) {
+			if seed := workSeedOf(plan.image); seed != "" {
+				// The image carries a /root: the work disk starts as it.
+				wd, err := d.seedWorkDisk(ctx, vm, seed, plan.diskSize)
+				if err != nil {
+					return nil, err
+				}
+				vm.WorkDisk = encodeDisk(wd)
+				return nil, d.store.UpdateVM(context.WithoutCancel(ctx), vm)
+			}
 			if err := disk.CreateWorkDisk(ctx, d.runner, paths.work, plan.diskSize); err != nil {
 				return nil, spaceError(err)
 			}
@@ -621,6 +633,38 @@ func guestNetArg(v store.VM, bridgeCIDR string) string {
 		return ""
 	}
 	return fmt.Sprintf("banger.net=%s/%d,%s,%s", v.IP, prefix, gw, v.MAC)
+}
+
+// seedWorkDisk makes a VM's work disk a copy-on-write layer over an
+// image's work seed (a full copy where no layer works; never dm, which
+// only roots attach), grown to size. The guest grows /root to fill it at
+// boot (banger-growfs).
+func (d *Daemon) seedWorkDisk(ctx context.Context, vm store.VM, seed string, size int64) (rootdisk.Disk, error) {
+	paths := d.pathsFor(vm.ID)
+	strategy, err := d.chooseRootDisk(vm.VMM, seed)
+	if err != nil || strategy == rootdisk.DM {
+		strategy = rootdisk.Copy
+	}
+	if err := rootdisk.CheckFree(d.layout.VMsDir, rootdisk.SpaceForCreate(strategy, seed)); err != nil {
+		return rootdisk.Disk{}, spaceError(err)
+	}
+	p := paths.work
+	if strategy == rootdisk.QCOW2 {
+		p = filepath.Join(paths.dir, "work.qcow2")
+	}
+	wd, err := rootdisk.Create(ctx, d.runner, strategy, seed, p)
+	if err != nil {
+		return rootdisk.Disk{}, spaceError(err)
+	}
+	cur, err := wd.VirtualSize(ctx, d.runner)
+	if err == nil && size > cur {
+		err = wd.Grow(ctx, d.runner, size)
+	}
+	if err != nil {
+		_ = rootdisk.Remove(context.WithoutCancel(ctx), d.runner, wd)
+		return rootdisk.Disk{}, spaceError(err)
+	}
+	return wd, nil
 }
 
 // growWorkDisk grows the file (or qcow2 layer) of a stopped VM's work

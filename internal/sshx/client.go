@@ -73,6 +73,14 @@ func Run(ctx context.Context, cfg *ssh.ClientConfig, addr, cmd string, stdin io.
 		return -1, err
 	}
 	defer client.Close()
+	return RunOn(ctx, client, cmd, stdin, stdout, stderr)
+}
+
+// RunOn is Run over a client the caller keeps (and closes): many commands
+// share one connection. When ctx ends first the client is closed, which
+// ends the command, and the error wraps ctx's cause.
+func RunOn(ctx context.Context, client *ssh.Client, cmd string, stdin io.Reader, stdout, stderr io.Writer) (exitCode int, err error) {
+	addr := client.RemoteAddr().String()
 	sess, err := client.NewSession()
 	if err != nil {
 		return -1, fmt.Errorf("open ssh session on %s: %w", addr, err)
