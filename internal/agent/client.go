@@ -361,6 +361,11 @@ func (c *Client) discarded() int64 { return c.fr.discarded.Load() }
 // call sends one request and waits for its response, ctx's end, or the
 // stream's failure (DefaultCallTimeout when ctx has no deadline).
 func (c *Client) call(ctx context.Context, method string, out any) error {
+	return c.callWith(ctx, method, nil, out)
+}
+
+// callWith is call with params (a JSON value, or nil for none).
+func (c *Client) callWith(ctx context.Context, method string, params json.RawMessage, out any) error {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, DefaultCallTimeout)
@@ -380,7 +385,7 @@ func (c *Client) call(ctx context.Context, method string, out any) error {
 		delete(c.pending, id)
 		c.mu.Unlock()
 	}()
-	if err := c.write(ctx, &frame{Type: typeRequest, ID: id, Method: method}); err != nil {
+	if err := c.write(ctx, &frame{Type: typeRequest, ID: id, Method: method, Params: params}); err != nil {
 		return fmt.Errorf("%s: %w", method, err)
 	}
 	select {

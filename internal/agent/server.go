@@ -34,6 +34,8 @@ type Server struct {
 	WriteTimeout time.Duration
 	// Logger receives the agent's log (slog.Default() when nil).
 	Logger *slog.Logger
+	// Host changes the guest for a restore (the real system when nil).
+	Host RestoreHost
 
 	limOnce sync.Once
 	lim     *rateLog
@@ -162,6 +164,11 @@ func (s *Server) handle(in *frame) *frame {
 			result = s.Health()
 		case MethodPorts:
 			result, err = s.Ports()
+		case MethodRestore:
+			var p RestoreParams
+			if err = json.Unmarshal(in.Params, &p); err == nil {
+				result, err = s.restore(p)
+			}
 		default:
 			out.Error = &RemoteError{Code: CodeUnknownMethod,
 				Message: fmt.Sprintf("unknown method %q (agent %s, protocol %d)", in.Method, s.AgentVersion, ProtocolVersion)}
