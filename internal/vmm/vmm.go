@@ -67,6 +67,25 @@ type Driver interface {
 	Alive(h Handle) bool
 }
 
+// Snapshotter is a driver that can save a running guest and load it into
+// a new VMM (Spec.IncomingState). QEMU does it through its monitor.
+type Snapshotter interface {
+	// Pause stops the guest's vCPUs and flushes its disks.
+	Pause(ctx context.Context, h Handle) error
+	// SnapshotDisk switches the paused guest's disk drive ("root",
+	// "work") to overlay, an existing qcow2 file whose backing file is
+	// the drive's current top layer, which is then written no more.
+	SnapshotDisk(ctx context.Context, h Handle, drive, overlay string) error
+	// SaveState writes the paused guest's memory and device state to
+	// path.
+	SaveState(ctx context.Context, h Handle, path string) error
+	// Resume runs a paused (or saved) guest again.
+	Resume(ctx context.Context, h Handle) error
+	// ResizeDisk grows a running guest's drive to size bytes and tells
+	// the guest.
+	ResizeDisk(ctx context.Context, h Handle, drive string, size int64) error
+}
+
 // Cleaner is implemented by both drivers: Cleanup removes the sockets (and
 // Firecracker's jail) a VMM left in its runtime directory after it exited.
 // It refuses while the VMM is alive. Call it after WaitExit or Kill and

@@ -204,6 +204,11 @@ func (d *Driver) Command(spec vmmcore.Spec) ([]string, error) {
 			"-device", nic,
 		)
 	}
+	if spec.IncomingState != "" {
+		// The state is read by a shell QEMU starts; the path is quoted
+		// for it (it is banger's own file, never the user's input).
+		argv = append(argv, "-incoming", "exec:cat "+shellQuote(spec.IncomingState))
+	}
 	argv = append(argv,
 		"-device", "virtio-serial-device,id=vser0",
 		"-chardev", "socket,id=agent,server=on,wait=off,path="+escapeOpt(agent),
@@ -214,6 +219,9 @@ func (d *Driver) Command(spec vmmcore.Spec) ([]string, error) {
 	)
 	return argv, nil
 }
+
+// shellQuote quotes s for /bin/sh.
+func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // withTSCHint tells a TCG guest its TSC frequency. Under TCG the guest's
 // TSC runs at the host's rate, but microvm offers no PIT, HPET or PM timer
@@ -289,7 +297,7 @@ func (d *Driver) Start(ctx context.Context, spec vmmcore.Spec) (vmmcore.Handle, 
 	}
 	defer console.Close()
 	h, err := d.launchAndWait(ctx, spec, argv, console)
-	if err != nil || !d.KVM() {
+	if err != nil || !d.KVM() || spec.IncomingState != "" {
 		return h.Handle, err
 	}
 	// KVM: make sure the guest really runs before trusting KVM.
@@ -338,7 +346,7 @@ func (d *Driver) launchAndWait(ctx context.Context, spec vmmcore.Spec, argv []st
 	}
 	wctx, cancel := context.WithTimeout(ctx, d.cfg.StartTimeout)
 	defer cancel()
-	if err := d.waitRunning(wctx, h); err != nil {
+	if err := d.waitRunning(wctx, h, spec.IncomingState != ""); err != nil {
 		return fail(err)
 	}
 	return started{Handle: h, consoleOffset: offset}, nil
@@ -376,7 +384,9 @@ var terminalStatuses = map[string]bool{
 	"shutdown": true, "guest-panicked": true, "internal-error": true, "io-error": true,
 }
 
-func (d *Driver) waitRunning(ctx context.Context, h vmmcore.Handle) error {
+// waitRunning waits for the guest to run. A guest loaded from a saved
+// state (incoming) arrives paused, as it was saved: it is continued.
+func (d *Driver) waitRunning(ctx context.Context, h vmmcore.Handle, incoming bool) error {
 	var last error
 	for {
 		if !Alive(h) {
@@ -386,6 +396,11 @@ func (d *Driver) waitRunning(ctx context.Context, h vmmcore.Handle) error {
 		switch {
 		case err == nil && status == "running":
 			return nil
+		case err == nil && status == "paused" && incoming:
+			if err := d.Resume(ctx, h); err != nil {
+				last = err
+			}
+			continue
 		case err == nil && terminalStatuses[status]:
 			return fmt.Errorf("the guest is %s", status)
 		case err == nil:

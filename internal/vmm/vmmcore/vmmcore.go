@@ -55,6 +55,11 @@ type Spec struct {
 	// ConsoleLog receives the guest serial console and the VMM's own
 	// output, appended.
 	ConsoleLog string
+	// IncomingState, when set, is a saved state (Snapshotter.SaveState)
+	// the VMM loads instead of booting the kernel: the guest resumes where
+	// the snapshot left it. The machine (vCPUs, memory, devices) must be
+	// the one that was saved.
+	IncomingState string
 }
 
 // Handle identifies a running VMM process. It is what the daemon stores to

@@ -1,0 +1,76 @@
+package qemu
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"banger/internal/vmm/vmmcore"
+)
+
+// Pause stops the guest's vCPUs (QMP stop, which drains and flushes every
+// disk first).
+func (d *Driver) Pause(ctx context.Context, h vmmcore.Handle) error {
+	return qmpDo(ctx, h.APISocket, "stop", nil, nil)
+}
+
+// Resume runs the guest again (QMP cont; after a completed save it also
+// takes the disks back, which the save handed over).
+func (d *Driver) Resume(ctx context.Context, h vmmcore.Handle) error {
+	return qmpDo(ctx, h.APISocket, "cont", nil, nil)
+}
+
+// SnapshotDisk makes overlay (an existing qcow2 file over the drive's
+// current top layer) the drive's new top: QMP blockdev-snapshot-sync in
+// mode "existing", which opens overlay without its backing chain and puts
+// the current top under it.
+func (d *Driver) SnapshotDisk(ctx context.Context, h vmmcore.Handle, drive, overlay string) error {
+	return qmpDo(ctx, h.APISocket, "blockdev-snapshot-sync", map[string]any{
+		"device": drive, "snapshot-file": overlay, "format": "qcow2", "mode": "existing",
+	}, nil)
+}
+
+// ResizeDisk grows the drive (QMP block_resize); the guest's virtio-blk
+// driver is told of the new capacity.
+func (d *Driver) ResizeDisk(ctx context.Context, h vmmcore.Handle, drive string, size int64) error {
+	return qmpDo(ctx, h.APISocket, "block_resize", map[string]any{"device": drive, "size": size}, nil)
+}
+
+// saveBandwidth lifts QEMU's default migration cap (32 MiB/s): a save
+// goes to a local file as fast as the disk takes it.
+const saveBandwidth = 1 << 40
+
+// SaveState writes the paused guest's RAM and device state to path, a
+// migration stream that Spec.IncomingState loads (QMP migrate to
+// "exec:cat > path", polled with query-migrate until it completes). The
+// guest stays paused.
+func (d *Driver) SaveState(ctx context.Context, h vmmcore.Handle, path string) error {
+	if err := qmpDo(ctx, h.APISocket, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(saveBandwidth)}, nil); err != nil {
+		return err
+	}
+	if err := qmpDo(ctx, h.APISocket, "migrate", map[string]any{"uri": "exec:cat > " + shellQuote(path)}, nil); err != nil {
+		return err
+	}
+	for {
+		var st struct {
+			Status      string `json:"status"`
+			ErrorDesc   string `json:"error-desc"`
+			TotalTimeMS int64  `json:"total-time"`
+		}
+		if err := qmpDo(ctx, h.APISocket, "query-migrate", nil, &st); err != nil {
+			return err
+		}
+		switch st.Status {
+		case "completed":
+			return nil
+		case "failed", "cancelled":
+			return fmt.Errorf("save state to %s: migration %s: %s", path, st.Status, st.ErrorDesc)
+		}
+		select {
+		case <-ctx.Done():
+			_ = qmpDo(context.WithoutCancel(ctx), h.APISocket, "migrate_cancel", nil, nil)
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
