@@ -78,6 +78,25 @@ ALTER TABLE vms ADD COLUMN forward_ports INTEGER NOT NULL DEFAULT 0 CHECK (forwa
 	{4, "mark the daemon's own temporary VMs (image builds), which users never see", `
 ALTER TABLE vms ADD COLUMN purpose TEXT NOT NULL DEFAULT '';
 `},
+	{5, "snapshots of booted guests, and how each VM started", `
+CREATE TABLE snapshots (
+	name            TEXT PRIMARY KEY,
+	kind            TEXT NOT NULL CHECK (kind IN ('warm', 'vm')),
+	image           TEXT NOT NULL,
+	kernel          TEXT NOT NULL,
+	vmm             TEXT NOT NULL,
+	accel           TEXT NOT NULL,
+	vcpu            INTEGER NOT NULL,
+	memory_mib      INTEGER NOT NULL,
+	work_size_bytes INTEGER NOT NULL,
+	banger_version  TEXT NOT NULL,
+	source_vm       TEXT NOT NULL DEFAULT '',
+	dir             TEXT NOT NULL,
+	meta            TEXT NOT NULL,
+	created_at      TEXT NOT NULL
+);
+ALTER TABLE vms ADD COLUMN started_from TEXT NOT NULL DEFAULT '';
+`},
 }
 
 // LatestSchemaVersion is the id of the newest migration this binary knows.

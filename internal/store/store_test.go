@@ -443,3 +443,36 @@ func TestConcurrentWriters(t *testing.T) {
 		}
 	}
 }
+
+func TestSnapshotCRUD(t *testing.T) {
+	ctx := context.Background()
+	s := newTestStore(t)
+	sn := Snapshot{Name: "debian-bookworm-2c-1024m", Kind: SnapshotWarm, Image: "debian-bookworm", Kernel: "debian-6.1", VMM: "qemu",
+		Accel: "tcg", VCPU: 2, MemoryMiB: 1024, WorkSizeBytes: 8 << 30, BangerVersion: "v1", Dir: "/s/x", Meta: `{"state":"state.bin"}`}
+	if err := s.CreateSnapshot(ctx, &sn); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.GetSnapshot(ctx, sn.Name)
+	if err != nil || got != sn {
+		t.Fatalf("GetSnapshot = %+v, %v\nwant %+v", got, err, sn)
+	}
+	dup := sn
+	wantCode(t, s.CreateSnapshot(ctx, &dup), api.CodeAlreadyExists, `snapshot "debian-bookworm-2c-1024m" already exists`)
+	bad := sn
+	bad.Name, bad.Meta = "bad", "{"
+	wantCode(t, s.CreateSnapshot(ctx, &bad), api.CodeBadRequest, `snapshot "bad" has metadata that is not valid JSON`)
+	bad.Meta, bad.Kind = "{}", "other"
+	if err := s.CreateSnapshot(ctx, &bad); err == nil {
+		t.Error("a snapshot of an unknown kind was stored")
+	}
+	list, err := s.ListSnapshots(ctx)
+	if err != nil || len(list) != 1 || list[0].Name != sn.Name {
+		t.Fatalf("ListSnapshots = %+v, %v", list, err)
+	}
+	if err := s.DeleteSnapshot(ctx, sn.Name); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.GetSnapshot(ctx, sn.Name)
+	wantCode(t, err, api.CodeNotFound, "")
+	wantCode(t, s.DeleteSnapshot(ctx, sn.Name), api.CodeNotFound, "")
+}

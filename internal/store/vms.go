@@ -22,6 +22,9 @@ const (
 // PurposeImageBuild marks the temporary VM of an image build.
 const PurposeImageBuild = "image-build"
 
+// PurposeImageWarm marks the template VM an image warm boots and saves.
+const PurposeImageWarm = "image-warm"
+
 // VM is one sandbox's record. IP and Tap, when set, are unique across VMs.
 type VM struct {
 	ID            string
@@ -52,14 +55,16 @@ type VM struct {
 	// Purpose is empty for a user's VM. The daemon's own temporary VMs
 	// (PurposeImageBuild) are hidden from vm list and refused by the vm
 	// commands, and removed whatever state a previous daemon left them in.
-	Purpose   string
-	LastError string
-	CreatedAt time.Time
-	UpdatedAt time.Time
+	Purpose string
+	// StartedFrom is empty for a VM that booted, else "snapshot NAME".
+	StartedFrom string
+	LastError   string
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
 }
 
 const vmColumns = `id, name, image, kernel, state, vcpu, memory_mib, disk_size_bytes, ip, mac, tap, nat,
-	vmm, pid, pid_start_time, api_socket, dir, root_disk, work_disk, forward_ports, purpose, last_error, created_at, updated_at`
+	vmm, pid, pid_start_time, api_socket, dir, root_disk, work_disk, forward_ports, purpose, started_from, last_error, created_at, updated_at`
 
 func validateVM(v *VM) error {
 	if strings.TrimSpace(v.Name) == "" {
@@ -112,10 +117,10 @@ func (s *Store) CreateVM(ctx context.Context, v *VM) error {
 	row.CreatedAt = row.CreatedAt.UTC()
 	row.UpdatedAt = now
 	_, err := s.db.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		row.ID, row.Name, row.Image, row.Kernel, row.State, row.VCPU, row.MemoryMiB, row.DiskSizeBytes,
 		row.IP, row.MAC, row.Tap, row.NAT, row.VMM, row.PID, int64(row.PIDStartTime),
-		row.APISocket, row.Dir, row.RootDisk, row.WorkDisk, row.ForwardPorts, row.Purpose, row.LastError, formatTime(row.CreatedAt), formatTime(row.UpdatedAt))
+		row.APISocket, row.Dir, row.RootDisk, row.WorkDisk, row.ForwardPorts, row.Purpose, row.StartedFrom, row.LastError, formatTime(row.CreatedAt), formatTime(row.UpdatedAt))
 	if cerr := vmConflict(err, &row); cerr != nil {
 		return cerr
 	}
@@ -131,7 +136,7 @@ func scanVM(sc scanner) (VM, error) {
 	var startTime int64
 	var created, updated string
 	err := sc.Scan(&v.ID, &v.Name, &v.Image, &v.Kernel, &v.State, &v.VCPU, &v.MemoryMiB, &v.DiskSizeBytes,
-		&v.IP, &v.MAC, &v.Tap, &v.NAT, &v.VMM, &v.PID, &startTime, &v.APISocket, &v.Dir, &v.RootDisk, &v.WorkDisk, &v.ForwardPorts, &v.Purpose, &v.LastError,
+		&v.IP, &v.MAC, &v.Tap, &v.NAT, &v.VMM, &v.PID, &startTime, &v.APISocket, &v.Dir, &v.RootDisk, &v.WorkDisk, &v.ForwardPorts, &v.Purpose, &v.StartedFrom, &v.LastError,
 		&created, &updated)
 	if err != nil {
 		return VM{}, err
@@ -197,9 +202,9 @@ func (s *Store) UpdateVM(ctx context.Context, v VM) error {
 	}
 	res, err := s.db.ExecContext(ctx, `UPDATE vms SET name = ?, image = ?, kernel = ?, state = ?, vcpu = ?,
 		memory_mib = ?, disk_size_bytes = ?, ip = ?, mac = ?, tap = ?, nat = ?, vmm = ?, pid = ?,
-		pid_start_time = ?, api_socket = ?, dir = ?, root_disk = ?, work_disk = ?, forward_ports = ?, purpose = ?, last_error = ?, updated_at = ? WHERE id = ?`,
+		pid_start_time = ?, api_socket = ?, dir = ?, root_disk = ?, work_disk = ?, forward_ports = ?, purpose = ?, started_from = ?, last_error = ?, updated_at = ? WHERE id = ?`,
 		v.Name, v.Image, v.Kernel, v.State, v.VCPU, v.MemoryMiB, v.DiskSizeBytes, v.IP, v.MAC, v.Tap,
-		v.NAT, v.VMM, v.PID, int64(v.PIDStartTime), v.APISocket, v.Dir, v.RootDisk, v.WorkDisk, v.ForwardPorts, v.Purpose, v.LastError,
+		v.NAT, v.VMM, v.PID, int64(v.PIDStartTime), v.APISocket, v.Dir, v.RootDisk, v.WorkDisk, v.ForwardPorts, v.Purpose, v.StartedFrom, v.LastError,
 		formatTime(s.timestamp()), v.ID)
 	if cerr := vmConflict(err, &v); cerr != nil {
 		return cerr
