@@ -20,6 +20,8 @@ const (
 	OpKindImagePull  = "image.pull"
 	OpKindKernelPull = "kernel.pull"
 	OpKindImageBuild = "image.build"
+	OpKindImageWarm  = "image.warm"
+	OpKindVMSnapshot = "vm.snapshot"
 )
 
 // OperationSummary is the public shape of one async operation, as listed by

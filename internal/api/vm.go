@@ -16,6 +16,9 @@ type VM struct {
 	MAC           string `json:"mac"`
 	Tap           string `json:"tap,omitempty"`
 	NAT           bool   `json:"nat"`
+	// StartedFrom says how the VM last started: "" (booted) or
+	// "snapshot NAME" (restored).
+	StartedFrom string `json:"started_from,omitempty"`
 	// NATNote says what banger found or did on the host for NAT
 	// (ip_forward already on or enabled by banger, or why rules failed).
 	NATNote string `json:"nat_note,omitempty"`
@@ -57,6 +60,60 @@ type VMCreateParams struct {
 	// ForwardPorts forwards every new guest listener to 127.0.0.1 while
 	// the VM runs; false: forward_ports in config.toml decides.
 	ForwardPorts bool `json:"forward_ports,omitempty"`
+	// Cold boots the kernel even when a warm snapshot of the image
+	// matches; FromSnapshot restores that snapshot (image warm or vm
+	// snapshot) instead of booting.
+	Cold         bool   `json:"cold,omitempty"`
+	FromSnapshot string `json:"from_snapshot,omitempty"`
+}
+
+// VMSnapshotParams save a running VM as snapshot Snapshot (vm.snapshot).
+type VMSnapshotParams struct {
+	Name     string `json:"name"`
+	Snapshot string `json:"snapshot"`
+}
+
+// ImageWarmParams warm an image (image.warm): 0 takes vm_defaults.
+type ImageWarmParams struct {
+	Image     string `json:"image"`
+	VCPU      int    `json:"vcpu,omitempty"`
+	MemoryMiB int    `json:"memory_mib,omitempty"`
+}
+
+// Snapshot is the public shape of one snapshot.
+type Snapshot struct {
+	Name          string    `json:"name"`
+	Kind          string    `json:"kind"` // "warm" or "vm"
+	Image         string    `json:"image"`
+	Kernel        string    `json:"kernel"`
+	VMM           string    `json:"vmm"`
+	Accel         string    `json:"accel"`
+	VCPU          int       `json:"vcpu"`
+	MemoryMiB     int       `json:"memory_mib"`
+	WorkSizeBytes int64     `json:"work_size_bytes"`
+	BangerVersion string    `json:"banger_version"`
+	SourceVM      string    `json:"source_vm,omitempty"`
+	CreatedAt     time.Time `json:"created_at"`
+	// StateBytes is the saved memory and device state; SizeBytes adds the
+	// frozen disk layers only this snapshot holds.
+	StateBytes int64 `json:"state_bytes"`
+	SizeBytes  int64 `json:"size_bytes"`
+	// SaveMS is how long saving the state took.
+	SaveMS int64 `json:"save_ms"`
+	// GuestIP and GuestMAC are the guest's when it was saved; a restore
+	// gives each VM its own.
+	GuestIP  string `json:"guest_ip"`
+	GuestMAC string `json:"guest_mac"`
+	// Stale says why the snapshot can no longer be restored; empty when
+	// it can.
+	Stale string `json:"stale,omitempty"`
+	// VMs lists the VMs restored from it.
+	VMs []string `json:"vms"`
+}
+
+// SnapshotListResult is the result of snapshot.list.
+type SnapshotListResult struct {
+	Snapshots []Snapshot `json:"snapshots"`
 }
 
 // VMCreateBeginResult is returned by vm.create.begin.

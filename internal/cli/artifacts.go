@@ -202,6 +202,7 @@ func newImageCommand(app *App) *cobra.Command {
 		newImageRegisterCommand(app),
 		newImagePullCommand(app),
 		newImageBuildCommand(app),
+		newImageWarmCommand(app),
 		cache,
 	)
 	return im

@@ -52,6 +52,7 @@ by name. The CLI talks to bangerd, which it starts on demand.`,
 		newPSCommand(app),
 		newKernelCommand(app),
 		newImageCommand(app),
+		newSnapshotCommand(app),
 		newSSHConfigCommand(app),
 	)
 	root.CompletionOptions.HiddenDefaultCmd = false

@@ -46,6 +46,7 @@ func newVMCommand(app *App) *cobra.Command {
 		newVMSSHCommand(app),
 		newVMExecCommand(app),
 		newVMPruneCommand(app),
+		newVMSnapshotCommand(app),
 	)
 	return vm
 }
@@ -102,6 +103,8 @@ func newVMCreateCommand(app *App) *cobra.Command {
 	f.IntVar(&p.MemoryMiB, "memory", 0, "memory in MiB (default "+memHelp+")")
 	f.StringVar(&p.DiskSize, "disk-size", "", "work disk size, e.g. 8G (default "+diskHelp+")")
 	f.BoolVar(&p.NoStart, "no-start", false, "create the disks but do not boot")
+	f.BoolVar(&p.Cold, "cold", false, "boot the kernel even when a warm snapshot of the image matches")
+	f.StringVar(&p.FromSnapshot, "from-snapshot", "", "restore this snapshot (image warm or vm snapshot) instead of booting")
 	f.BoolVar(&p.ForwardPorts, "forward-ports", false, "forward every new guest listener to the same port on 127.0.0.1 (default: forward_ports in config.toml)")
 	addNATFlags(cmd, "give the VM a way out through the host (masquerade); default: default_nat in config.toml ("+natDefaultHelp(app)+")")
 	f.BoolVar(&asJSON, "json", false, "print the VM as JSON")
@@ -387,6 +390,7 @@ func newVMShowCommand(app *App) *cobra.Command {
 				{"root disk", fmt.Sprintf("%s over image %s, %s used", v.RootDisk, v.Image, humanBytes(v.RootUsedBytes))},
 				{"work disk", fmt.Sprintf("%s, %s used", humanBytes(v.DiskSizeBytes), humanBytes(v.WorkUsedBytes))},
 				{"image", v.Image}, {"kernel", v.Kernel}, {"vmm", v.VMM}, {"tap", v.Tap}, {"pid", fmt.Sprint(v.PID)},
+				{"started", startedLine(v)},
 				{"dir", v.Dir}, {"created", v.CreatedAt.Format(time.RFC3339)}, {"last error", v.LastError}, {"vmm state", v.VMMState}, {"agent", agentLine(v)}}
 			for _, r := range rows {
 				if r[1] == "" || r[1] == "0" {
@@ -399,6 +403,14 @@ func newVMShowCommand(app *App) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+// startedLine says how the VM last started.
+func startedLine(v api.VM) string {
+	if v.StartedFrom != "" {
+		return "restored from " + v.StartedFrom
+	}
+	return "booted"
 }
 
 func newVMLifecycleCommand(app *App, verb, short, method string) *cobra.Command {

@@ -26,6 +26,7 @@ type Config struct {
 	DNSListen      string     `toml:"dns_listen"`      // where the NAME.vm resolver listens
 	DefaultDNS     []string   `toml:"default_dns"`     // upstreams guests' names are forwarded to; empty: the host's
 	DefaultNAT     bool       `toml:"default_nat"`     // NAT for VMs created without --nat/--no-nat
+	Warm           bool       `toml:"warm"`            // warm an image after its first cold create of the default size
 	RootDisk       string     `toml:"root_disk"`       // auto, dm, qcow2, reflink or copy
 	ForwardPorts   string     `toml:"forward_ports"`   // "auto": forward every new guest listener; "none"
 	VMM            string     `toml:"vmm"`             // auto, firecracker or qemu
@@ -183,6 +184,7 @@ type fileConfig struct {
 	DNSListen      *string         `toml:"dns_listen"`
 	DefaultDNS     *[]string       `toml:"default_dns"`
 	DefaultNAT     *bool           `toml:"default_nat"`
+	Warm           *bool           `toml:"warm"`
 	RootDisk       *string         `toml:"root_disk"`
 	ForwardPorts   *string         `toml:"forward_ports"`
 	VMM            *string         `toml:"vmm"`
@@ -383,6 +385,10 @@ func (c *Config) apply(fc fileConfig, path string, index docIndex) []error {
 	if v := fc.DefaultNAT; v != nil {
 		c.DefaultNAT = *v
 		set("default_nat")
+	}
+	if v := fc.Warm; v != nil {
+		c.Warm = *v
+		set("warm")
 	}
 	if v := fc.ForwardPorts; v != nil {
 		switch *v {

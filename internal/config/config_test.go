@@ -50,6 +50,7 @@ tap_pool_size = 0
 dns_listen = "127.0.0.53:5353"
 default_dns = ["1.1.1.1", "2606:4700::1111"]
 default_nat = true
+warm = true
 root_disk = "qcow2"
 forward_ports = "auto"
 vmm = "qemu"
@@ -70,7 +71,7 @@ disk_size = "20GiB"
 	want := Config{
 		LogLevel: "debug", DefaultImage: "alpine", BridgeName: "br-test", BridgeCIDR: "10.9.0.254/16",
 		TapPoolSize: 0, DNSListen: "127.0.0.53:5353", DefaultDNS: []string{"1.1.1.1", "2606:4700::1111"},
-		DefaultNAT: true, RootDisk: "qcow2", ForwardPorts: "auto", VMM: "qemu", QEMUAccel: "tcg", FirecrackerBin: "/opt/fc/firecracker", QEMUBin: "/usr/bin/qemu-system-x86_64",
+		DefaultNAT: true, Warm: true, RootDisk: "qcow2", ForwardPorts: "auto", VMM: "qemu", QEMUAccel: "tcg", FirecrackerBin: "/opt/fc/firecracker", QEMUBin: "/usr/bin/qemu-system-x86_64",
 		OpsRetention: Duration(30 * time.Minute),
 		VMDefaults:   VMDefaults{VCPU: 3, MemoryMiB: 2048, DiskSize: "20GiB"},
 	}

@@ -29,6 +29,7 @@ var keyKinds = map[string]valueKind{
 	"tap_pool_size":          kindInteger,
 	"dns_listen":             kindString,
 	"default_nat":            kindBool,
+	"warm":                   kindBool,
 	"root_disk":              kindString,
 	"forward_ports":          kindString,
 	"default_dns":            kindStringList,

@@ -34,6 +34,9 @@ type Options struct {
 
 // Daemon is the root every service hangs off.
 type Daemon struct {
+	// warming names the warm snapshots being made by maybeAutoWarm.
+	warming sync.Map
+
 	layout  config.Layout
 	cfg     config.Config
 	log     *slog.Logger

@@ -136,7 +136,13 @@ func (d *Daemon) gcLayers(ctx context.Context) {
 		}
 		disks = append(disks, rd, wd)
 	}
-	unused, err := rootdisk.UnusedLayers(d.layersDir(), disks)
+	// Snapshots stand on their frozen layers too.
+	snaps, err := d.snapshotChains(ctx)
+	if err != nil {
+		d.log.Warn("layers: cannot read the snapshots; keeping every layer", "err", err)
+		return
+	}
+	unused, err := rootdisk.UnusedLayers(d.layersDir(), append(disks, snaps...))
 	if err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
 			d.log.Warn("layers: list unused", "err", err)
@@ -148,6 +154,9 @@ func (d *Daemon) gcLayers(ctx context.Context) {
 	// stands on a layer its row does not name yet.
 	standing := map[string]bool{}
 	for _, disk := range disks {
+		if disk.Path == "" {
+			continue
+		}
 		chain, err := rootdisk.BackingChain(disk.Path)
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			d.log.Warn("layers: cannot read a disk's backing chain; keeping every layer", "disk", disk.Path, "err", err)

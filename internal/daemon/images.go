@@ -73,6 +73,16 @@ func (d *Daemon) imageDelete(ctx context.Context, p api.ArtifactRef) (api.Image,
 	if err != nil {
 		return api.Image{}, err
 	}
+	// Its snapshots go with it (no VM stands on them: none uses the image).
+	if snaps, err := d.store.ListSnapshots(ctx); err == nil {
+		for _, sn := range snaps {
+			if sn.Image == im.Name {
+				if err := d.removeSnapshot(ctx, sn); err != nil {
+					d.log.Warn("remove a snapshot of a deleted image", "snapshot", sn.Name, "err", err)
+				}
+			}
+		}
+	}
 	if err := d.removeImageFiles(im); err != nil {
 		return api.Image{}, api.Errorf(api.CodeOperationFailed, "image %q is deleted but its files are not: %v; remove them by hand", im.Name, err)
 	}

@@ -39,6 +39,10 @@ func (d *Daemon) Methods() rpc.Methods {
 		"vm.logs":          rpc.Typed(d.vmLogs),
 		"vm.ssh_info":      rpc.Typed(d.vmSSHInfo),
 		"vm.prune":         rpc.Typed(d.vmPrune),
+		"vm.snapshot":      rpc.Typed(d.vmSnapshot),
+		"snapshot.list":    rpc.Typed(d.snapshotList),
+		"snapshot.rm":      rpc.Typed(d.snapshotRm),
+		"image.warm":       rpc.Typed(d.imageWarm),
 
 		"kernel.import":      rpc.Typed(d.kernelImport),
 		"kernel.list":        rpc.Typed(d.kernelList),

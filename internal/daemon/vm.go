@@ -29,7 +29,7 @@ const (
 func toAPIVM(v store.VM) api.VM {
 	return api.VM{Name: v.Name, ID: v.ID, State: v.State, Image: v.Image, Kernel: v.Kernel, VCPU: v.VCPU,
 		MemoryMiB: v.MemoryMiB, DiskSizeBytes: v.DiskSizeBytes, IP: v.IP, MAC: v.MAC, Tap: v.Tap, NAT: v.NAT,
-		DNSName: v.Name + ".vm", VMM: v.VMM, ForwardPorts: v.ForwardPorts,
+		DNSName: v.Name + ".vm", VMM: v.VMM, ForwardPorts: v.ForwardPorts, StartedFrom: v.StartedFrom,
 		PID: v.PID, Dir: v.Dir, LastError: v.LastError, CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt}
 }
 
@@ -185,10 +185,14 @@ func (d *Daemon) getVM(ctx context.Context, name string) (store.VM, error) {
 // usersVM refuses the daemon's own temporary VMs to the vm commands:
 // they belong to an operation, which removes them when it ends.
 func usersVM(v store.VM) error {
-	if v.Purpose == store.PurposeImageBuild {
+	switch v.Purpose {
+	case "":
+		return nil
+	case store.PurposeImageWarm:
+		return api.Errorf(api.CodeBadRequest, "vm %q is the template VM of an image warm; it goes away with the warm (banger ops shows it, banger ops cancel stops it)", v.Name)
+	default:
 		return api.Errorf(api.CodeBadRequest, "vm %q is the temporary VM of an image build; it goes away with the build (banger ops shows it, banger ops cancel stops it)", v.Name)
 	}
-	return nil
 }
 
 // lockVM takes the VM's lifecycle lock and loads its (refreshed) record;
@@ -280,6 +284,7 @@ func (d *Daemon) vmStart(ctx context.Context, p api.VMRef) (api.VM, error) {
 // in op when one is given. On failure everything it made is undone and the
 // VM is left stopped with the reason in LastError.
 func (d *Daemon) boot(ctx context.Context, v *store.VM) error {
+	v.StartedFrom = ""
 	err := runSteps(ctx, d.log.With("vm", v.Name), nil, d.bootSteps(v))
 	if errors.Is(err, errVMMStillRunning) {
 		d.keepUnstoppableVM(ctx, v, err)
@@ -678,6 +683,10 @@ func (d *Daemon) adoptVMs(ctx context.Context) {
 	}
 	d.syncNetwork(ctx)
 	d.removeBuildLeftovers()
+	d.removeSnapshotLeftovers(ctx)
+	d.layersMu.Lock()
+	d.gcLayers(ctx)
+	d.layersMu.Unlock()
 }
 
 // removeOrphanVM undoes, at daemon start, a VM whose operation died with

@@ -103,6 +103,8 @@ type createPlan struct {
 	forwardPorts bool
 	// purpose marks the daemon's own VMs (store.PurposeImageBuild).
 	purpose string
+	// snapshot, when set, is restored instead of booting.
+	snapshot *store.Snapshot
 }
 
 func (d *Daemon) planCreate(ctx context.Context, p api.VMCreateParams) (createPlan, error) {
@@ -201,6 +203,9 @@ func (d *Daemon) vmCreateBegin(ctx context.Context, p api.VMCreateParams) (api.V
 	if err != nil {
 		return api.VMCreateBeginResult{}, api.Errorf(api.CodeOperationFailed, "%v", err)
 	}
+	if plan.snapshot, err = d.pickSnapshot(ctx, p, &plan, drv); err != nil {
+		return api.VMCreateBeginResult{}, err
+	}
 
 	// Reserve the name and an IP atomically with respect to other creates.
 	d.allocMu.Lock()
@@ -211,7 +216,11 @@ func (d *Daemon) vmCreateBegin(ctx context.Context, p api.VMCreateParams) (api.V
 	}
 
 	return d.beginVMOp(ctx, api.OpKindVMCreate, vm, d.log, func(ctx context.Context, op *vmCreateOp) error {
-		return d.runCreate(ctx, op, plan, vm)
+		if err := d.runCreate(ctx, op, plan, vm); err != nil {
+			return err
+		}
+		d.maybeAutoWarm(plan)
+		return nil
 	}), nil
 }
 
@@ -314,6 +323,9 @@ func (d *Daemon) reserveVM(ctx context.Context, plan createPlan, vmmName string)
 	vm := store.VM{Name: plan.name, Image: plan.image.Name, Kernel: plan.kernel.Name, State: store.StateCreating,
 		VCPU: plan.vcpu, MemoryMiB: plan.memoryMiB, DiskSizeBytes: plan.diskSize, IP: ip, MAC: mac, VMM: vmmName, NAT: plan.nat,
 		ForwardPorts: plan.forwardPorts, Purpose: plan.purpose}
+	if plan.snapshot != nil {
+		vm.StartedFrom = "snapshot " + plan.snapshot.Name
+	}
 	if err := d.store.CreateVM(ctx, &vm); err != nil {
 		return store.VM{}, err
 	}
@@ -401,6 +413,20 @@ func (d *Daemon) runCreate(ctx context.Context, op *vmCreateOp, plan createPlan,
 			return undo, d.makeIdentity(vm)
 		}},
 	}
+	if plan.snapshot != nil {
+		m, err := decodeSnapshotMeta(*plan.snapshot)
+		if err != nil {
+			return err
+		}
+		// The disks come from the snapshot, not the image.
+		restoring := []step{steps[0], steps[1], d.layerDisksStep(plan, &vm)}
+		for _, s := range steps {
+			if s.name == stageIdentity {
+				restoring = append(restoring, s)
+			}
+		}
+		return d.runVMPipelineFrom(ctx, op, &vm, restoring, false, &restoreSpec{snapshot: *plan.snapshot, meta: m})
+	}
 	return d.runVMPipeline(ctx, op, &vm, steps, plan.noStart)
 }
 
@@ -408,9 +434,15 @@ func (d *Daemon) runCreate(ctx context.Context, op *vmCreateOp, plan createPlan,
 // clone's), then boots it unless noStart. On failure everything is undone,
 // including the VM's row; on success the op carries the VM.
 func (d *Daemon) runVMPipeline(ctx context.Context, op *vmCreateOp, v *store.VM, steps []step, noStart bool) error {
+	return d.runVMPipelineFrom(ctx, op, v, steps, noStart, nil)
+}
+
+// runVMPipelineFrom is runVMPipeline that restores rs instead of booting
+// when rs is set.
+func (d *Daemon) runVMPipelineFrom(ctx context.Context, op *vmCreateOp, v *store.VM, steps []step, noStart bool, rs *restoreSpec) error {
 	vm := v
 	if !noStart {
-		steps = append(steps, d.bootSteps(vm)...)
+		steps = append(steps, d.bootStepsFrom(vm, rs)...)
 	}
 	if err := runSteps(ctx, rpc.Logger(ctx), op, steps); err != nil {
 		if errors.Is(err, errVMMStillRunning) {
@@ -444,11 +476,15 @@ func (d *Daemon) runVMPipeline(ctx context.Context, op *vmCreateOp, v *store.VM,
 
 // bootSteps claim a tap, start the VMM and wait for SSH. v is updated in
 // place and saved as running once the VMM is up.
-func (d *Daemon) bootSteps(v *store.VM) []step {
+func (d *Daemon) bootSteps(v *store.VM) []step { return d.bootStepsFrom(v, nil) }
+
+// bootStepsFrom are bootSteps that, with rs, start the VMM from rs's saved
+// state and give the restored guest its identity before waiting for SSH.
+func (d *Daemon) bootStepsFrom(v *store.VM, rs *restoreSpec) []step {
 	paths := d.pathsFor(v.ID)
 	var handle vmm.Handle
 	var rootDev, rootFmt, workDev, workFmt string
-	return []step{
+	steps := []step{
 		{stageConfig, func(ctx context.Context) (func(context.Context) error, error) {
 			km, err := d.kernelFor(ctx, v.Kernel)
 			if err != nil {
@@ -525,6 +561,11 @@ func (d *Daemon) bootSteps(v *store.VM) []step {
 				Cmdline: km.manifest.BootCmdline() + " " + guestNetArg(*v, d.cfg.BridgeCIDR), RootDisk: rootDev, RootFormat: rootFmt,
 				WorkDisk: workDev, WorkFormat: workFmt, ConfigDisk: paths.config, Tap: v.Tap, MAC: v.MAC,
 				RuntimeDir: paths.run, ConsoleLog: paths.console}
+			if rs != nil {
+				// The device is the saved one until the agent moves the
+				// guest to the VM's own MAC.
+				spec.IncomingState, spec.MAC = rs.meta.State, rs.meta.MAC
+			}
 			handle, err = drv.Start(ctx, spec)
 			if err != nil {
 				_ = os.RemoveAll(paths.run)
@@ -548,6 +589,12 @@ func (d *Daemon) bootSteps(v *store.VM) []step {
 				return undo, err
 			}
 			return undo, nil
+		}},
+		{stageRestoreID, func(ctx context.Context) (func(context.Context) error, error) {
+			if rs == nil {
+				return nil, nil
+			}
+			return nil, d.restoreIdentity(ctx, v, handle, rs)
 		}},
 		{stageWaitSSH, func(ctx context.Context) (func(context.Context) error, error) {
 			signer, err := sshx.EnsureKey(d.layout.SSHKey)
@@ -594,6 +641,22 @@ func (d *Daemon) bootSteps(v *store.VM) []step {
 			return nil, nil
 		}},
 	}
+	if rs == nil {
+		// A boot has no identity to restore.
+		out := steps[:0]
+		for _, s := range steps {
+			if s.name != stageRestoreID {
+				out = append(out, s)
+			}
+		}
+		return out
+	}
+	for i := range steps {
+		if steps[i].name == stageStartVMM {
+			steps[i].name = stageRestoreVMM
+		}
+	}
+	return steps
 }
 
 type kernelFiles struct {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 
 	"banger/internal/disk"
 )
@@ -79,4 +80,24 @@ func convertRaw(ctx context.Context, r Runner, src, format, dst string) error {
 		return fmt.Errorf("rootdisk: flatten %s: %w", src, err)
 	}
 	return nil
+}
+
+// Over makes path a new, empty qcow2 overlay over the read-only layer top
+// (in topFormat), which itself stands on below (nearest first): a VM's
+// disk over a snapshot's frozen layer. The Disk's Chain is [top, below...].
+func Over(ctx context.Context, r Runner, top, topFormat string, below []string, path string) (Disk, error) {
+	if _, err := os.Lstat(path); err == nil {
+		return Disk{}, fmt.Errorf("rootdisk: overlay %s already exists", path)
+	}
+	if err := createOverlay(ctx, r, path, top, topFormat); err != nil {
+		return Disk{}, fmt.Errorf("rootdisk: overlay over %s: %w", top, noSpace(err, filepath.Dir(path), overlayNeed))
+	}
+	return Disk{Strategy: QCOW2, Path: path, Format: FormatQCOW2, Chain: append([]string{top}, below...)}, nil
+}
+
+// CreateOverlayFile makes path an empty qcow2 file over top (topFormat)
+// without recording anything: the file a live disk snapshot switches a
+// running VM to.
+func CreateOverlayFile(ctx context.Context, r Runner, path, top, topFormat string) error {
+	return createOverlay(ctx, r, path, top, topFormat)
 }
