@@ -1,6 +1,14 @@
 package api
 
-import "time"
+import (
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
+	"unicode"
+)
 
 // VM is the public shape of one VM (vm.show, vm.list).
 type VM struct {
@@ -277,4 +285,35 @@ type Forward struct {
 // VMForwardListResult is the result of vm.forward.list.
 type VMForwardListResult struct {
 	Forwards []Forward `json:"forwards"`
+}
+
+var (
+	sshUserRE  = regexp.MustCompile(`^[a-z_][a-z0-9_-]{0,31}$`)
+	sshAliasRE = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{0,252}$`)
+)
+
+// Validate checks every field the CLI hands to OpenSSH: whatever answers
+// on the socket, nothing in it can become an option or a command (a user
+// of "-oProxyCommand=..." would). IP must be an address, User a plain user
+// name, the paths absolute, clean and free of spaces and control
+// characters.
+func (i VMSSHInfo) Validate() error {
+	if _, err := netip.ParseAddr(i.IP); err != nil {
+		return fmt.Errorf("ssh info of %q: ip %q is not an address", i.Name, i.IP)
+	}
+	if !sshUserRE.MatchString(i.User) {
+		return fmt.Errorf("ssh info of %q: user %q is not a plain user name", i.Name, i.User)
+	}
+	if i.HostAlias != "" && !sshAliasRE.MatchString(i.HostAlias) {
+		return fmt.Errorf("ssh info of %q: host alias %q is not a host name", i.Name, i.HostAlias)
+	}
+	for what, p := range map[string]string{"key path": i.KeyPath, "known hosts path": i.KnownHostsPath, "control path": i.ControlPath} {
+		if p == "" && what == "control path" {
+			continue
+		}
+		if !filepath.IsAbs(p) || filepath.Clean(p) != p || strings.ContainsFunc(p, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) {
+			return fmt.Errorf("ssh info of %q: %s %q is not a clean absolute path", i.Name, what, p)
+		}
+	}
+	return nil
 }

@@ -27,6 +27,9 @@ func (a *App) client(ctx context.Context) (*rpc.Client, error) {
 	if a.socket != "" {
 		sock = a.socket
 	}
+	if err := checkSocketDir(sock); err != nil {
+		return nil, err
+	}
 	c := &rpc.Client{SocketPath: sock}
 	err = c.Call(ctx, "ping", nil, nil)
 	if err == nil {

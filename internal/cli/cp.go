@@ -132,6 +132,9 @@ func runCp(ctx context.Context, app *App, a cpArgs, recursive bool) error {
 	if err := c.Call(ctx, "vm.ssh_info", api.VMRef{Name: a.vm}, &info); err != nil {
 		return err // e.g. not_running, whose message says how to start it
 	}
+	if err := info.Validate(); err != nil {
+		return fmt.Errorf("refusing what bangerd answered: %w", err)
+	}
 	sshClient, err := dialGuest(ctx, info, net.JoinHostPort(info.IP, guestSSHPort))
 	if err != nil {
 		return err

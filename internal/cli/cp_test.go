@@ -427,3 +427,18 @@ func TestVMCpProgressOnTerminal(t *testing.T) {
 		t.Errorf("a 4-byte copy drew %q", s)
 	}
 }
+
+// What a fake daemon answers is checked before anything reaches ssh: a
+// user that is an option never becomes one.
+func TestSSHInfoFromAStrangerIsRefused(t *testing.T) {
+	bad := api.VMSSHInfo{Name: "web", IP: "127.0.0.1", User: "-oProxyCommand=touch /tmp/banger-pwned", KeyPath: "/k", KnownHostsPath: "/kh", HostAlias: "web.vm"}
+	app := &App{Stdout: &bytes.Buffer{}, Stderr: &bytes.Buffer{}, Stdin: strings.NewReader(""), clientFn: fakeDaemon(t, bad)}
+	_, err := sshArgv(context.Background(), app, "web", false, []string{"true"})
+	if err == nil || !strings.Contains(err.Error(), `refusing what bangerd answered: ssh info of "web": user "-oProxyCommand=touch /tmp/banger-pwned" is not a plain user name`) {
+		t.Fatalf("sshArgv = %v", err)
+	}
+	err = runCp(context.Background(), app, cpArgs{vm: "web", dir: 0, src: "/etc/hostname", dst: "/tmp/x"}, false)
+	if err == nil || !strings.Contains(err.Error(), "refusing what bangerd answered") {
+		t.Fatalf("runCp = %v", err)
+	}
+}

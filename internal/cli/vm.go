@@ -554,6 +554,9 @@ func sshArgvRaw(ctx context.Context, app *App, name string, interactive bool, re
 	if err := c.Call(ctx, "vm.ssh_info", api.VMRef{Name: name}, &info); err != nil {
 		return nil, err
 	}
+	if err := info.Validate(); err != nil {
+		return nil, fmt.Errorf("refusing what bangerd answered: %w", err)
+	}
 	if _, err := system.LookPath("ssh"); err != nil {
 		return nil, fmt.Errorf("ssh (OpenSSH client) not found; install it: apt-get install openssh-client")
 	}

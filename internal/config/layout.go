@@ -23,7 +23,7 @@ type Layout struct {
 	SSHKey     string // SSHDir/id_ed25519 (public half at SSHKey+".pub")
 	KnownHosts string // SSHDir/known_hosts
 	CacheDir   string // $XDG_CACHE_HOME/banger
-	RuntimeDir string // $XDG_RUNTIME_DIR/banger, /run/user/<uid>/banger or $TMPDIR/banger-<uid>
+	RuntimeDir string // $XDG_RUNTIME_DIR/banger, /run/user/<uid>/banger, /run/banger (root) or $TMPDIR/banger-<uid>
 	SocketPath string // RuntimeDir/bangerd.sock, or $BANGER_SOCKET
 }
 
@@ -61,6 +61,10 @@ func layoutFrom(getenv func(string) string, uid int, exists func(string) bool) (
 		runtimeDir = filepath.Join(dir, "banger")
 	} else if userRun := filepath.Join("/run/user", strconv.Itoa(uid)); exists(userRun) {
 		runtimeDir = filepath.Join(userRun, "banger")
+	} else if uid == 0 {
+		// Root never falls back to a world-writable directory, where any
+		// local user could make banger-0 first and answer as bangerd.
+		runtimeDir = "/run/banger"
 	} else {
 		tmp := getenv("TMPDIR")
 		if !filepath.IsAbs(tmp) {

@@ -119,6 +119,11 @@ func TestLayoutFromEnv(t *testing.T) {
 			wantErr: `BANGER_SOCKET="d.sock" is not an absolute path`,
 		},
 	}
+	// Root without a runtime dir never lands in a world-writable one.
+	root, err := layoutFrom(envOf(map[string]string{"HOME": "/root", "TMPDIR": "/tmp"}), 0, never)
+	if err != nil || root.RuntimeDir != "/run/banger" || root.SocketPath != "/run/banger/bangerd.sock" {
+		t.Errorf("root's layout without XDG_RUNTIME_DIR: %q %q, %v", root.RuntimeDir, root.SocketPath, err)
+	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := layoutFrom(envOf(tt.env), 1000, tt.exists)
@@ -145,6 +150,9 @@ func TestLayoutFromEnvChecksRunUser(t *testing.T) {
 	}
 	userRun := filepath.Join("/run/user", strconv.Itoa(os.Getuid()))
 	want := filepath.Join("/tmp", "banger-"+strconv.Itoa(os.Getuid()))
+	if os.Getuid() == 0 {
+		want = "/run/banger"
+	}
 	if fi, err := os.Stat(userRun); err == nil && fi.IsDir() {
 		want = filepath.Join(userRun, "banger")
 	}

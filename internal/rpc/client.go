@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sync/atomic"
 	"syscall"
 
@@ -21,7 +22,22 @@ type Client struct {
 	SocketPath string
 	// ProtocolVersion overrides api.ProtocolVersion (tests only).
 	ProtocolVersion int
-	seq             atomic.Int64
+	// TrustUID says whether a daemon running as uid may be talked to;
+	// nil trusts root and the caller's own uid only. Whatever answers on a
+	// socket someone else could have made is never sent a request.
+	TrustUID func(uid int) bool
+	seq      atomic.Int64
+}
+
+// ErrUntrustedDaemon is wrapped by Call when the process answering on the
+// socket runs as a uid the client does not trust.
+var ErrUntrustedDaemon = errors.New("the process answering is not a bangerd to trust")
+
+func (c *Client) trusted(uid int) bool {
+	if c.TrustUID != nil {
+		return c.TrustUID(uid)
+	}
+	return uid == 0 || uid == os.Getuid()
 }
 
 // Call invokes method with params and decodes the result into result (which
@@ -37,6 +53,16 @@ func (c *Client) Call(ctx context.Context, method string, params, result any) er
 		return fmt.Errorf("connect to bangerd at %s: %w", c.SocketPath, err)
 	}
 	defer conn.Close()
+	// SO_PEERCRED: the uid of the process that listens, checked before a
+	// byte is sent (the daemon does the same with its callers).
+	uid, err := peerUID(conn)
+	if err != nil {
+		return fmt.Errorf("connect to bangerd at %s: cannot tell who answers: %w", c.SocketPath, err)
+	}
+	if !c.trusted(int(uid)) {
+		return fmt.Errorf("%w: %s is served by uid %d, neither root nor you (uid %d); remove it, or point BANGER_SOCKET at your own daemon's socket",
+			ErrUntrustedDaemon, c.SocketPath, uid, os.Getuid())
+	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 

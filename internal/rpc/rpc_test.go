@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -308,4 +309,75 @@ func TestHelperClient(t *testing.T) {
 	}
 	err := (&Client{SocketPath: sock}).Call(context.Background(), "echo", echoParams{}, nil)
 	fmt.Printf("CODE=%s ERR=%v\n", api.CodeOf(err), err)
+}
+
+// TestClientRefusesAStrangersDaemon: a socket served by another uid (a
+// local user who made the runtime directory first) is never sent a byte.
+func TestClientRefusesAStrangersDaemon(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("needs root to run a server as another uid")
+	}
+	dir := t.TempDir()
+	for _, d := range []string{dir, filepath.Dir(dir)} {
+		if err := os.Chmod(d, 0o777); err != nil {
+			t.Fatal(err)
+		}
+	}
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "rpc.test")
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "bangerd.sock")
+	cmd := exec.Command(bin, "-test.run=^TestHelperServer$")
+	cmd.Env = append(os.Environ(), "BANGER_RPC_HELPER_SERVE="+sock)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill(); _ = cmd.Wait() }()
+	for i := 0; i < 100; i++ {
+		if _, err := os.Stat(sock); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	err = (&Client{SocketPath: sock}).Call(context.Background(), "vm.ssh_info", api.VMRef{Name: "web"}, nil)
+	if !errors.Is(err, ErrUntrustedDaemon) || !strings.Contains(err.Error(), "is served by uid 65534, neither root nor you (uid 0)") {
+		t.Fatalf("Call to a stranger's socket = %v", err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("helper server: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "GOT 0 bytes") {
+		t.Fatalf("the client sent the stranger something: %s", out.String())
+	}
+	// Trusting that uid explicitly lets the call through to the stranger.
+	c := &Client{SocketPath: sock, TrustUID: func(uid int) bool { return uid == 65534 }}
+	if c.trusted(65534) != true || (&Client{}).trusted(65534) {
+		t.Fatal("TrustUID is not what decides")
+	}
+}
+
+func TestHelperServer(t *testing.T) {
+	sock := os.Getenv("BANGER_RPC_HELPER_SERVE")
+	if sock == "" {
+		t.Skip("helper process only")
+	}
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	n, _ := io.Copy(io.Discard, conn)
+	fmt.Printf("GOT %d bytes\n", n)
 }
