@@ -69,6 +69,26 @@ func TestVMLifecycle(t *testing.T) {
 	if logs := e.must("vm", "logs", "e2e1"); !strings.Contains(logs, "Linux version") {
 		t.Errorf("vm logs lacks the kernel banner:\n%.2000s", logs)
 	}
+	// A guest that floods its console costs the host a bounded log: the
+	// watch loop keeps the newest 8 MiB in console.log.1 and empties the log.
+	floodStart := time.Now()
+	e.must("vm", "exec", "e2e1", "--", "sh", "-c", "head -c 9000000 /dev/zero | tr '\\0' a > /dev/ttyS0")
+	t.Logf("9 MB to the console in %s", time.Since(floodStart).Round(100*time.Millisecond))
+	consoleLog := filepath.Join(e.show("e2e1").Dir, "console.log")
+	var rotated, live int64
+	for i := 0; i < 50; i++ {
+		if st, err := os.Stat(consoleLog + ".1"); err == nil {
+			rotated = st.Size()
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if st, err := os.Stat(consoleLog); err == nil {
+		live = st.Size()
+	}
+	if rotated != 8<<20 || live >= 8<<20 {
+		t.Errorf("after a 9 MB flood: console.log.1 %d bytes (want 8 MiB), console.log %d bytes (want under 8 MiB)", rotated, live)
+	}
 
 	// stop, start: the work disk keeps its data. The guest powers off by
 	// itself (no kill after the timeout, which stop would report).

@@ -152,3 +152,10 @@ func TestShellQuote(t *testing.T) {
 		}
 	}
 }
+
+func TestStripControl(t *testing.T) {
+	in := "ok\tline\n\x1b]0;pwned\x07\x1b[2Jclear\r\x7fdel\u009bcsi é\n"
+	if got, want := stripControl(in), "ok\tline\n]0;pwned[2Jcleardelcsi é\n"; got != want {
+		t.Errorf("stripControl = %q, want %q", got, want)
+	}
+}

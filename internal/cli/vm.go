@@ -492,11 +492,11 @@ func newVMSetCommand(app *App) *cobra.Command {
 }
 
 func newVMLogsCommand(app *App) *cobra.Command {
-	var follow bool
+	var follow, raw bool
 	var tail int64
 	cmd := &cobra.Command{
 		Use:   "logs NAME",
-		Short: "Print a VM's console log",
+		Short: "Print a VM's console log (control characters removed on a terminal; --raw keeps them)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := app.client(cmd.Context())
@@ -513,6 +513,11 @@ func newVMLogsCommand(app *App) *cobra.Command {
 						return nil
 					}
 					return err
+				}
+				if !raw && isTerminal(app.Stdout) {
+					// The guest writes what it likes; a terminal would
+					// obey its escape sequences.
+					res.Data = stripControl(res.Data)
 				}
 				fmt.Fprint(app.Stdout, res.Data)
 				p.Offset, p.Tail = res.NextOffset, 0
@@ -532,6 +537,7 @@ func newVMLogsCommand(app *App) *cobra.Command {
 	}
 	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing new output")
 	cmd.Flags().Int64Var(&tail, "tail-bytes", 0, "start this many bytes before the end")
+	cmd.Flags().BoolVar(&raw, "raw", false, "print the guest's bytes as they are, control characters included")
 	return cmd
 }
 
@@ -801,4 +807,18 @@ func agentLine(v api.VM) string {
 		line += fmt.Sprintf(", %s %s/%s used", d.Path, humanBytes(int64(d.Used)), humanBytes(int64(d.Size)))
 	}
 	return line
+}
+
+// stripControl removes control characters (C0 but newline and tab, DEL,
+// C1) from text a guest wrote, so it cannot drive the user's terminal.
+func stripControl(s string) string {
+	return strings.Map(func(r rune) rune {
+		switch {
+		case r == '\n' || r == '\t':
+			return r
+		case r < ' ' || r == 0x7f || (r >= 0x80 && r < 0xa0):
+			return -1
+		}
+		return r
+	}, s)
 }

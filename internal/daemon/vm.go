@@ -726,6 +726,11 @@ func (d *Daemon) watchLoop(ctx context.Context) {
 			if err != nil {
 				continue
 			}
+			ids := make([]string, 0, len(vms))
+			for _, v := range vms {
+				ids = append(ids, v.ID)
+			}
+			d.capConsoles(ids)
 			for _, v := range vms {
 				if v.State != store.StateRunning {
 					continue

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -22,6 +21,7 @@ import (
 	"banger/internal/sshx"
 	"banger/internal/store"
 	"banger/internal/vmm"
+	"banger/internal/vmm/vmmcore"
 )
 
 // Stage names of a VM create, in order (docs/ARCHITECTURE.md walks them).
@@ -741,17 +741,10 @@ func (d *Daemon) growWorkDisk(ctx context.Context, v store.VM, size int64) error
 	return spaceError(wd.Grow(ctx, d.runner, size))
 }
 
-func tailFile(path string, lines int) string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return "(no console log: " + err.Error() + ")"
-	}
-	all := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
-	if len(all) > lines {
-		all = all[len(all)-lines:]
-	}
-	return strings.Join(all, "\n")
-}
+// tailFile is the last lines of a console log: at most its last 64 KiB
+// read, the guest's control characters removed (it ends up in errors the
+// CLI prints to a terminal).
+func tailFile(path string, lines int) string { return vmmcore.ConsoleTail(path, lines) }
 
 func (d *Daemon) vmCreateStatus(ctx context.Context, p api.OpRef) (api.VMCreateStatus, error) {
 	op, ok := d.ops.vmCreate.Get(p.OpID)
