@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"banger/internal/api"
 	"banger/internal/artifact"
@@ -66,7 +67,7 @@ func (d *Daemon) kernelImport(ctx context.Context, p api.KernelImportParams) (ap
 // kernelImportDir is where an import copies a kernel before it is
 // renamed into place.
 func (d *Daemon) kernelImportDir(name string) string {
-	return filepath.Join(d.layout.KernelsDir, name+".importing")
+	return filepath.Join(d.layout.KernelsDir, name+importingSuffix)
 }
 
 func toAPIKernel(k store.Kernel) api.Kernel {
@@ -165,5 +166,13 @@ func validateArtifactName(kind, name string) error {
 	if !vmNameRE.MatchString(name) && !artifactNameRE.MatchString(name) {
 		return api.Errorf(api.CodeBadRequest, "invalid %s name %q: use letters, digits, '.', '_' and '-'", kind, name)
 	}
+	// A half-done kernel import is NAME.importing beside the kernels, and
+	// cache prune removes such names: no artifact may be called that.
+	if strings.HasSuffix(name, importingSuffix) {
+		return api.Errorf(api.CodeBadRequest, "invalid %s name %q: names ending in %s are banger's own (half-done imports)", kind, name, importingSuffix)
+	}
 	return nil
 }
+
+// importingSuffix names a kernel import in progress.
+const importingSuffix = ".importing"

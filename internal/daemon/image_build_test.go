@@ -212,3 +212,44 @@ func TestCancelUnknownOperation(t *testing.T) {
 	_, err := d.cancelOperation(t.Context(), api.OpRef{OpID: "op-nope"})
 	wantCode(t, err, api.CodeNotFound, `operation "op-nope" not found`)
 }
+
+// At start, directories in banger's trees that no row accounts for go;
+// recorded ones, staging and half-done imports stay.
+func TestStartSweepsUnrecordedDirectories(t *testing.T) {
+	d := openArtifactDaemon(t)
+	importTestKernel(t, d, "k1", kernelSpec{version: "6.1.0-test"})
+	im := registerTestImage(t, d, "base", "k1")
+	insertVM(t, d, "mine", "base", "k1", "10.0.0.2")
+	v, err := d.store.GetVM(t.Context(), "mine")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep := []string{d.pathsFor(v.ID).dir, filepath.Dir(im.RootfsPath), filepath.Join(d.layout.KernelsDir, "k1"),
+		filepath.Join(d.layout.ImagesDir, ".base2.pulling"), filepath.Join(d.layout.KernelsDir, "k2"+importingSuffix)}
+	gone := []string{filepath.Join(d.layout.VMsDir, "0123456789abcdef"), filepath.Join(d.layout.ImagesDir, "moved-not-recorded"),
+		filepath.Join(d.layout.KernelsDir, "k3")}
+	for _, dir := range append(append([]string{}, keep...), gone...) {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	d.adoptVMs(t.Context())
+	for _, dir := range keep {
+		if _, err := os.Stat(dir); err != nil {
+			t.Errorf("%s was removed: %v", dir, err)
+		}
+	}
+	for _, dir := range gone {
+		if _, err := os.Stat(dir); !os.IsNotExist(err) {
+			t.Errorf("%s survived the start-up sweep: %v", dir, err)
+		}
+	}
+}
+
+func TestImportingSuffixIsReserved(t *testing.T) {
+	d := openArtifactDaemon(t)
+	_, err := d.kernelImport(t.Context(), api.KernelImportParams{Name: "x" + importingSuffix, From: t.TempDir()})
+	wantCode(t, err, api.CodeBadRequest, "names ending in .importing are banger's own")
+	_, err = d.imageBuildBegin(t.Context(), api.ImageBuildParams{Name: "y.importing", From: "base"})
+	wantCode(t, err, api.CodeBadRequest, "names ending in .importing are banger's own")
+}

@@ -684,6 +684,7 @@ func (d *Daemon) adoptVMs(ctx context.Context) {
 	d.syncNetwork(ctx)
 	d.removeBuildLeftovers()
 	d.removeSnapshotLeftovers(ctx)
+	d.sweepUnrecorded(ctx)
 	d.layersMu.Lock()
 	d.gcLayers(ctx)
 	d.layersMu.Unlock()
