@@ -4,6 +4,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -69,6 +70,11 @@ func TestVMLifecycle(t *testing.T) {
 	if logs := e.must("vm", "logs", "e2e1"); !strings.Contains(logs, "Linux version") {
 		t.Errorf("vm logs lacks the kernel banner:\n%.2000s", logs)
 	}
+	// The VMM runs under QEMU's seccomp sandbox.
+	if status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", e.show("e2e1").PID)); err != nil || !strings.Contains(string(status), "Seccomp:\t2") {
+		t.Errorf("the VMM is not under a seccomp filter (err %v):\n%s", err, status)
+	}
+
 	// A guest that floods its console costs the host a bounded log: the
 	// watch loop keeps the newest 8 MiB in console.log.1 and empties the log.
 	floodStart := time.Now()

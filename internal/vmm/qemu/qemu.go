@@ -157,6 +157,9 @@ func (d *Driver) Command(spec vmmcore.Spec) ([]string, error) {
 		"-m", strconv.Itoa(spec.MemoryMiB),
 		"-smp", strconv.Itoa(spec.VCPU),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		// seccomp: no obsolete or privilege-raising system calls, no new
+		// processes, no changes to scheduling or resources.
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 		"-kernel", spec.KernelPath,
 	}
 	if spec.InitrdPath != "" {
@@ -205,9 +208,9 @@ func (d *Driver) Command(spec vmmcore.Spec) ([]string, error) {
 		)
 	}
 	if spec.IncomingState != "" {
-		// The state is read by a shell QEMU starts; the path is quoted
-		// for it (it is banger's own file, never the user's input).
-		argv = append(argv, "-incoming", "exec:cat "+shellQuote(spec.IncomingState))
+		// The state file is handed over once QEMU's monitor answers
+		// (loadState): the sandbox lets it neither spawn nor open paths.
+		argv = append(argv, "-incoming", "defer")
 	}
 	argv = append(argv,
 		"-device", "virtio-serial-device,id=vser0",
@@ -219,9 +222,6 @@ func (d *Driver) Command(spec vmmcore.Spec) ([]string, error) {
 	)
 	return argv, nil
 }
-
-// shellQuote quotes s for /bin/sh.
-func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
 // withTSCHint tells a TCG guest its TSC frequency. Under TCG the guest's
 // TSC runs at the host's rate, but microvm offers no PIT, HPET or PM timer
@@ -346,6 +346,14 @@ func (d *Driver) launchAndWait(ctx context.Context, spec vmmcore.Spec, argv []st
 	}
 	wctx, cancel := context.WithTimeout(ctx, d.cfg.StartTimeout)
 	defer cancel()
+	if spec.IncomingState != "" {
+		if err := d.awaitMonitor(wctx, h); err != nil {
+			return fail(err)
+		}
+		if err := d.loadState(wctx, h, spec.IncomingState); err != nil {
+			return fail(err)
+		}
+	}
 	if err := d.waitRunning(wctx, h, spec.IncomingState != ""); err != nil {
 		return fail(err)
 	}
@@ -412,6 +420,23 @@ func (d *Driver) waitRunning(ctx context.Context, h vmmcore.Handle, incoming boo
 		case <-ctx.Done():
 			return fmt.Errorf("qemu did not report the guest running: %w (last: %v)", ctx.Err(), last)
 		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// awaitMonitor waits until QEMU's monitor answers.
+func (d *Driver) awaitMonitor(ctx context.Context, h vmmcore.Handle) error {
+	for {
+		if !Alive(h) {
+			return vmmcore.ErrExited
+		}
+		if _, err := d.Status(ctx, h); err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("qemu's monitor did not answer: %w", ctx.Err())
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 }

@@ -7,7 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // qmpTimeout bounds one QMP exchange when the caller's context has no
@@ -96,6 +99,23 @@ func (q *qmpClient) readMessage() (qmpMessage, error) {
 	return m, nil
 }
 
+// passFD hands QEMU an open file under name (QMP getfd: the descriptor
+// travels with the command as SCM_RIGHTS), for an "fd:NAME" migration URI.
+func (q *qmpClient) passFD(name string, f *os.File) error {
+	uc, ok := q.conn.(*net.UnixConn)
+	if !ok {
+		return errors.New("qmp getfd: not a unix socket")
+	}
+	b, err := json.Marshal(map[string]any{"execute": "getfd", "arguments": map[string]string{"fdname": name}})
+	if err != nil {
+		return err
+	}
+	if _, _, err := uc.WriteMsgUnix(append(b, '\n'), unix.UnixRights(int(f.Fd())), nil); err != nil {
+		return fmt.Errorf("qmp getfd: send: %w", err)
+	}
+	return q.awaitReply("getfd", nil)
+}
+
 // execute runs one command and decodes its return value into out (when
 // non-nil). Events that arrive before the reply are skipped.
 func (q *qmpClient) execute(command string, args any, out any) error {
@@ -110,6 +130,11 @@ func (q *qmpClient) execute(command string, args any, out any) error {
 	if _, err := q.conn.Write(append(b, '\n')); err != nil {
 		return fmt.Errorf("qmp %s: send: %w", command, err)
 	}
+	return q.awaitReply(command, out)
+}
+
+// awaitReply reads the reply to command, skipping events.
+func (q *qmpClient) awaitReply(command string, out any) error {
 	for range maxQMPLines {
 		m, err := q.readMessage()
 		if err != nil {

@@ -3,6 +3,7 @@ package qemu
 import (
 	"context"
 	"fmt"
+	"os"
 	"time"
 
 	"banger/internal/vmm/vmmcore"
@@ -40,22 +41,51 @@ func (d *Driver) ResizeDisk(ctx context.Context, h vmmcore.Handle, drive string,
 // goes to a local file as fast as the disk takes it.
 const saveBandwidth = 1 << 40
 
+// saveFD and restoreFD name the state file's descriptor in QEMU.
+const (
+	saveFD    = "banger-save"
+	restoreFD = "banger-restore"
+)
+
 // SaveState writes the paused guest's RAM and device state to path, a
-// migration stream that Spec.IncomingState loads (QMP migrate to
-// "exec:cat > path", polled with query-migrate until it completes). The
-// guest stays paused.
+// migration stream that Spec.IncomingState loads. The file is made here
+// (0600, never an existing one) and handed to QEMU as a descriptor (QMP
+// getfd, "fd:" URI): the sandboxed QEMU may not spawn a process or open
+// a path. It is polled with query-migrate until done; the guest stays
+// paused.
 func (d *Driver) SaveState(ctx context.Context, h vmmcore.Handle, path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return fmt.Errorf("save state: %w", err)
+	}
+	defer f.Close()
 	if err := qmpDo(ctx, h.APISocket, "migrate-set-parameters", map[string]any{"max-bandwidth": int64(saveBandwidth)}, nil); err != nil {
 		return err
 	}
-	if err := qmpDo(ctx, h.APISocket, "migrate", map[string]any{"uri": "exec:cat > " + shellQuote(path)}, nil); err != nil {
+	q, err := dialQMP(ctx, h.APISocket)
+	if err != nil {
 		return err
 	}
+	err = q.passFD(saveFD, f)
+	if err == nil {
+		err = q.execute("migrate", map[string]any{"uri": "fd:" + saveFD}, nil)
+	}
+	q.Close()
+	if err != nil {
+		return err
+	}
+	if err := awaitMigration(ctx, h, path); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// awaitMigration polls query-migrate until the migration completes.
+func awaitMigration(ctx context.Context, h vmmcore.Handle, path string) error {
 	for {
 		var st struct {
-			Status      string `json:"status"`
-			ErrorDesc   string `json:"error-desc"`
-			TotalTimeMS int64  `json:"total-time"`
+			Status    string `json:"status"`
+			ErrorDesc string `json:"error-desc"`
 		}
 		if err := qmpDo(ctx, h.APISocket, "query-migrate", nil, &st); err != nil {
 			return err
@@ -73,4 +103,24 @@ func (d *Driver) SaveState(ctx context.Context, h vmmcore.Handle, path string) e
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// loadState starts loading path into a QEMU started with -incoming
+// defer: the file is handed over as a descriptor and migrate-incoming
+// reads it. The guest arrives paused (as saved); waitRunning continues it.
+func (d *Driver) loadState(ctx context.Context, h vmmcore.Handle, path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("load state: %w", err)
+	}
+	defer f.Close()
+	q, err := dialQMP(ctx, h.APISocket)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	if err := q.passFD(restoreFD, f); err != nil {
+		return err
+	}
+	return q.execute("migrate-incoming", map[string]any{"uri": "fd:" + restoreFD}, nil)
 }

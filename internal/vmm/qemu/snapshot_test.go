@@ -83,8 +83,11 @@ func TestCommandIncoming(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := valueAfter(argv, "-incoming"); len(got) != 1 || got[0] != `exec:cat '/state/it'\''s/state.bin'` {
-		t.Errorf("-incoming = %q", got)
+	if got := valueAfter(argv, "-incoming"); len(got) != 1 || got[0] != "defer" {
+		t.Errorf("-incoming = %q, want defer (the file is handed over by descriptor)", got)
+	}
+	if got := valueAfter(argv, "-sandbox"); len(got) != 1 || got[0] != "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny" {
+		t.Errorf("-sandbox = %q", got)
 	}
 	spec.IncomingState = ""
 	argv, _ = New(Config{}).Command(spec)
@@ -113,7 +116,8 @@ func TestSaveState(t *testing.T) {
 	if err := d.SnapshotDisk(ctx, h, "root", "/vm/root-s.qcow2"); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.SaveState(ctx, h, "/snap/s/state.bin"); err != nil {
+	state := filepath.Join(t.TempDir(), "state.bin")
+	if err := d.SaveState(ctx, h, state); err != nil {
 		t.Fatal(err)
 	}
 	if err := d.ResizeDisk(ctx, h, "work", 2<<30); err != nil {
@@ -126,7 +130,8 @@ func TestSaveState(t *testing.T) {
 		"stop",
 		`blockdev-snapshot-sync {"device":"root","format":"qcow2","mode":"existing","snapshot-file":"/vm/root-s.qcow2"}`,
 		`migrate-set-parameters {"max-bandwidth":1099511627776}`,
-		`migrate {"uri":"exec:cat \u003e '/snap/s/state.bin'"}`,
+		`getfd {"fdname":"banger-save"}`,
+		`migrate {"uri":"fd:banger-save"}`,
 		"query-migrate", "query-migrate", "query-migrate",
 		`block_resize {"device":"work","size":2147483648}`,
 		"cont",
@@ -144,7 +149,7 @@ func TestSaveStateFailure(t *testing.T) {
 		return ""
 	}}
 	h := vmmcore.Handle{Driver: DriverName, APISocket: q.serve(t)}
-	err := New(Config{}).SaveState(context.Background(), h, "/snap/state.bin")
+	err := New(Config{}).SaveState(context.Background(), h, filepath.Join(t.TempDir(), "state.bin"))
 	if err == nil || !strings.Contains(err.Error(), "migration failed: disk full") {
 		t.Fatalf("SaveState = %v", err)
 	}
