@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"github.com/spf13/cobra"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -116,13 +117,25 @@ func TestNoDaemonIsAClearError(t *testing.T) {
 
 func TestCommandTreeHasNoStubs(t *testing.T) {
 	root := NewRootCommand(&App{Stdout: io.Discard, Stderr: io.Discard})
-	for _, c := range root.Commands() {
-		if c.Name() == "help" || c.Name() == "completion" {
-			continue
+	// Every command, at every depth, runs something or groups commands
+	// that do.
+	var walk func(c *cobra.Command) int
+	walk = func(c *cobra.Command) int {
+		n := 0
+		for _, sub := range c.Commands() {
+			if sub.Name() == "help" || sub.Name() == "completion" {
+				continue
+			}
+			n++
+			if sub.RunE == nil && sub.Run == nil && !sub.HasSubCommands() {
+				t.Errorf("command %q does nothing", sub.CommandPath())
+			}
+			n += walk(sub)
 		}
-		if c.RunE == nil && c.Run == nil && !c.HasSubCommands() {
-			t.Errorf("command %q does nothing", c.Name())
-		}
+		return n
+	}
+	if n := walk(root); n < 40 {
+		t.Errorf("walked %d commands; the tree has more (is the walk recursive?)", n)
 	}
 	for _, shell := range []string{"bash", "zsh", "fish"} {
 		var out bytes.Buffer
