@@ -51,7 +51,7 @@ type harness struct {
 	srv      *Server
 }
 
-func startServer(t *testing.T, idle time.Duration) *harness {
+func startServer(t testing.TB, idle time.Duration) *harness {
 	t.Helper()
 	dir := t.TempDir()
 	h := &harness{sock: filepath.Join(dir, "d.sock"), logs: &syncBuffer{}, canceled: make(chan string, 1)}
