@@ -64,4 +64,3 @@ func FuzzRequest(f *testing.F) {
 		}
 	})
 }
-
