@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -46,9 +47,18 @@ func (d *Daemon) kernelImport(ctx context.Context, p api.KernelImportParams) (ap
 	dst := filepath.Join(d.layout.KernelsDir, p.Name)
 	tmp := d.kernelImportDir(p.Name)
 	_ = os.RemoveAll(tmp)
-	if err := artifact.CopyTree(p.From, tmp, true); err != nil {
+	// Copied, never linked: the caller keeps no write access to what is
+	// recorded; and the copy is what is verified, not the caller's files.
+	if err := artifact.CopyTreeNoLinks(p.From, tmp); err != nil {
 		_ = os.RemoveAll(tmp)
+		if errors.Is(err, artifact.ErrLinkInTree) {
+			return api.Kernel{}, api.Errorf(api.CodeBadRequest, "kernel import from %s: %v", p.From, err)
+		}
 		return api.Kernel{}, fmt.Errorf("copy kernel from %s: %w", p.From, err)
+	}
+	if err := m.Verify(tmp); err != nil {
+		_ = os.RemoveAll(tmp)
+		return api.Kernel{}, api.Errorf(api.CodeBadRequest, "kernel import from %s: the files changed while they were copied: %v", p.From, err)
 	}
 	_ = os.RemoveAll(dst)
 	if err := os.Rename(tmp, dst); err != nil {
@@ -95,9 +105,9 @@ func (d *Daemon) imageRegister(ctx context.Context, p api.ImageRegisterParams) (
 	if p.Rootfs == "" || !filepath.IsAbs(p.Rootfs) {
 		return api.Image{}, api.Errorf(api.CodeBadRequest, "--rootfs must be an absolute file path, got %q", p.Rootfs)
 	}
-	st, err := os.Stat(p.Rootfs)
+	st, err := os.Lstat(p.Rootfs)
 	if err != nil || !st.Mode().IsRegular() {
-		return api.Image{}, api.Errorf(api.CodeBadRequest, "--rootfs %s is not a readable regular file", p.Rootfs)
+		return api.Image{}, api.Errorf(api.CodeBadRequest, "--rootfs %s is not a readable regular file (a symbolic link is refused: give the file itself)", p.Rootfs)
 	}
 	if _, err := d.store.GetKernel(ctx, p.Kernel); err != nil {
 		if api.IsCode(err, api.CodeNotFound) {

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"reflect"
 	"testing"
 
@@ -108,4 +109,39 @@ func TestKernelCatalogMarksInstalled(t *testing.T) {
 	if !res.Kernels[0].Installed {
 		t.Errorf("catalog after import = %+v, want installed", res.Kernels)
 	}
+}
+
+// Kernel import copies (the caller keeps no write access to what is
+// recorded), refuses symbolic links anywhere in the tree, and image
+// register refuses a symlinked rootfs.
+func TestImportCopiesAndRefusesLinks(t *testing.T) {
+	d := openArtifactDaemon(t)
+	src := makeKernelDir(t, kernelSpec{version: "6.1.0-test"})
+	if _, err := d.kernelImport(t.Context(), api.KernelImportParams{Name: "k1", From: src}); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.Stat(filepath.Join(src, "vmlinuz"))
+	b, _ := os.Stat(filepath.Join(d.layout.KernelsDir, "k1", "vmlinuz"))
+	if a == nil || b == nil || os.SameFile(a, b) {
+		t.Fatal("the imported kernel shares its file with the caller's")
+	}
+	linked := makeKernelDir(t, kernelSpec{version: "6.1.0-test"})
+	if err := os.Symlink("/etc", filepath.Join(linked, "modules", "host")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := d.kernelImport(t.Context(), api.KernelImportParams{Name: "k2", From: linked})
+	wantCode(t, err, api.CodeBadRequest, "not a regular file or directory")
+	if _, err := os.Stat(filepath.Join(d.layout.KernelsDir, "k2"+importingSuffix)); !os.IsNotExist(err) {
+		t.Errorf("a refused import left its staging directory: %v", err)
+	}
+	img := filepath.Join(t.TempDir(), "rootfs.ext4")
+	if err := os.WriteFile(img, []byte("root"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "link.ext4")
+	if err := os.Symlink(img, link); err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.imageRegister(t.Context(), api.ImageRegisterParams{Name: "img", Rootfs: link, Kernel: "k1"})
+	wantCode(t, err, api.CodeBadRequest, "a symbolic link is refused")
 }
