@@ -35,10 +35,49 @@ type Layer struct {
 // naming the layer and the entry; rootDir is then left half-written for
 // the caller to remove.
 func ExtractLayers(ctx context.Context, layers []Layer, rootDir string) error {
+	return ExtractLayersLimited(ctx, layers, rootDir, Limits{})
+}
+
+// Limits bound what unpacking an image may cost: a compression bomb or a
+// sparse entry claiming terabytes is refused with the numbers instead of
+// filling the disk or spinning the CPU. Zero fields take the defaults.
+type Limits struct {
+	// TotalBytes caps the regular files' sizes summed over every layer
+	// (DefaultTotalBytes).
+	TotalBytes int64
+	// FileBytes caps one regular file (DefaultFileBytes).
+	FileBytes int64
+	// Entries caps the tar entries over every layer (DefaultEntries).
+	Entries int64
+}
+
+// Defaults: generous for development images, far below what a bomb asks.
+const (
+	DefaultTotalBytes = 64 << 30
+	DefaultFileBytes  = 16 << 30
+	DefaultEntries    = 4_000_000
+)
+
+func (l Limits) withDefaults() Limits {
+	if l.TotalBytes <= 0 {
+		l.TotalBytes = DefaultTotalBytes
+	}
+	if l.FileBytes <= 0 {
+		l.FileBytes = DefaultFileBytes
+	}
+	if l.Entries <= 0 {
+		l.Entries = DefaultEntries
+	}
+	return l
+}
+
+// ExtractLayersLimited is ExtractLayers within lim.
+func ExtractLayersLimited(ctx context.Context, layers []Layer, rootDir string, lim Limits) error {
 	x, err := newExtractor(rootDir)
 	if err != nil {
 		return err
 	}
+	x.lim = lim.withDefaults()
 	defer x.close()
 	for i, l := range layers {
 		if err := x.apply(ctx, i, l.Name, l.Tar); err != nil {
@@ -64,6 +103,9 @@ type extractor struct {
 	root     *root
 	dirTimes map[string][2]unix.Timespec
 	buf      []byte
+	// lim bounds the whole extraction; bytes and entries count so far.
+	lim            Limits
+	bytes, entries int64
 }
 
 func newExtractor(rootDir string) (*extractor, error) {
@@ -71,7 +113,7 @@ func newExtractor(rootDir string) (*extractor, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &extractor{root: r, dirTimes: map[string][2]unix.Timespec{}, buf: make([]byte, copyBufSize)}, nil
+	return &extractor{root: r, dirTimes: map[string][2]unix.Timespec{}, buf: make([]byte, copyBufSize), lim: Limits{}.withDefaults()}, nil
 }
 
 func (x *extractor) close() { x.root.close() }
@@ -106,6 +148,9 @@ func (x *extractor) apply(ctx context.Context, idx int, name string, r io.Reader
 		if err != nil {
 			return fmt.Errorf("layer %d (%s): read tar: %w", idx+1, name, err)
 		}
+		if err := x.count(hdr); err != nil {
+			return api.Errorf(api.CodeBadRequest, "layer %d (%s): entry %q: %v; refusing to unpack the image", idx+1, name, hdr.Name, err)
+		}
 		if err := x.entry(ctx, tr, hdr, ls); err != nil {
 			if errors.Is(err, errClimbsOut) {
 				return api.Errorf(api.CodeBadRequest, "layer %d (%s): %v; refusing to unpack an unsafe image", idx+1, name, err)
@@ -113,6 +158,27 @@ func (x *extractor) apply(ctx context.Context, idx int, name string, r io.Reader
 			return fmt.Errorf("layer %d (%s): entry %q: %w", idx+1, name, hdr.Name, err)
 		}
 	}
+}
+
+// count adds hdr to what the extraction has unpacked and refuses it when
+// a limit is passed. A regular file counts its size as the tar says
+// (holes included: that is what a sparse bomb inflates).
+func (x *extractor) count(hdr *tar.Header) error {
+	x.entries++
+	if x.entries > x.lim.Entries {
+		return fmt.Errorf("the image has more than %d entries", x.lim.Entries)
+	}
+	if hdr.Typeflag != tar.TypeReg {
+		return nil
+	}
+	if hdr.Size > x.lim.FileBytes {
+		return fmt.Errorf("the file is %d bytes, over the %d-byte limit for one file", hdr.Size, x.lim.FileBytes)
+	}
+	x.bytes += hdr.Size
+	if x.bytes > x.lim.TotalBytes {
+		return fmt.Errorf("the image unpacks to more than %d bytes (the limit)", x.lim.TotalBytes)
+	}
+	return nil
 }
 
 // cleanName turns a tar name into a clean path relative to the root, ""

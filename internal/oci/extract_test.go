@@ -252,3 +252,31 @@ func TestExtractLayersCancelled(t *testing.T) {
 		t.Errorf("error %v, want context.Canceled", err)
 	}
 }
+
+// TestExtractLimits: a file claiming 20 GiB (its content never sent: the
+// header alone is refused), too many entries, too many bytes in all.
+func TestExtractLimits(t *testing.T) {
+	needRoot(t)
+	var bomb bytes.Buffer
+	tw := tar.NewWriter(&bomb)
+	if err := tw.WriteHeader(&tar.Header{Name: "zeros", Typeflag: tar.TypeReg, Mode: 0o644, Size: 20 << 30, ModTime: testMtime}); err != nil {
+		t.Fatal(err)
+	}
+	err := ExtractLayers(context.Background(), []Layer{{Name: "bomb", Tar: bytes.NewReader(bomb.Bytes())}}, t.TempDir())
+	if !api.IsCode(err, api.CodeBadRequest) || !strings.Contains(err.Error(), `entry "zeros": the file is 21474836480 bytes, over the 17179869184-byte limit for one file`) {
+		t.Errorf("20 GiB file: %v", err)
+	}
+	many := []ent{file("a", "x", 0o644), file("b", "x", 0o644), file("c", "x", 0o644), file("d", "x", 0o644)}
+	err = ExtractLayersLimited(context.Background(), []Layer{{Name: "many", Tar: bytes.NewReader(tarBytes(t, many...))}}, t.TempDir(), Limits{Entries: 3})
+	if !strings.Contains(err.Error(), `entry "d": the image has more than 3 entries`) {
+		t.Errorf("entries: %v", err)
+	}
+	big := []ent{file("a", "12345678", 0o644), file("b", "12345678", 0o644)}
+	err = ExtractLayersLimited(context.Background(), []Layer{
+		{Name: "l1", Tar: bytes.NewReader(tarBytes(t, big[0]))},
+		{Name: "l2", Tar: bytes.NewReader(tarBytes(t, big[1]))},
+	}, t.TempDir(), Limits{TotalBytes: 10})
+	if !strings.Contains(err.Error(), `layer 2 (l2): entry "b": the image unpacks to more than 10 bytes (the limit)`) {
+		t.Errorf("total bytes across layers: %v", err)
+	}
+}

@@ -58,6 +58,8 @@ type Options struct {
 	// layers (see ExtraTree). Result's HasSystemd, HasSSHD and
 	// PackageManager describe the image before they are added.
 	ExtraTrees []ExtraTree
+	// Limits bound the unpacked image (zero fields: the defaults).
+	Limits Limits
 
 	// retry overrides the registry retry backoff (tests).
 	retry *remote.Backoff
@@ -168,7 +170,7 @@ func Pull(ctx context.Context, r Runner, ref string, opts Options) (res Result, 
 		return Result{}, err
 	}
 
-	if err := unpackImage(ctx, img, rootDir, progress); err != nil {
+	if err := unpackImage(ctx, img, rootDir, progress, opts.Limits); err != nil {
 		return Result{}, fmt.Errorf("pull %s: %w", ref, err)
 	}
 
@@ -322,7 +324,7 @@ func orUnknown(s string) string {
 // unpackImage streams every layer, in order, into rootDir, checking each
 // layer's compressed digest (go-containerregistry, at EOF) and its
 // uncompressed digest against the config's diff IDs.
-func unpackImage(ctx context.Context, img v1.Image, rootDir string, progress Progress) error {
+func unpackImage(ctx context.Context, img v1.Image, rootDir string, progress Progress, lim Limits) error {
 	layers, err := img.Layers()
 	if err != nil {
 		return fmt.Errorf("list layers: %w", err)
@@ -348,6 +350,7 @@ func unpackImage(ctx context.Context, img v1.Image, rootDir string, progress Pro
 		return err
 	}
 	defer x.close()
+	x.lim = lim.withDefaults()
 
 	var done, reported int64
 	report := func(n int64) {
