@@ -291,7 +291,7 @@ func (im *Image) Lstat(ctx context.Context, p string) (FileInfo, error) {
 	if err := checkGuestPathOrRoot(p); err != nil {
 		return FileInfo{}, err
 	}
-	dir, err := os.MkdirTemp("", "banger-guestfs-")
+	dir, err := im.tempDir()
 	if err != nil {
 		return FileInfo{}, fmt.Errorf("guestfs: temporary directory: %w", err)
 	}
@@ -335,7 +335,7 @@ func (im *Image) ReadFile(ctx context.Context, p string) ([]byte, error) {
 	if pre.Mode.IsRegular() && pre.Size > MaxReadFile {
 		return nil, fmt.Errorf("read %s in %s: the file is %d bytes; banger reads at most %d bytes of a file from an image", p, im.path, pre.Size, MaxReadFile)
 	}
-	dir, err := os.MkdirTemp("", "banger-guestfs-")
+	dir, err := im.tempDir()
 	if err != nil {
 		return nil, fmt.Errorf("guestfs: temporary directory: %w", err)
 	}
@@ -368,4 +368,11 @@ func (im *Image) ReadFile(ctx context.Context, p string) ([]byte, error) {
 		return nil, fmt.Errorf("read %s in %s: got %d bytes, the inode says %d", p, im.path, len(data), fi.Size)
 	}
 	return data, nil
+}
+
+// tempDir makes the scratch directory one operation uses, beside the
+// image (inside banger's state directory, like the image), never under
+// $TMPDIR: a shared /tmp is no place for files read out of an image.
+func (im *Image) tempDir() (string, error) {
+	return os.MkdirTemp(filepath.Dir(im.path), ".guestfs-")
 }

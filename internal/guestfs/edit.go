@@ -434,7 +434,7 @@ func (im *Image) Apply(ctx context.Context, e *Edit) error {
 	if len(e.ops) == 0 {
 		return nil
 	}
-	tmp, err := os.MkdirTemp("", "banger-guestfs-")
+	tmp, err := im.tempDir()
 	if err != nil {
 		return fmt.Errorf("guestfs: temporary directory: %w", err)
 	}

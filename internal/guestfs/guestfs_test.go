@@ -429,3 +429,19 @@ func TestReadFileRefusesBigFiles(t *testing.T) {
 		t.Fatalf("ReadFile(/small) = %q, %v", data, err)
 	}
 }
+
+// Scratch files live beside the image, never under $TMPDIR.
+func TestScratchBesideTheImage(t *testing.T) {
+	im := newImage(t)
+	t.Setenv("TMPDIR", filepath.Join(t.TempDir(), "does-not-exist"))
+	must(t, im.WriteFile(context.Background(), "/etc/x", []byte("x\n"), 0o644, 0, 0))
+	if got, err := im.ReadFile(context.Background(), "/etc/x"); err != nil || string(got) != "x\n" {
+		t.Fatalf("ReadFile = %q, %v", got, err)
+	}
+	entries, _ := os.ReadDir(filepath.Dir(im.Path()))
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".guestfs-") {
+			t.Errorf("scratch directory %s left beside the image", e.Name())
+		}
+	}
+}
