@@ -138,6 +138,17 @@ func (l Layout) Ensure() error {
 		{l.CacheDir, 0o755, false},
 		{l.RuntimeDir, 0o700, true},
 	}
+	if os.Getuid() == 0 {
+		// A root daemon deletes and writes under these trees: none of
+		// them may pass through a directory another user controls or
+		// through a symbolic link (a user's ~/.cache/banger/build linked
+		// to /etc would have cache prune empty /etc).
+		for _, d := range []string{filepath.Dir(l.ConfigFile), l.StateDir, l.CacheDir, l.RuntimeDir} {
+			if err := checkRootChain(d); err != nil {
+				return err
+			}
+		}
+	}
 	for _, d := range dirs {
 		if d.path == "" {
 			return errors.New("layout is incomplete: a directory path is empty; build it with LayoutFromEnv")
@@ -175,4 +186,32 @@ func ensurePrivateDir(path string) error {
 		}
 	}
 	return nil
+}
+
+// checkRootChain checks, for a daemon running as root, every existing
+// directory from dir up to /: owned by root, not writable by others
+// unless sticky (like /tmp), and no symbolic link anywhere.
+func checkRootChain(dir string) error {
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		fi, err := os.Lstat(d)
+		switch {
+		case errors.Is(err, os.ErrNotExist):
+			// Made by Ensure, as root, below an existing checked parent.
+		case err != nil:
+			return fmt.Errorf("check %s: %w", d, err)
+		case fi.Mode()&os.ModeSymlink != 0:
+			return fmt.Errorf("%s is a symbolic link; bangerd running as root keeps its state only on real root-owned directories (set XDG_STATE_HOME, XDG_CACHE_HOME, XDG_CONFIG_HOME and XDG_RUNTIME_DIR to such, or unset them)", d)
+		default:
+			st, ok := fi.Sys().(*syscall.Stat_t)
+			if ok && st.Uid != 0 {
+				return fmt.Errorf("%s belongs to uid %d; bangerd running as root keeps its state only under root-owned directories (set the XDG variables elsewhere, or unset them)", d, st.Uid)
+			}
+			if fi.Mode().Perm()&0o022 != 0 && fi.Mode()&os.ModeSticky == 0 {
+				return fmt.Errorf("%s is writable by others (mode %04o); bangerd running as root keeps its state only under directories others cannot change", d, fi.Mode().Perm())
+			}
+		}
+		if d == "/" {
+			return nil
+		}
+	}
 }

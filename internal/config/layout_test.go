@@ -220,3 +220,49 @@ func TestEnsureRefusesFileInPlaceOfDir(t *testing.T) {
 		t.Fatalf("Ensure over a file = %v, want an error naming %s", err, l.StateDir)
 	}
 }
+
+// A root daemon refuses state trees another user controls or that pass
+// through a symbolic link (a user's cache dir linked to /etc).
+func TestEnsureRefusesUntrustedTreesForRoot(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("the check is for root daemons")
+	}
+	layoutIn := func(root string) Layout {
+		l, err := LayoutFromEnv(envOf(map[string]string{
+			"XDG_CONFIG_HOME": filepath.Join(root, "config"), "XDG_STATE_HOME": filepath.Join(root, "state"),
+			"XDG_CACHE_HOME": filepath.Join(root, "cache"), "XDG_RUNTIME_DIR": filepath.Join(root, "run"),
+		}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	if err := layoutIn(t.TempDir()).Ensure(); err != nil {
+		t.Fatalf("a root-owned tree refused: %v", err)
+	}
+	// A user's directory on the way.
+	user := t.TempDir()
+	if err := os.Chown(user, 1000, 1000); err != nil {
+		t.Fatal(err)
+	}
+	if err := layoutIn(user).Ensure(); err == nil || !strings.Contains(err.Error(), user+" belongs to uid 1000") {
+		t.Errorf("a user's directory: %v", err)
+	}
+	// The cache dir a symbolic link (to /etc, say).
+	root := t.TempDir()
+	target := t.TempDir()
+	if err := os.Symlink(target, filepath.Join(root, "cache")); err != nil {
+		t.Fatal(err)
+	}
+	if err := layoutIn(root).Ensure(); err == nil || !strings.Contains(err.Error(), filepath.Join(root, "cache")+" is a symbolic link") {
+		t.Errorf("a symlinked cache dir: %v", err)
+	}
+	// A directory others may write to.
+	open := t.TempDir()
+	if err := os.Chmod(open, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := layoutIn(open).Ensure(); err == nil || !strings.Contains(err.Error(), "is writable by others") {
+		t.Errorf("a world-writable directory: %v", err)
+	}
+}
