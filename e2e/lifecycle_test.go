@@ -3,6 +3,7 @@
 package e2e
 
 import (
+	"banger/internal/vmm"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -29,6 +30,10 @@ func TestVMLifecycle(t *testing.T) {
 		t.Fatalf("vm create failed (%d): %s\nlog:\n%s", code, createErr, e.daemonLog())
 	}
 	t.Logf("create to SSH: %s\n%s", time.Since(start).Round(time.Millisecond), createErr)
+	// This host has no KVM: the create says what that means for isolation.
+	if vmm.CheckKVM() != nil && !strings.Contains(createErr, "warning: this host has no usable KVM: the guest runs under QEMU's TCG emulation, which QEMU does not count as a security boundary") {
+		t.Errorf("a TCG create does not warn that TCG is no security boundary:\n%s", createErr)
+	}
 	for _, stage := range []string{"prepare root disk", "make identity", "write config disk", "start VMM", "wait for SSH"} {
 		if !strings.Contains(createErr, stage) {
 			t.Errorf("create output does not show stage %q:\n%s", stage, createErr)

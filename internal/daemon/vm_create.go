@@ -216,6 +216,9 @@ func (d *Daemon) vmCreateBegin(ctx context.Context, p api.VMCreateParams) (api.V
 	}
 
 	return d.beginVMOp(ctx, api.OpKindVMCreate, vm, d.log, func(ctx context.Context, op *vmCreateOp) error {
+		if accelOf(drv) == "tcg" && !plan.noStart {
+			op.warn("this host has no usable KVM: the guest runs under QEMU's TCG emulation, which QEMU does not count as a security boundary (see SECURITY.md)")
+		}
 		if err := d.runCreate(ctx, op, plan, vm); err != nil {
 			return err
 		}
