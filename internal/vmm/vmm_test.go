@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"banger/internal/system"
 	"context"
 	"errors"
 	"fmt"
@@ -100,11 +101,31 @@ func TestSelect(t *testing.T) {
 	}
 }
 
+// TestSelectOnThisHost holds Select(auto) to what this host's own probes
+// say it must choose: Firecracker with usable KVM and the binary, else
+// QEMU (with KVM exactly when KVM works), else an error naming both.
 func TestSelectOnThisHost(t *testing.T) {
+	kvmErr := CheckKVM()
+	_, fcErr := system.LookPath(firecracker.DefaultBinary)
+	_, qemuErr := system.LookPath(qemu.DefaultBinary)
 	d, err := Select("auto", "", "")
-	t.Logf("Select(auto) on this host: %v, %v (CheckKVM: %v)", d, err, CheckKVM())
-	if err == nil && d.Name() != "qemu" && d.Name() != "firecracker" {
-		t.Fatalf("Select returned driver %q", d.Name())
+	t.Logf("Select(auto) on this host: %v, %v (CheckKVM: %v)", d, err, kvmErr)
+	switch {
+	case kvmErr == nil && fcErr == nil:
+		if err != nil || d.Name() != "firecracker" {
+			t.Fatalf("KVM works and firecracker is installed: Select = %v, %v; want firecracker", d, err)
+		}
+	case qemuErr == nil:
+		if err != nil || d.Name() != "qemu" {
+			t.Fatalf("QEMU is installed: Select = %v, %v; want qemu", d, err)
+		}
+		if got := d.(interface{ KVM() bool }).KVM(); got != (kvmErr == nil) {
+			t.Fatalf("QEMU with KVM = %v, but CheckKVM says %v", got, kvmErr)
+		}
+	default:
+		if err == nil || !strings.Contains(err.Error(), "no usable VMM on this host") {
+			t.Fatalf("no VMM installed: Select = %v, %v; want the no-usable-VMM error", d, err)
+		}
 	}
 }
 

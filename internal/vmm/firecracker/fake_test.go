@@ -323,6 +323,11 @@ func (f *fakeFirecracker) iface(r *http.Request, id string) (int, any, error) {
 	if n.HostDevName == nil || *n.HostDevName == "" {
 		return 0, nil, errors.New("Could not create the network device: Open tap device failed: host_dev_name is empty")
 	}
+	// Firecracker opens the tap at once (TUNSETIFF); a name that is no
+	// tap fails here. The fake knows the taps its test made.
+	if !fakeTaps[*n.HostDevName] {
+		return 0, nil, fmt.Errorf("Could not create the network device: Open tap device failed: Error while creating ifreq structure: Invalid argument (os error 22). Invalid TUN/TAP Backend provided by %s. Check our documentation on setting up the network devices.", *n.HostDevName)
+	}
 	if n.GuestMAC != nil && !macRE.MatchString(*n.GuestMAC) {
 		return 0, nil, fmt.Errorf("An error occurred when deserializing the json body of a request: invalid MAC address %q", *n.GuestMAC)
 	}
@@ -380,6 +385,11 @@ func (f *fakeFirecracker) action(r *http.Request) (int, any, error) {
 		if f.boot == nil {
 			return 0, nil, errors.New("Cannot start microvm without kernel configuration.")
 		}
+		// The kernel is loaded at start: x86_64 Firecracker takes an ELF
+		// vmlinux, not a bzImage.
+		if head, err := readHead(f.hostPath(*f.boot.KernelImagePath), 4); err != nil || string(head) != "\x7fELF" {
+			return 0, nil, errors.New("Start microvm error: Cannot load kernel due to invalid memory configuration or invalid kernel image: Kernel Loader: failed to load ELF kernel image")
+		}
 		f.started = true
 	case "SendCtrlAltDel":
 		if !f.started {
@@ -397,4 +407,19 @@ func (f *fakeFirecracker) snapshot() (requests []string, started bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]string(nil), f.requests...), f.started
+}
+
+// fakeTaps are the tap names the fake accepts as existing.
+var fakeTaps = map[string]bool{"tap-fctest": true, "bg-jail": true}
+
+// readHead reads the first n bytes of the file at p.
+func readHead(p string, n int) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b := make([]byte, n)
+	_, err = io.ReadFull(f, b)
+	return b, err
 }

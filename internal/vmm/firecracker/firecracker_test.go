@@ -27,9 +27,13 @@ func testSpec(t *testing.T) vmmcore.Spec {
 		}
 		return p
 	}
+	kernel := filepath.Join(dir, "vmlinux")
+	if err := os.WriteFile(kernel, []byte("\x7fELF\x02\x01\x01 vmlinux"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	return vmmcore.Spec{
 		Name: "fctest", VCPU: 2, MemoryMiB: 256,
-		KernelPath: write("vmlinux"), InitrdPath: write("initrd.img"),
+		KernelPath: kernel, InitrdPath: write("initrd.img"),
 		Cmdline:  "console=ttyS0 reboot=k panic=1",
 		RootDisk: write("root.img"), WorkDisk: write("work.img"), ConfigDisk: write("config.img"),
 		Tap: "tap-fctest", MAC: "02:fc:00:00:00:02",
@@ -268,6 +272,20 @@ func TestStartFailuresCleanUp(t *testing.T) {
 			mutate: func(s *vmmcore.Spec, _ *Driver, _ *fakeVMM) { s.VCPU = 64 },
 			want: []string{"firecracker PUT /machine-config: 400",
 				"The vCPU number is invalid!", "last lines of"},
+		},
+		{
+			name:   "a tap that does not exist",
+			mutate: func(s *vmmcore.Spec, _ *Driver, _ *fakeVMM) { s.Tap = "no-such-tap" },
+			want:   []string{"firecracker PUT /network-interfaces/eth0: 400", "Invalid TUN/TAP Backend provided by no-such-tap"},
+		},
+		{
+			name: "a bzImage where an ELF vmlinux belongs",
+			mutate: func(s *vmmcore.Spec, _ *Driver, _ *fakeVMM) {
+				if err := os.WriteFile(s.KernelPath, []byte("MZ\x00\x00bzImage"), 0o644); err != nil {
+					panic(err)
+				}
+			},
+			want: []string{"firecracker PUT /actions: 400", "failed to load ELF kernel image"},
 		},
 		{
 			name: "process exits before its socket appears",
