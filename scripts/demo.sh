@@ -23,6 +23,9 @@ else
 fi
 B=./bin/banger
 
+echo "== doctor (what this host offers; stops here on a FAIL, with the fix)"
+$B doctor
+
 echo "== bangerd"
 started_here=
 if ! $B --no-autostart ping >/dev/null 2>&1; then started_here=1; fi

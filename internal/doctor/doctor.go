@@ -1,0 +1,319 @@
+// Package doctor checks what banger needs from its host and says, for
+// each requirement, PASS, WARN or FAIL with what to do about it. It runs in
+// the CLI (banger doctor), so it works whether or not bangerd runs.
+package doctor
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"banger/internal/config"
+	"banger/internal/system"
+	"banger/internal/vmm"
+)
+
+// Statuses of a check.
+const (
+	Pass = "PASS"
+	Warn = "WARN"
+	Fail = "FAIL"
+)
+
+// Check is one requirement's verdict.
+type Check struct {
+	Name   string `json:"name"`
+	Status string `json:"status"`
+	Detail string `json:"detail"`
+	// Fix says what to do when the status is not PASS.
+	Fix string `json:"fix,omitempty"`
+}
+
+// Env is what the checks look at. The zero value of each function field
+// uses the real host.
+type Env struct {
+	Layout config.Layout
+	Config config.Config
+	// LookPath finds a host tool (system.LookPath).
+	LookPath func(name string) (string, error)
+	// FreeBytes reports the space available to banger under dir (statfs).
+	FreeBytes func(dir string) (int64, error)
+	// Run runs a command for its output (versions).
+	Run func(ctx context.Context, argv ...string) ([]byte, error)
+	// DaemonVersion asks the running bangerd its version; an error means
+	// none answers.
+	DaemonVersion func(ctx context.Context) (string, error)
+	// ClientVersion is this CLI's version.
+	ClientVersion string
+	// CheckKVM says whether /dev/kvm runs guests (vmm.CheckKVM).
+	CheckKVM func() error
+	// ReadFile reads a host file (/proc values).
+	ReadFile func(path string) ([]byte, error)
+}
+
+func (e *Env) defaults() {
+	if e.LookPath == nil {
+		e.LookPath = system.LookPath
+	}
+	if e.FreeBytes == nil {
+		e.FreeBytes = freeBytes
+	}
+	if e.Run == nil {
+		e.Run = (&system.Exec{}).Run
+	}
+	if e.CheckKVM == nil {
+		e.CheckKVM = vmm.CheckKVM
+	}
+	if e.ReadFile == nil {
+		e.ReadFile = os.ReadFile
+	}
+}
+
+func freeBytes(dir string) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * int64(st.Bsize), nil
+}
+
+// tool is a host program banger runs, and what needs it.
+type tool struct {
+	name, pkg, forWhat string
+	required           bool
+}
+
+// tools are every program banger's daemon and CLI run.
+var tools = []tool{
+	{"qemu-system-x86_64", "qemu-system-x86", "running VMs without Firecracker", true},
+	{"qemu-img", "qemu-utils", "copy-on-write disks, clones, snapshots", true},
+	{"mkfs.ext4", "e2fsprogs", "work disks and images", true},
+	{"e2fsck", "e2fsprogs", "checking built images", true},
+	{"resize2fs", "e2fsprogs", "growing images", true},
+	{"debugfs", "e2fsprogs", "reading and editing images", true},
+	{"ssh", "openssh-client", "vm ssh, vm exec", true},
+	{"mmdebstrap", "mmdebstrap", "building catalog images (image pull debian-bookworm)", false},
+	{"dpkg-deb", "dpkg", "building kernels from Debian packages", false},
+	{"dmsetup", "dmsetup", "device-mapper root disks", false},
+	{"losetup", "mount", "device-mapper root disks", false},
+	{"firecracker", "a Firecracker release", "Firecracker VMs (with KVM)", false},
+}
+
+// Run performs every check, in a stable order.
+func Run(ctx context.Context, e Env) []Check {
+	e.defaults()
+	var out []Check
+	out = append(out, e.kvm(), e.vmmChoice(ctx))
+	out = append(out, e.tools()...)
+	out = append(out, e.deviceMapper(), e.ipForward(), e.dnsRouting())
+	out = append(out, e.dirs()...)
+	out = append(out, e.socket(ctx), e.versions(ctx))
+	out = append(out, e.space("state", e.Layout.StateDir), e.space("cache", e.Layout.CacheDir))
+	return out
+}
+
+// Failed reports whether any check failed.
+func Failed(checks []Check) bool {
+	for _, c := range checks {
+		if c.Status == Fail {
+			return true
+		}
+	}
+	return false
+}
+
+func (e *Env) kvm() Check {
+	if err := e.CheckKVM(); err != nil {
+		return Check{Name: "kvm", Status: Warn, Detail: err.Error(),
+			Fix: "VMs run under QEMU's TCG emulation: slower (a boot takes ~15 s), and TCG is not a security boundary; a host with a usable /dev/kvm runs them under Firecracker or QEMU with KVM"}
+	}
+	return Check{Name: "kvm", Status: Pass, Detail: "/dev/kvm runs guests"}
+}
+
+func (e *Env) vmmChoice(ctx context.Context) Check {
+	d, err := vmm.SelectWith(vmm.Options{Pref: e.Config.VMM, FirecrackerBin: e.Config.FirecrackerBin, QEMUBin: e.Config.QEMUBin, QEMUAccel: e.Config.QEMUAccel})
+	if err != nil {
+		return Check{Name: "vmm", Status: Fail, Detail: err.Error(), Fix: "install QEMU (apt-get install qemu-system-x86) or fix vmm in config.toml"}
+	}
+	detail := d.Name()
+	if k, ok := d.(interface{ KVM() bool }); ok {
+		accel := "TCG"
+		if k.KVM() {
+			accel = "KVM"
+		}
+		detail += " with " + accel
+	}
+	bin := e.Config.QEMUBin
+	if d.Name() == "firecracker" {
+		bin = e.Config.FirecrackerBin
+	}
+	if bin == "" {
+		bin = map[string]string{"qemu": "qemu-system-x86_64", "firecracker": "firecracker"}[d.Name()]
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if out, err := e.Run(cctx, bin, "--version"); err == nil {
+		detail += "; " + strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
+	}
+	return Check{Name: "vmm", Status: Pass, Detail: detail + " (vmm = " + orAuto(e.Config.VMM) + ")"}
+}
+
+func orAuto(s string) string {
+	if s == "" {
+		return "auto"
+	}
+	return s
+}
+
+func (e *Env) tools() []Check {
+	var out []Check
+	for _, t := range tools {
+		p, err := e.LookPath(t.name)
+		switch {
+		case err == nil:
+			out = append(out, Check{Name: "tool " + t.name, Status: Pass, Detail: p})
+		case t.required:
+			out = append(out, Check{Name: "tool " + t.name, Status: Fail, Detail: "not found on PATH; needed for " + t.forWhat,
+				Fix: "apt-get install " + t.pkg})
+		default:
+			out = append(out, Check{Name: "tool " + t.name, Status: Warn, Detail: "not found on PATH; only needed for " + t.forWhat,
+				Fix: "install " + t.pkg + " if you need it"})
+		}
+	}
+	return out
+}
+
+func (e *Env) deviceMapper() Check {
+	if _, err := os.Stat("/dev/mapper/control"); err != nil {
+		return Check{Name: "device-mapper", Status: Warn, Detail: "no /dev/mapper/control",
+			Fix: "root disks use qcow2 overlays (QEMU), reflinks or copies instead; load dm_snapshot (modprobe dm_snapshot) for device-mapper snapshots"}
+	}
+	return Check{Name: "device-mapper", Status: Pass, Detail: "/dev/mapper/control present"}
+}
+
+func (e *Env) ipForward() Check {
+	b, err := e.ReadFile("/proc/sys/net/ipv4/ip_forward")
+	if err != nil {
+		return Check{Name: "ip_forward", Status: Warn, Detail: err.Error()}
+	}
+	if strings.TrimSpace(string(b)) == "1" {
+		return Check{Name: "ip_forward", Status: Pass, Detail: "on"}
+	}
+	return Check{Name: "ip_forward", Status: Pass, Detail: "off; bangerd turns it on for the first VM with --nat (vm show says so)"}
+}
+
+func (e *Env) dnsRouting() Check {
+	if _, err := os.Stat("/run/systemd/resolve/stub-resolv.conf"); err == nil {
+		return Check{Name: "dns", Status: Pass, Detail: "systemd-resolved runs: bangerd routes ~vm to its DNS server, NAME.vm resolves on the host"}
+	}
+	return Check{Name: "dns", Status: Warn, Detail: "no systemd-resolved: NAME.vm does not resolve on the host by itself",
+		Fix: "use banger ssh-config (ssh NAME.vm), or point a resolver at " + e.Config.DNSListen + " (README: dnsmasq, NetworkManager, dig)"}
+}
+
+// dirs checks the private directories: present ones must be the user's
+// and closed to others.
+func (e *Env) dirs() []Check {
+	var out []Check
+	for _, d := range []struct{ name, path string }{{"state dir", e.Layout.StateDir}, {"runtime dir", e.Layout.RuntimeDir}, {"ssh dir", e.Layout.SSHDir}} {
+		fi, err := os.Lstat(d.path)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			out = append(out, Check{Name: d.name, Status: Pass, Detail: d.path + " (not made yet; bangerd makes it 0700)"})
+			continue
+		case err != nil:
+			out = append(out, Check{Name: d.name, Status: Fail, Detail: err.Error()})
+			continue
+		}
+		st, _ := fi.Sys().(*syscall.Stat_t)
+		switch {
+		case !fi.IsDir():
+			out = append(out, Check{Name: d.name, Status: Fail, Detail: d.path + " is not a directory", Fix: "move it away; bangerd makes the directory"})
+		case st != nil && int(st.Uid) != os.Getuid():
+			out = append(out, Check{Name: d.name, Status: Fail, Detail: fmt.Sprintf("%s belongs to uid %d, not you", d.path, st.Uid), Fix: "remove it, or point the XDG variables elsewhere"})
+		case fi.Mode().Perm()&0o077 != 0:
+			out = append(out, Check{Name: d.name, Status: Fail, Detail: fmt.Sprintf("%s has mode %04o; others can enter it", d.path, fi.Mode().Perm()), Fix: "chmod 700 " + d.path})
+		default:
+			out = append(out, Check{Name: d.name, Status: Pass, Detail: d.path + " (0700, yours)"})
+		}
+	}
+	return out
+}
+
+// socket checks the control socket: a socket, 0600, answered.
+func (e *Env) socket(ctx context.Context) Check {
+	p := e.Layout.SocketPath
+	fi, err := os.Lstat(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Check{Name: "socket", Status: Warn, Detail: p + " does not exist: bangerd is not running", Fix: "any banger command starts it (or run bangerd)"}
+	}
+	if err != nil {
+		return Check{Name: "socket", Status: Fail, Detail: err.Error()}
+	}
+	if fi.Mode()&fs.ModeSocket == 0 {
+		return Check{Name: "socket", Status: Fail, Detail: p + " is not a socket", Fix: "remove it; bangerd makes its socket there"}
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return Check{Name: "socket", Status: Fail, Detail: fmt.Sprintf("%s has mode %04o; only you may connect", p, fi.Mode().Perm()), Fix: "chmod 600 " + p + " (bangerd makes it 0600: was it changed by hand?)"}
+	}
+	var d net.Dialer
+	cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	c, err := d.DialContext(cctx, "unix", p)
+	if err != nil {
+		return Check{Name: "socket", Status: Warn, Detail: p + " is stale: nothing answers", Fix: "rm " + p + ", then any banger command starts bangerd"}
+	}
+	c.Close()
+	return Check{Name: "socket", Status: Pass, Detail: p + " (0600, answering)"}
+}
+
+func (e *Env) versions(ctx context.Context) Check {
+	if e.DaemonVersion == nil {
+		return Check{Name: "versions", Status: Warn, Detail: "bangerd not asked"}
+	}
+	v, err := e.DaemonVersion(ctx)
+	if err != nil {
+		return Check{Name: "versions", Status: Warn, Detail: "bangerd does not answer: " + err.Error()}
+	}
+	if v != e.ClientVersion {
+		return Check{Name: "versions", Status: Warn, Detail: fmt.Sprintf("banger %s, bangerd %s", e.ClientVersion, v),
+			Fix: "restart bangerd (it keeps VMs running) so both are the same build"}
+	}
+	return Check{Name: "versions", Status: Pass, Detail: "banger and bangerd " + v}
+}
+
+// Free-space thresholds: a VM's disks start small, but images and builds
+// need room.
+const (
+	warnFree = 2 << 30
+	failFree = 512 << 20
+)
+
+func (e *Env) space(what, dir string) Check {
+	name := "free space (" + what + ")"
+	probe := dir
+	for {
+		if _, err := os.Stat(probe); err == nil || probe == "/" {
+			break
+		}
+		probe = filepath.Dir(probe)
+	}
+	n, err := e.FreeBytes(probe)
+	if err != nil {
+		return Check{Name: name, Status: Warn, Detail: err.Error()}
+	}
+	detail := fmt.Sprintf("%d MiB free for %s", n>>20, dir)
+	switch {
+	case n < failFree:
+		return Check{Name: name, Status: Fail, Detail: detail, Fix: "free some space (banger image cache prune, banger vm prune) or move " + dir}
+	case n < warnFree:
+		return Check{Name: name, Status: Warn, Detail: detail, Fix: "images and builds need a few GiB"}
+	}
+	return Check{Name: name, Status: Pass, Detail: detail}
+}

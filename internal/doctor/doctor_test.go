@@ -1,0 +1,165 @@
+package doctor
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"banger/internal/config"
+)
+
+// testEnv is a host where everything passes: tools found, KVM fine,
+// plenty of space, a daemon of the same version answering on a 0600
+// socket in 0700 directories.
+func testEnv(t *testing.T) Env {
+	t.Helper()
+	root := t.TempDir()
+	get := map[string]string{"HOME": root, "XDG_RUNTIME_DIR": filepath.Join(root, "run")}
+	layout, err := config.LayoutFromEnv(func(k string) string { return get[k] })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := layout.Ensure(); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("unix", layout.SocketPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	if err := os.Chmod(layout.SocketPath, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return Env{Layout: layout, Config: config.Config{VMM: "qemu", QEMUAccel: "tcg", DNSListen: "127.0.0.1:42069"},
+		LookPath:      func(name string) (string, error) { return "/usr/bin/" + name, nil },
+		FreeBytes:     func(string) (int64, error) { return 100 << 30, nil },
+		Run:           func(context.Context, ...string) ([]byte, error) { return []byte("QEMU emulator version 7.2.22\n"), nil },
+		DaemonVersion: func(context.Context) (string, error) { return "v1", nil }, ClientVersion: "v1",
+		CheckKVM: func() error { return nil },
+		ReadFile: func(string) ([]byte, error) { return []byte("1\n"), nil },
+	}
+}
+
+func find(t *testing.T, checks []Check, name string) Check {
+	t.Helper()
+	for _, c := range checks {
+		if c.Name == name {
+			return c
+		}
+	}
+	t.Fatalf("no check %q in %+v", name, checks)
+	return Check{}
+}
+
+func TestAllPass(t *testing.T) {
+	checks := Run(context.Background(), testEnv(t))
+	for _, c := range checks {
+		if c.Status == Fail {
+			t.Errorf("%s: %s (%s)", c.Name, c.Detail, c.Fix)
+		}
+	}
+	if Failed(checks) {
+		t.Error("Failed = true on a healthy host")
+	}
+	for _, name := range []string{"socket", "versions", "state dir", "runtime dir", "tool qemu-img", "free space (state)"} {
+		if c := find(t, checks, name); c.Status != Pass {
+			t.Errorf("%s = %s: %s", name, c.Status, c.Detail)
+		}
+	}
+}
+
+// Each check made to fail on purpose says so, with the fix.
+func TestEachCheckFails(t *testing.T) {
+	cases := []struct {
+		name, check, status, detail, fix string
+		break_                           func(e *Env)
+	}{
+		{"missing tool", "tool qemu-img", Fail, "not found on PATH", "apt-get install qemu-utils", func(e *Env) {
+			e.LookPath = func(name string) (string, error) {
+				if name == "qemu-img" {
+					return "", errors.New("not found")
+				}
+				return "/usr/bin/" + name, nil
+			}
+		}},
+		{"optional tool", "tool mmdebstrap", Warn, "only needed for building catalog images", "install mmdebstrap", func(e *Env) {
+			e.LookPath = func(name string) (string, error) {
+				if name == "mmdebstrap" {
+					return "", errors.New("not found")
+				}
+				return "/usr/bin/" + name, nil
+			}
+		}},
+		{"socket others may use", "socket", Fail, "has mode 0666", "chmod 600", func(e *Env) {
+			if err := os.Chmod(e.Layout.SocketPath, 0o666); err != nil {
+				panic(err)
+			}
+		}},
+		{"socket is a file", "socket", Fail, "is not a socket", "remove it", func(e *Env) {
+			os.Remove(e.Layout.SocketPath)
+			if err := os.WriteFile(e.Layout.SocketPath, nil, 0o600); err != nil {
+				panic(err)
+			}
+		}},
+		{"stale socket", "socket", Warn, "is stale: nothing answers", "rm ", func(e *Env) {
+			p := filepath.Join(filepath.Dir(e.Layout.SocketPath), "old.sock")
+			ln, err := net.Listen("unix", p)
+			if err != nil {
+				panic(err)
+			}
+			ln.(*net.UnixListener).SetUnlinkOnClose(false)
+			ln.Close()
+			if err := os.Chmod(p, 0o600); err != nil {
+				panic(err)
+			}
+			e.Layout.SocketPath = p
+		}},
+		{"open state dir", "state dir", Fail, "has mode 0755", "chmod 700", func(e *Env) {
+			if err := os.Chmod(e.Layout.StateDir, 0o755); err != nil {
+				panic(err)
+			}
+		}},
+		{"disk full", "free space (state)", Fail, "100 MiB free", "image cache prune", func(e *Env) {
+			e.FreeBytes = func(string) (int64, error) { return 100 << 20, nil }
+		}},
+		{"disk low", "free space (cache)", Warn, "1024 MiB free", "a few GiB", func(e *Env) {
+			e.FreeBytes = func(string) (int64, error) { return 1 << 30, nil }
+		}},
+		{"versions differ", "versions", Warn, "banger v1, bangerd v0", "restart bangerd", func(e *Env) {
+			e.DaemonVersion = func(context.Context) (string, error) { return "v0", nil }
+		}},
+		{"no kvm", "kvm", Warn, "no /dev/kvm", "TCG is not a security boundary", func(e *Env) {
+			e.CheckKVM = func() error { return errors.New("no /dev/kvm") }
+		}},
+		{"no vmm", "vmm", Fail, "", "install QEMU", func(e *Env) {
+			e.Config.QEMUBin = "/nonexistent/qemu"
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			e := testEnv(t)
+			tc.break_(&e)
+			checks := Run(context.Background(), e)
+			c := find(t, checks, tc.check)
+			if c.Status != tc.status || !strings.Contains(c.Detail, tc.detail) || !strings.Contains(c.Fix, tc.fix) {
+				t.Errorf("%s = %s %q (fix %q); want %s containing %q, fix %q", tc.check, c.Status, c.Detail, c.Fix, tc.status, tc.detail, tc.fix)
+			}
+			if got := Failed(checks); got != (tc.status == Fail) {
+				t.Errorf("Failed = %v", got)
+			}
+		})
+	}
+}
