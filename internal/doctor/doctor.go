@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"banger/internal/config"
+	"banger/internal/hostnat"
 	"banger/internal/system"
 	"banger/internal/vmm"
 )
@@ -56,6 +57,8 @@ type Env struct {
 	CheckKVM func() error
 	// ReadFile reads a host file (/proc values).
 	ReadFile func(path string) ([]byte, error)
+	// Firewall reads how many of banger's nftables tables are installed.
+	Firewall func() (int, error)
 }
 
 func (e *Env) defaults() {
@@ -112,9 +115,9 @@ func Run(ctx context.Context, e Env) []Check {
 	var out []Check
 	out = append(out, e.kvm(), e.vmmChoice(ctx))
 	out = append(out, e.tools()...)
-	out = append(out, e.deviceMapper(), e.ipForward(), e.dnsRouting())
+	out = append(out, e.deviceMapper(), e.ipForward(), e.dnsRouting(), e.bridge(), e.firewall())
 	out = append(out, e.dirs()...)
-	out = append(out, e.socket(ctx), e.versions(ctx))
+	out = append(out, e.socket(ctx), e.lock(), e.versions(ctx))
 	out = append(out, e.space("state", e.Layout.StateDir), e.space("cache", e.Layout.CacheDir))
 	return out
 }
@@ -316,4 +319,63 @@ func (e *Env) space(what, dir string) Check {
 		return Check{Name: name, Status: Warn, Detail: detail, Fix: "images and builds need a few GiB"}
 	}
 	return Check{Name: name, Status: Pass, Detail: detail}
+}
+
+// bridge looks for banger's bridge (made by bangerd unless --no-network).
+func (e *Env) bridge() Check {
+	name := e.Config.BridgeName
+	if name == "" {
+		name = "banger0"
+	}
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		return Check{Name: "bridge", Status: Warn, Detail: name + " does not exist",
+			Fix: "bangerd makes it at start (not with --no-network); start bangerd, or run doctor in the namespace bangerd runs in"}
+	}
+	if ifi.Flags&net.FlagUp == 0 {
+		return Check{Name: "bridge", Status: Warn, Detail: name + " is down", Fix: "restart bangerd"}
+	}
+	return Check{Name: "bridge", Status: Pass, Detail: name + " up (" + e.Config.BridgeCIDR + ")"}
+}
+
+// firewall checks that the kernel's nftables can be read (banger's NAT and
+// anti-spoofing rules live there).
+func (e *Env) firewall() Check {
+	if e.Firewall == nil {
+		e.Firewall = func() (int, error) {
+			obs, err := hostnat.State()
+			return len(obs.Tables), err
+		}
+	}
+	n, err := e.Firewall()
+	switch {
+	case err != nil && errors.Is(err, hostnat.ErrUnsupported):
+		return Check{Name: "nftables", Status: Fail, Detail: err.Error(), Fix: "a kernel with nf_tables (modprobe nf_tables) is needed for --nat and the anti-spoofing rules"}
+	case err != nil:
+		return Check{Name: "nftables", Status: Warn, Detail: err.Error(), Fix: "run banger doctor as root (or as the user bangerd runs as) to see the rules"}
+	case n == 0:
+		return Check{Name: "nftables", Status: Warn, Detail: "readable; banger's tables are not installed (bangerd is not running here)"}
+	}
+	return Check{Name: "nftables", Status: Pass, Detail: fmt.Sprintf("readable; %d banger tables installed", n)}
+}
+
+// lock checks the daemon's lock file: a pid that no longer runs is stale.
+func (e *Env) lock() Check {
+	p := e.Layout.SocketPath + ".lock"
+	b, err := os.ReadFile(p)
+	if errors.Is(err, fs.ErrNotExist) {
+		return Check{Name: "lock", Status: Pass, Detail: "no lock file (no bangerd on this socket)"}
+	}
+	if err != nil {
+		return Check{Name: "lock", Status: Warn, Detail: err.Error()}
+	}
+	var pid int
+	if _, err := fmt.Sscan(strings.TrimSpace(string(b)), &pid); err != nil || pid <= 0 {
+		return Check{Name: "lock", Status: Warn, Detail: p + " holds no pid", Fix: "bangerd rewrites it at start"}
+	}
+	if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+		return Check{Name: "lock", Status: Warn, Detail: fmt.Sprintf("%s names pid %d, which is gone (a bangerd that died)", p, pid),
+			Fix: "harmless: the next bangerd takes the lock; rm " + p + " to tidy"}
+	}
+	return Check{Name: "lock", Status: Pass, Detail: fmt.Sprintf("held by bangerd pid %d", pid)}
 }

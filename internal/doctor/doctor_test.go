@@ -3,6 +3,7 @@ package doctor
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"testing"
 
 	"banger/internal/config"
+	"banger/internal/hostnat"
 )
 
 // testEnv is a host where everything passes: tools found, KVM fine,
@@ -50,6 +52,7 @@ func testEnv(t *testing.T) Env {
 		DaemonVersion: func(context.Context) (string, error) { return "v1", nil }, ClientVersion: "v1",
 		CheckKVM: func() error { return nil },
 		ReadFile: func(string) ([]byte, error) { return []byte("1\n"), nil },
+		Firewall: func() (int, error) { return 2, nil },
 	}
 }
 
@@ -143,6 +146,14 @@ func TestEachCheckFails(t *testing.T) {
 		}},
 		{"no kvm", "kvm", Warn, "no /dev/kvm", "TCG is not a security boundary", func(e *Env) {
 			e.CheckKVM = func() error { return errors.New("no /dev/kvm") }
+		}},
+		{"stale lock", "lock", Warn, "which is gone", "the next bangerd takes the lock", func(e *Env) {
+			if err := os.WriteFile(e.Layout.SocketPath+".lock", []byte("999999999 serves x\n"), 0o600); err != nil {
+				panic(err)
+			}
+		}},
+		{"no nf_tables", "nftables", Fail, "nf_tables", "modprobe nf_tables", func(e *Env) {
+			e.Firewall = func() (int, error) { return 0, fmt.Errorf("read firewall rules: %w", hostnat.ErrUnsupported) }
 		}},
 		{"no vmm", "vmm", Fail, "", "install QEMU", func(e *Env) {
 			e.Config.QEMUBin = "/nonexistent/qemu"
