@@ -309,19 +309,9 @@ func (d *Daemon) planBuild(ctx context.Context, p api.ImageBuildParams) (buildPl
 		}
 		plan.copies = append(plan.copies, c)
 	}
-	if plan.vcpu == 0 {
-		plan.vcpu = d.cfg.VMDefaults.VCPU
-	}
-	if err := d.checkVCPU(plan.vcpu); err != nil {
-		return plan, err
-	}
-	if plan.memory == 0 {
-		plan.memory = d.cfg.VMDefaults.MemoryMiB
-	}
-	if err := d.checkMemory(plan.memory); err != nil {
-		return plan, err
-	}
-	return plan, nil
+	var err2 error
+	plan.vcpu, plan.memory, err2 = d.machineSize(plan.vcpu, plan.memory)
+	return plan, err2
 }
 
 func readBuildScript(p string) (buildScript, error) {

@@ -107,6 +107,21 @@ type createPlan struct {
 	snapshot *store.Snapshot
 }
 
+// machineSize fills vCPUs and memory from vm_defaults where zero and
+// checks both against the host.
+func (d *Daemon) machineSize(vcpu, memMiB int) (int, int, error) {
+	if vcpu == 0 {
+		vcpu = d.cfg.VMDefaults.VCPU
+	}
+	if err := d.checkVCPU(vcpu); err != nil {
+		return vcpu, memMiB, err
+	}
+	if memMiB == 0 {
+		memMiB = d.cfg.VMDefaults.MemoryMiB
+	}
+	return vcpu, memMiB, d.checkMemory(memMiB)
+}
+
 func (d *Daemon) planCreate(ctx context.Context, p api.VMCreateParams) (createPlan, error) {
 	plan := createPlan{name: p.Name, vcpu: p.VCPU, memoryMiB: p.MemoryMiB, noStart: p.NoStart, nat: d.cfg.DefaultNAT}
 	if p.NAT != nil {
@@ -127,16 +142,8 @@ func (d *Daemon) planCreate(ctx context.Context, p api.VMCreateParams) (createPl
 	if _, err := d.store.GetVM(ctx, plan.name); err == nil {
 		return plan, api.Errorf(api.CodeAlreadyExists, "vm %q already exists; pick another --name or delete it first", plan.name)
 	}
-	if plan.vcpu == 0 {
-		plan.vcpu = d.cfg.VMDefaults.VCPU
-	}
-	if err := d.checkVCPU(plan.vcpu); err != nil {
-		return plan, err
-	}
-	if plan.memoryMiB == 0 {
-		plan.memoryMiB = d.cfg.VMDefaults.MemoryMiB
-	}
-	if err := d.checkMemory(plan.memoryMiB); err != nil {
+	var err error
+	if plan.vcpu, plan.memoryMiB, err = d.machineSize(plan.vcpu, plan.memoryMiB); err != nil {
 		return plan, err
 	}
 	sizeStr := p.DiskSize
