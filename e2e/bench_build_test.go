@@ -39,8 +39,7 @@ func TestBenchImageBuild(t *testing.T) {
 	e.must("image", "register", "--name", "debian-bookworm", "--rootfs", rootfs, "--kernel", "debian-6.1")
 	// The base both ways start from: apt pointed at the local repository.
 	e.must("vm", "create", "--name", "prep")
-	e.must("vm", "exec", "prep", "--", "sh", "-c", "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/* && "+
-		"echo 'deb [trusted=yes] http://"+inetAddr+":8080/files ./' > /etc/apt/sources.list.d/e2e.list")
+	e.must("vm", "exec", "prep", "--", "sh", "-c", useLocalRepo)
 	e.must("vm", "stop", "prep")
 	e.must("image", "build", "base", "--from-vm", "prep")
 	e.must("vm", "delete", "prep")

@@ -58,6 +58,11 @@ func makeAptRepo(t *testing.T, dir string) {
 	}
 }
 
+// useLocalRepo, run in a guest, points apt at the repository the
+// "internet" serves (makeAptRepo) and nothing else.
+const useLocalRepo = "rm -f /etc/apt/sources.list /etc/apt/sources.list.d/* && " +
+	"echo 'deb [trusted=yes] http://" + inetAddr + ":8080/files ./' > /etc/apt/sources.list.d/e2e.list"
+
 // watchOps polls `banger ops --json` until stop is closed and returns the
 // stages seen for operations of kind.
 func (e *env) watchOps(kind string, stop <-chan struct{}) func() []string {
@@ -157,8 +162,7 @@ func TestImageBuild(t *testing.T) {
 	// and a file in /.
 	e.must("vm", "create", "--name", "src")
 	e.must("vm", "exec", "src", "--", "sh", "-c",
-		"rm -f /etc/apt/sources.list /etc/apt/sources.list.d/* && "+
-			"echo 'deb [trusted=yes] http://"+inetAddr+":8080/files ./' > /etc/apt/sources.list.d/e2e.list && "+
+		useLocalRepo+" && "+
 			"echo from-src > /etc/marker-src && echo history > /root/.bash_history && sync")
 	srcKeys := e.must("vm", "exec", "src", "--", "sh", "-c", "cat /etc/ssh/ssh_host_*_key.pub")
 	srcMachineID := e.must("vm", "exec", "src", "--", "cat", "/etc/machine-id")

@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -90,7 +91,7 @@ func (o *imageBuildOp) Write(p []byte) (int, error) {
 	defer o.outMu.Unlock()
 	buf := append(o.partial, p...)
 	for {
-		i := strings.IndexByte(string(buf), '\n')
+		i := bytes.IndexByte(buf, '\n')
 		if i < 0 {
 			break
 		}

@@ -473,6 +473,13 @@ func (d *Daemon) snapshotChains(ctx context.Context) ([]rootdisk.Disk, error) {
 }
 
 func (d *Daemon) toAPISnapshot(ctx context.Context, sn store.Snapshot) api.Snapshot {
+	vms, _ := d.store.ListVMs(ctx)
+	return d.toAPISnapshotWith(ctx, sn, vms)
+}
+
+// toAPISnapshotWith is toAPISnapshot given every VM row (read once for a
+// whole list).
+func (d *Daemon) toAPISnapshotWith(ctx context.Context, sn store.Snapshot, vms []store.VM) api.Snapshot {
 	out := api.Snapshot{Name: sn.Name, Kind: sn.Kind, Image: sn.Image, Kernel: sn.Kernel, VMM: sn.VMM, Accel: sn.Accel,
 		VCPU: sn.VCPU, MemoryMiB: sn.MemoryMiB, WorkSizeBytes: sn.WorkSizeBytes, BangerVersion: sn.BangerVersion,
 		SourceVM: sn.SourceVM, CreatedAt: sn.CreatedAt, VMs: []string{}}
@@ -481,11 +488,9 @@ func (d *Daemon) toAPISnapshot(ctx context.Context, sn store.Snapshot) api.Snaps
 		out.SizeBytes = allocatedBytes(m.State) + allocatedBytes(m.Root.Path) + allocatedBytes(m.Work.Path)
 	}
 	out.Stale = d.snapshotStale(ctx, sn)
-	if vms, err := d.store.ListVMs(ctx); err == nil {
-		for _, v := range vms {
-			if v.StartedFrom == "snapshot "+sn.Name && v.Purpose == "" {
-				out.VMs = append(out.VMs, v.Name)
-			}
+	for _, v := range vms {
+		if v.StartedFrom == "snapshot "+sn.Name && v.Purpose == "" {
+			out.VMs = append(out.VMs, v.Name)
 		}
 	}
 	return out
@@ -496,9 +501,13 @@ func (d *Daemon) snapshotList(ctx context.Context, _ noParams) (api.SnapshotList
 	if err != nil {
 		return api.SnapshotListResult{}, err
 	}
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return api.SnapshotListResult{}, err
+	}
 	out := api.SnapshotListResult{Snapshots: []api.Snapshot{}}
 	for _, sn := range all {
-		out.Snapshots = append(out.Snapshots, d.toAPISnapshot(ctx, sn))
+		out.Snapshots = append(out.Snapshots, d.toAPISnapshotWith(ctx, sn, vms))
 	}
 	return out, nil
 }
