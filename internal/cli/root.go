@@ -55,6 +55,7 @@ by name. The CLI talks to bangerd, which it starts on demand.`,
 		newImageCommand(app),
 		newSnapshotCommand(app),
 		newSSHConfigCommand(app),
+		newUpdateCommand(app),
 	)
 	root.CompletionOptions.HiddenDefaultCmd = false
 	return root

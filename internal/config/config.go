@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -18,22 +19,23 @@ import (
 // Config is banger's settings, read from config.toml with every value
 // resolved: a key absent from the file holds its default.
 type Config struct {
-	LogLevel       string     `toml:"log_level"`       // debug, info, warn or error
-	DefaultImage   string     `toml:"default_image"`   // image for `vm create` without --image
-	BridgeName     string     `toml:"bridge_name"`     // host bridge the VMs' taps join
-	BridgeCIDR     string     `toml:"bridge_cidr"`     // gateway address and prefix of the VM network
-	TapPoolSize    int        `toml:"tap_pool_size"`   // taps kept ready for fast creates
-	DNSListen      string     `toml:"dns_listen"`      // where the NAME.vm resolver listens
-	DefaultDNS     []string   `toml:"default_dns"`     // upstreams guests' names are forwarded to; empty: the host's
-	DefaultNAT     bool       `toml:"default_nat"`     // NAT for VMs created without --nat/--no-nat
-	Warm           bool       `toml:"warm"`            // warm an image after its first cold create of the default size
-	RootDisk       string     `toml:"root_disk"`       // auto, dm, qcow2, reflink or copy
-	ForwardPorts   string     `toml:"forward_ports"`   // "auto": forward every new guest listener; "none"
-	VMM            string     `toml:"vmm"`             // auto, firecracker or qemu
-	QEMUAccel      string     `toml:"qemu_accel"`      // auto, kvm or tcg
-	FirecrackerBin string     `toml:"firecracker_bin"` // firecracker binary, by name or path
-	QEMUBin        string     `toml:"qemu_bin"`        // qemu binary, by name or path
-	OpsRetention   Duration   `toml:"ops_retention"`   // how long finished operations stay listed
+	LogLevel       string     `toml:"log_level"`           // debug, info, warn or error
+	DefaultImage   string     `toml:"default_image"`       // image for `vm create` without --image
+	BridgeName     string     `toml:"bridge_name"`         // host bridge the VMs' taps join
+	BridgeCIDR     string     `toml:"bridge_cidr"`         // gateway address and prefix of the VM network
+	TapPoolSize    int        `toml:"tap_pool_size"`       // taps kept ready for fast creates
+	DNSListen      string     `toml:"dns_listen"`          // where the NAME.vm resolver listens
+	DefaultDNS     []string   `toml:"default_dns"`         // upstreams guests' names are forwarded to; empty: the host's
+	DefaultNAT     bool       `toml:"default_nat"`         // NAT for VMs created without --nat/--no-nat
+	Warm           bool       `toml:"warm"`                // warm an image after its first cold create of the default size
+	RootDisk       string     `toml:"root_disk"`           // auto, dm, qcow2, reflink or copy
+	ForwardPorts   string     `toml:"forward_ports"`       // "auto": forward every new guest listener; "none"
+	VMM            string     `toml:"vmm"`                 // auto, firecracker or qemu
+	QEMUAccel      string     `toml:"qemu_accel"`          // auto, kvm or tcg
+	FirecrackerBin string     `toml:"firecracker_bin"`     // firecracker binary, by name or path
+	QEMUBin        string     `toml:"qemu_bin"`            // qemu binary, by name or path
+	OpsRetention   Duration   `toml:"ops_retention"`       // how long finished operations stay listed
+	UpdateManifest string     `toml:"update_manifest_url"` // where banger update reads releases (http or https)
 	VMDefaults     VMDefaults `toml:"vm_defaults"`
 
 	// sources records where each value came from, by dotted key.
@@ -192,6 +194,7 @@ type fileConfig struct {
 	FirecrackerBin *string         `toml:"firecracker_bin"`
 	QEMUBin        *string         `toml:"qemu_bin"`
 	OpsRetention   *Duration       `toml:"ops_retention"`
+	UpdateManifest *string         `toml:"update_manifest_url"`
 	VMDefaults     *fileVMDefaults `toml:"vm_defaults"`
 }
 
@@ -432,6 +435,14 @@ func (c *Config) apply(fc fileConfig, path string, index docIndex) []error {
 		} else {
 			c.OpsRetention = *v
 			set("ops_retention")
+		}
+	}
+	if v := fc.UpdateManifest; v != nil {
+		if u, err := url.Parse(*v); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			fail("update_manifest_url", "%q is not an http or https URL (the manifest.json of a release directory)", *v)
+		} else {
+			c.UpdateManifest = *v
+			set("update_manifest_url")
 		}
 	}
 	if vd := fc.VMDefaults; vd != nil {

@@ -58,6 +58,7 @@ qemu_accel = "tcg"
 firecracker_bin = "/opt/fc/firecracker"
 qemu_bin = "/usr/bin/qemu-system-x86_64"
 ops_retention = "30m"
+update_manifest_url = "https://releases.example/banger/manifest.json"
 
 [vm_defaults]
 vcpu = 3
@@ -72,7 +73,7 @@ disk_size = "20GiB"
 		LogLevel: "debug", DefaultImage: "alpine", BridgeName: "br-test", BridgeCIDR: "10.9.0.254/16",
 		TapPoolSize: 0, DNSListen: "127.0.0.53:5353", DefaultDNS: []string{"1.1.1.1", "2606:4700::1111"},
 		DefaultNAT: true, Warm: true, RootDisk: "qcow2", ForwardPorts: "auto", VMM: "qemu", QEMUAccel: "tcg", FirecrackerBin: "/opt/fc/firecracker", QEMUBin: "/usr/bin/qemu-system-x86_64",
-		OpsRetention: Duration(30 * time.Minute),
+		OpsRetention: Duration(30 * time.Minute), UpdateManifest: "https://releases.example/banger/manifest.json",
 		VMDefaults:   VMDefaults{VCPU: 3, MemoryMiB: 2048, DiskSize: "20GiB"},
 	}
 	cfg.sources, want.sources = nil, nil
@@ -208,6 +209,8 @@ func TestLoadErrorsNameKeyAndLine(t *testing.T) {
 			"line 1: tap_pool_size must be a whole number, not a string"},
 		{"integer for string", "\n\nbridge_name = 7\n", 3, "bridge_name",
 			"line 3: bridge_name must be a string in quotes, not a whole number"},
+		{"update url not http", "update_manifest_url = \"/srv/dist/manifest.json\"\n", 1, "update_manifest_url",
+			`line 1: update_manifest_url "/srv/dist/manifest.json" is not an http or https URL (the manifest.json of a release directory)`},
 		{"integer duration", "ops_retention = 30\n", 1, "ops_retention",
 			`line 1: ops_retention must be a string in quotes such as "30m", not a whole number`},
 		{"bad duration", "\nops_retention = \"30 minutes\"\n", 2, "ops_retention",

@@ -8,3 +8,8 @@ var Version = "dev"
 
 // Commit is the source commit the binary was built from.
 var Commit = "unknown"
+
+// UpdateKey is the public half of the key releases are signed with
+// (base64 PKIX DER, ECDSA P-256), set by make release. Empty leaves
+// banger update disabled: nothing could be verified.
+var UpdateKey = ""
