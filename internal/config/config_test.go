@@ -74,7 +74,7 @@ disk_size = "20GiB"
 		TapPoolSize: 0, DNSListen: "127.0.0.53:5353", DefaultDNS: []string{"1.1.1.1", "2606:4700::1111"},
 		DefaultNAT: true, Warm: true, RootDisk: "qcow2", ForwardPorts: "auto", VMM: "qemu", QEMUAccel: "tcg", FirecrackerBin: "/opt/fc/firecracker", QEMUBin: "/usr/bin/qemu-system-x86_64",
 		OpsRetention: Duration(30 * time.Minute), UpdateManifest: "https://releases.example/banger/manifest.json",
-		VMDefaults:   VMDefaults{VCPU: 3, MemoryMiB: 2048, DiskSize: "20GiB"},
+		VMDefaults: VMDefaults{VCPU: 3, MemoryMiB: 2048, DiskSize: "20GiB"},
 	}
 	cfg.sources, want.sources = nil, nil
 	if !reflect.DeepEqual(cfg, want) {
