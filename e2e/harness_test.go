@@ -32,7 +32,10 @@ type env struct {
 	sock    string
 	vars    []string
 	daemon  *exec.Cmd
-	logPath string
+	// detached is a bangerd this test caused to start but did not start
+	// as its child (banger update restarts the daemon): stopped by pid.
+	detached int
+	logPath  string
 }
 
 func repoRoot(t *testing.T) string {
@@ -94,11 +97,17 @@ var envCount atomic.Int32
 // config.toml.
 func newEnv(t *testing.T, extraConfig ...string) *env {
 	t.Helper()
+	return newEnvAt(t, filepath.Join(repoRoot(t), "bin"), extraConfig...)
+}
+
+// newEnvAt is newEnv running the binaries installed in bin.
+func newEnvAt(t *testing.T, bin string, extraConfig ...string) *env {
+	t.Helper()
 	if os.Getuid() != 0 {
 		t.Skip("e2e needs root (network namespaces, taps)")
 	}
 	root := t.TempDir()
-	e := &env{t: t, root: root, bin: filepath.Join(repoRoot(t), "bin"),
+	e := &env{t: t, root: root, bin: bin,
 		ns: fmt.Sprintf("banger-e2e-%d-%d", os.Getpid(), envCount.Add(1))}
 	for _, b := range []string{"banger", "bangerd"} {
 		if _, err := os.Stat(filepath.Join(e.bin, b)); err != nil {
@@ -196,6 +205,18 @@ func (e *env) waitForDaemon(pid int, prefix ...string) {
 
 // stopDaemon ends bangerd (SIGTERM, then SIGKILL) and reaps it.
 func (e *env) stopDaemon() {
+	if e.detached > 0 {
+		pid := e.detached
+		e.detached = 0
+		_ = syscall.Kill(pid, syscall.SIGTERM)
+		deadline := time.Now().Add(30 * time.Second)
+		for pidAlive(pid) && time.Now().Before(deadline) {
+			time.Sleep(50 * time.Millisecond)
+		}
+		if pidAlive(pid) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
 	if e.daemon == nil || e.daemon.Process == nil {
 		return
 	}
@@ -222,7 +243,7 @@ func (e *env) daemonLog() string {
 // cleanup removes every VM the test left (so no VMM outlives it) and
 // stops the daemon; the namespace goes with its own cleanup.
 func (e *env) cleanup() {
-	if e.daemon != nil {
+	if e.daemon != nil || e.detached > 0 {
 		out, _, _ := e.banger("vm", "list", "--json")
 		var vms []struct {
 			Name string `json:"name"`
