@@ -25,13 +25,13 @@ import (
 // env is one isolated banger installation: an XDG tree, a network
 // namespace with no route out, and a bangerd inside it.
 type env struct {
-	t       *testing.T
-	root    string
-	ns      string
-	bin     string
-	sock    string
-	vars    []string
-	daemon  *exec.Cmd
+	t      *testing.T
+	root   string
+	ns     string
+	bin    string
+	sock   string
+	vars   []string
+	daemon *exec.Cmd
 	// detached is a bangerd this test caused to start but did not start
 	// as its child (banger update restarts the daemon): stopped by pid.
 	detached int
