@@ -18,6 +18,7 @@ import (
 	"banger/internal/config"
 	"banger/internal/hostnat"
 	"banger/internal/system"
+	"banger/internal/rootdisk"
 	"banger/internal/vmm"
 )
 
@@ -113,8 +114,12 @@ var tools = []tool{
 func Run(ctx context.Context, e Env) []Check {
 	e.defaults()
 	var out []Check
-	out = append(out, e.kvm(), e.vmmChoice(ctx))
+	vc, vmmName := e.vmmChoice(ctx)
+	out = append(out, e.kvm(), vc)
 	out = append(out, e.tools()...)
+	if vmmName != "" {
+		out = append(out, e.rootDisk(vmmName))
+	}
 	out = append(out, e.deviceMapper(), e.ipForward(), e.dnsRouting(), e.bridge(), e.firewall())
 	out = append(out, e.dirs()...)
 	out = append(out, e.socket(ctx), e.lock(), e.versions(ctx))
@@ -140,10 +145,11 @@ func (e *Env) kvm() Check {
 	return Check{Name: "kvm", Status: Pass, Detail: "/dev/kvm runs guests"}
 }
 
-func (e *Env) vmmChoice(ctx context.Context) Check {
+// vmmChoice also returns the chosen driver's name ("" when none works).
+func (e *Env) vmmChoice(ctx context.Context) (Check, string) {
 	d, err := vmm.SelectWith(vmm.Options{Pref: e.Config.VMM, FirecrackerBin: e.Config.FirecrackerBin, QEMUBin: e.Config.QEMUBin, QEMUAccel: e.Config.QEMUAccel})
 	if err != nil {
-		return Check{Name: "vmm", Status: Fail, Detail: err.Error(), Fix: "install QEMU (apt-get install qemu-system-x86) or fix vmm in config.toml"}
+		return Check{Name: "vmm", Status: Fail, Detail: err.Error(), Fix: "install QEMU (apt-get install qemu-system-x86) or fix vmm in config.toml"}, ""
 	}
 	detail := d.Name()
 	if k, ok := d.(interface{ KVM() bool }); ok {
@@ -165,7 +171,40 @@ func (e *Env) vmmChoice(ctx context.Context) Check {
 	if out, err := e.Run(cctx, bin, "--version"); err == nil {
 		detail += "; " + strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
 	}
-	return Check{Name: "vmm", Status: Pass, Detail: detail + " (vmm = " + orAuto(e.Config.VMM) + ")"}
+	return Check{Name: "vmm", Status: Pass, Detail: detail + " (vmm = " + orAuto(e.Config.VMM) + ")"}, d.Name()
+}
+
+// runFunc adapts Env.Run to rootdisk.Runner.
+type runFunc func(ctx context.Context, argv ...string) ([]byte, error)
+
+func (f runFunc) Run(ctx context.Context, argv ...string) ([]byte, error) { return f(ctx, argv...) }
+
+// rootDisk says which copy-on-write strategy new VMs get, and why the
+// better ones are not available.
+func (e *Env) rootDisk(vmmName string) Check {
+	r := runFunc(e.Run)
+	s, err := rootdisk.Choose(e.Config.RootDisk, vmmName, e.Layout.VMsDir, "", r)
+	if err != nil {
+		return Check{Name: "root-disk", Status: Fail, Detail: err.Error(), Fix: "set root_disk = \"auto\" in config.toml"}
+	}
+	var why []string
+	for _, better := range []rootdisk.Strategy{rootdisk.DM, rootdisk.QCOW2, rootdisk.Reflink} {
+		if better == s {
+			break
+		}
+		if err := rootdisk.Check(better, vmmName, e.Layout.VMsDir, "", r); err != nil {
+			why = append(why, fmt.Sprintf("not %s: %v", better, err))
+		}
+	}
+	detail := fmt.Sprintf("%s (root_disk = %s)", s, orAuto(e.Config.RootDisk))
+	if len(why) > 0 && (e.Config.RootDisk == "" || e.Config.RootDisk == rootdisk.Auto) {
+		detail += "; " + strings.Join(why, "; ")
+	}
+	if s == rootdisk.Copy {
+		return Check{Name: "root-disk", Status: Warn, Detail: detail,
+			Fix: "every VM gets a full copy of its image; qcow2 (QEMU), reflink (XFS/btrfs state dir) or dm (root with device-mapper) share it"}
+	}
+	return Check{Name: "root-disk", Status: Pass, Detail: detail}
 }
 
 func orAuto(s string) string {
