@@ -17,8 +17,8 @@ import (
 
 	"banger/internal/config"
 	"banger/internal/hostnat"
-	"banger/internal/system"
 	"banger/internal/rootdisk"
+	"banger/internal/system"
 	"banger/internal/vmm"
 )
 
