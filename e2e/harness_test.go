@@ -258,10 +258,35 @@ func (e *env) cleanup() {
 				}
 			}
 		}
+		// Whatever the test did, nothing banger made may outlive its records.
+		if len(vms) > 0 || !e.t.Failed() {
+			e.assertNoLeaks("at the end of the test")
+		}
 		e.stopDaemon()
 	}
 	if e.t.Failed() {
 		e.t.Logf("bangerd log tail:\n%s", e.daemonLog())
+	}
+}
+
+// assertNoLeaks fails the test when banger doctor --leaks finds host
+// resources no record accounts for.
+func (e *env) assertNoLeaks(when string) {
+	e.t.Helper()
+	out, errOut, code := e.banger("doctor", "--leaks", "--json")
+	var res struct {
+		Leaks    []struct{ Kind, Name, Detail string } `json:"leaks"`
+		InFlight int                                   `json:"in_flight"`
+	}
+	if err := json.Unmarshal([]byte(out), &res); err != nil {
+		e.t.Errorf("doctor --leaks %s: exit %d: %v: %s %s", when, code, err, out, errOut)
+		return
+	}
+	for _, l := range res.Leaks {
+		e.t.Errorf("leak %s: %s %s: %s (%d operations in flight)", when, l.Kind, l.Name, l.Detail, res.InFlight)
+	}
+	if (code == 0) != (len(res.Leaks) == 0) {
+		e.t.Errorf("doctor --leaks exit %d with %d leaks", code, len(res.Leaks))
 	}
 }
 

@@ -48,6 +48,24 @@ type OperationsListResult struct {
 	Operations []OperationSummary `json:"operations"`
 }
 
+// Leak is one host resource banger could have made that no VM, image,
+// kernel, snapshot or operation accounts for.
+type Leak struct {
+	// Kind is process, tap, rule, loop, dm, mount, file, host key,
+	// forward or row.
+	Kind   string `json:"kind"`
+	Name   string `json:"name"`
+	Detail string `json:"detail"`
+}
+
+// LeaksResult is the result of daemon.leaks.
+type LeaksResult struct {
+	Leaks []Leak `json:"leaks"`
+	// InFlight counts operations not done: what they are making is
+	// accounted for where it can be told apart, but may show.
+	InFlight int `json:"in_flight"`
+}
+
 // PingResult is the result of ping.
 type PingResult struct {
 	Version         string    `json:"version"`

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"text/tabwriter"
 
@@ -15,7 +16,7 @@ import (
 )
 
 func newDoctorCommand(app *App) *cobra.Command {
-	var asJSON bool
+	var asJSON, leaks bool
 	cmd := &cobra.Command{
 		Use:   "doctor",
 		Short: "Check what banger needs from this host: PASS, WARN or FAIL with the fix (exit 1 on any FAIL)",
@@ -27,6 +28,9 @@ func newDoctorCommand(app *App) *cobra.Command {
 			}
 			if app.socket != "" {
 				layout.SocketPath = app.socket
+			}
+			if leaks {
+				return runLeaks(cmd.Context(), app, layout, asJSON)
 			}
 			cfg, err := config.Load(layout.ConfigFile, config.DetectHost())
 			if err != nil {
@@ -67,7 +71,46 @@ func newDoctorCommand(app *App) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the checks as JSON")
+	cmd.Flags().BoolVar(&leaks, "leaks", false, "list host resources banger made that no VM, image or operation accounts for (exit 1 if any)")
 	return cmd
+}
+
+// runLeaks asks the running daemon (never started for it: a starting
+// daemon sweeps what it finds) for daemon.leaks.
+func runLeaks(ctx context.Context, app *App, layout config.Layout, asJSON bool) error {
+	if err := checkSocketDir(layout.SocketPath); err != nil {
+		return err
+	}
+	var res api.LeaksResult
+	if err := (&rpc.Client{SocketPath: layout.SocketPath}).Call(ctx, "daemon.leaks", nil, &res); err != nil {
+		if errors.Is(err, rpc.ErrDaemonUnreachable) {
+			return fmt.Errorf("bangerd is not running on %s: the leak check needs its records (any banger command starts it)", layout.SocketPath)
+		}
+		return err
+	}
+	if asJSON {
+		if err := writeJSON(app, res); err != nil {
+			return err
+		}
+	} else {
+		if res.InFlight > 0 {
+			fmt.Fprintf(app.Stdout, "note: %d operations in flight; what they are making may show below\n", res.InFlight)
+		}
+		if len(res.Leaks) == 0 {
+			fmt.Fprintln(app.Stdout, "no leaks: every process, tap, rule, device, file and key banger made is accounted for")
+		}
+		tw := tabwriter.NewWriter(app.Stdout, 0, 4, 2, ' ', 0)
+		for _, l := range res.Leaks {
+			fmt.Fprintf(tw, "LEAK\t%s\t%s\t%s\n", l.Kind, l.Name, l.Detail)
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+	}
+	if len(res.Leaks) > 0 {
+		return &exitError{code: 1}
+	}
+	return nil
 }
 
 // errDoctorFailed makes banger doctor exit non-zero after printing its

@@ -123,16 +123,28 @@ func (d *Daemon) detachDisks(ctx context.Context, v *store.VM) error {
 // gcLayers removes the frozen layers no VM's disks are built on. The
 // caller holds layersMu, which serialises it with clones.
 func (d *Daemon) gcLayers(ctx context.Context) {
+	for _, l := range d.removableLayers(ctx) {
+		if err := os.Remove(l); err != nil && !errors.Is(err, os.ErrNotExist) {
+			d.log.Warn("layers: remove an unused layer", "layer", l, "err", err)
+			continue
+		}
+		d.log.Info("removed a layer no VM uses any more", "layer", l)
+	}
+}
+
+// removableLayers lists the layers no VM row, snapshot or disk file
+// stands on (none when any of those cannot be read: when in doubt, keep).
+func (d *Daemon) removableLayers(ctx context.Context) []string {
 	vms, err := d.store.ListVMs(ctx)
 	if err != nil {
-		return
+		return nil
 	}
 	var disks []rootdisk.Disk
 	for _, v := range vms {
 		rd, wd, err := d.disksOf(v)
 		if err != nil {
 			d.log.Warn("layers: cannot read a VM's disks; keeping every layer", "vm", v.Name, "err", err)
-			return
+			return nil
 		}
 		disks = append(disks, rd, wd)
 	}
@@ -140,14 +152,14 @@ func (d *Daemon) gcLayers(ctx context.Context) {
 	snaps, err := d.snapshotChains(ctx)
 	if err != nil {
 		d.log.Warn("layers: cannot read the snapshots; keeping every layer", "err", err)
-		return
+		return nil
 	}
 	unused, err := rootdisk.UnusedLayers(d.layersDir(), append(disks, snaps...))
 	if err != nil {
 		if !errors.Is(err, os.ErrNotExist) {
 			d.log.Warn("layers: list unused", "err", err)
 		}
-		return
+		return nil
 	}
 	// The files themselves have the last word: a clone interrupted between
 	// freezing a layer and recording it leaves a VM whose overlay already
@@ -160,23 +172,21 @@ func (d *Daemon) gcLayers(ctx context.Context) {
 		chain, err := rootdisk.BackingChain(disk.Path)
 		if err != nil && !errors.Is(err, os.ErrNotExist) {
 			d.log.Warn("layers: cannot read a disk's backing chain; keeping every layer", "disk", disk.Path, "err", err)
-			return
+			return nil
 		}
 		for _, c := range chain {
 			standing[filepath.Clean(c)] = true
 		}
 	}
+	var out []string
 	for _, l := range unused {
 		if standing[filepath.Clean(l)] {
 			d.log.Warn("layers: a VM's disk stands on a layer its record does not name; keeping it", "layer", l)
 			continue
 		}
-		if err := os.Remove(l); err != nil && !errors.Is(err, os.ErrNotExist) {
-			d.log.Warn("layers: remove an unused layer", "layer", l, "err", err)
-			continue
-		}
-		d.log.Info("removed a layer no VM uses any more", "layer", l)
+		out = append(out, l)
 	}
+	return out
 }
 
 // diskUsage is what the VM's own layers hold on the host.

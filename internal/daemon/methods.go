@@ -18,6 +18,7 @@ func (d *Daemon) Methods() rpc.Methods {
 		"daemon.version":           rpc.Typed(d.versionInfo),
 		"daemon.operations.list":   rpc.Typed(d.operationsList),
 		"daemon.operations.cancel": rpc.Typed(d.cancelOperation),
+		"daemon.leaks":             rpc.Typed(d.leaks),
 
 		"vm.create.begin":  rpc.Typed(d.vmCreateBegin),
 		"vm.clone.begin":   rpc.Typed(d.vmCloneBegin),
@@ -70,6 +71,14 @@ func (d *Daemon) ping(ctx context.Context, _ noParams) (api.PingResult, error) {
 
 func (d *Daemon) versionInfo(ctx context.Context, _ noParams) (api.VersionResult, error) {
 	return api.VersionResult{Version: version.Version, Commit: version.Commit, ProtocolVersion: api.ProtocolVersion, SchemaVersion: store.LatestSchemaVersion()}, nil
+}
+
+func (d *Daemon) leaks(ctx context.Context, _ noParams) (api.LeaksResult, error) {
+	res, err := d.findLeaks(ctx)
+	if res.Leaks == nil {
+		res.Leaks = []api.Leak{}
+	}
+	return res, err
 }
 
 func (d *Daemon) operationsList(ctx context.Context, _ noParams) (api.OperationsListResult, error) {

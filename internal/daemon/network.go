@@ -156,6 +156,13 @@ func (n *network) close() {
 	}
 }
 
+// isLive reports whether start succeeded (taps and rules are managed).
+func (n *network) isLive() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.live
+}
+
 // tapPool is the pool once start made it (nil before, or without network).
 func (n *network) tapPool() *hostnet.Pool {
 	n.mu.Lock()
