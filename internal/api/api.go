@@ -72,6 +72,10 @@ type PingResult struct {
 	ProtocolVersion int       `json:"protocol_version"`
 	PID             int       `json:"pid"`
 	StartedAt       time.Time `json:"started_at"`
+	// Goroutines and OpenFDs are the daemon's own, for watching it for
+	// leaks over time (the soak test does).
+	Goroutines int `json:"goroutines"`
+	OpenFDs    int `json:"open_fds"`
 }
 
 // VersionResult is the result of daemon.version.

@@ -111,6 +111,12 @@ func (d *Daemon) withAgent(ctx context.Context, v store.VM, fn func(*agent.Clien
 	if v.State != store.StateRunning {
 		return api.Errorf(api.CodeNotRunning, "vm %q is not running (state %s); start it with banger vm start %s", v.Name, v.State, v.Name)
 	}
+	return d.withBootingAgent(ctx, v, fn)
+}
+
+// withBootingAgent is withAgent for a boot step: the VM is not running
+// yet, its VMM is.
+func (d *Daemon) withBootingAgent(ctx context.Context, v store.VM, fn func(*agent.Client) error) error {
 	mu := d.agents.of(v.ID)
 	mu.Lock()
 	defer mu.Unlock()

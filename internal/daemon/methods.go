@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"os"
+	"runtime"
 
 	"banger/internal/api"
 	"banger/internal/rpc"
@@ -66,7 +67,12 @@ func (d *Daemon) Methods() rpc.Methods {
 type noParams struct{}
 
 func (d *Daemon) ping(ctx context.Context, _ noParams) (api.PingResult, error) {
-	return api.PingResult{Version: version.Version, ProtocolVersion: api.ProtocolVersion, PID: os.Getpid(), StartedAt: d.started}, nil
+	res := api.PingResult{Version: version.Version, ProtocolVersion: api.ProtocolVersion, PID: os.Getpid(), StartedAt: d.started,
+		Goroutines: runtime.NumGoroutine()}
+	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {
+		res.OpenFDs = len(fds)
+	}
+	return res, nil
 }
 
 func (d *Daemon) versionInfo(ctx context.Context, _ noParams) (api.VersionResult, error) {

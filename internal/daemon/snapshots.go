@@ -284,7 +284,7 @@ func (d *Daemon) restoreIdentity(ctx context.Context, v *store.VM, h vmm.Handle,
 	rctx, cancel := context.WithTimeout(ctx, agentWaitTimeout)
 	defer cancel()
 	var res agent.RestoreResult
-	err = d.withAgent(rctx, *v, func(c *agent.Client) error {
+	err = d.withBootingAgent(rctx, *v, func(c *agent.Client) error {
 		p.UnixNano = time.Now().UnixNano()
 		res, err = c.Restore(rctx, p)
 		return err

@@ -41,6 +41,9 @@ func runSteps(ctx context.Context, log *slog.Logger, op *vmCreateOp, steps []ste
 		}
 		start := time.Now()
 		undo, err := s.do(ctx)
+		if err == nil {
+			err = faultAfter(s.name)
+		}
 		if op != nil {
 			op.endStage(s.name)
 		}

@@ -406,6 +406,13 @@ func (d *Daemon) vmDelete(ctx context.Context, p api.VMRef) (api.VM, error) {
 	return v, err
 }
 
+// Points of a delete the fault-injection tests break at.
+const (
+	stageDeleteStop  = "delete: stop"
+	stageDeleteFiles = "delete: remove files"
+	stageDeleteRow   = "delete: remove row"
+)
+
 // deleteVM deletes a VM under its lock. With onlyStopped it leaves a VM
 // that is running by the time the lock is held (prune must not delete a
 // VM someone just started) and reports deleted=false.
@@ -423,10 +430,19 @@ func (d *Daemon) deleteVM(ctx context.Context, name string, onlyStopped bool) (a
 			return api.VM{}, false, err
 		}
 	}
+	if err := faultAfter(stageDeleteStop); err != nil {
+		return api.VM{}, false, err
+	}
 	if err := d.removeVMFiles(v); err != nil {
 		return api.VM{}, false, err
 	}
+	if err := faultAfter(stageDeleteFiles); err != nil {
+		return api.VM{}, false, err
+	}
 	if err := d.store.DeleteVM(context.WithoutCancel(ctx), v.Name); err != nil {
+		return api.VM{}, false, err
+	}
+	if err := faultAfter(stageDeleteRow); err != nil {
 		return api.VM{}, false, err
 	}
 	d.syncNetwork(ctx)
@@ -544,7 +560,7 @@ func (d *Daemon) vmLogs(ctx context.Context, p api.VMLogsParams) (api.VMLogsResu
 	if err != nil {
 		return api.VMLogsResult{}, err
 	}
-	res := api.VMLogsResult{Running: v.State == store.StateRunning || v.State == store.StateCreating}
+	res := api.VMLogsResult{Running: v.State == store.StateRunning || v.State == store.StateCreating || v.State == store.StateStarting}
 	f, err := os.Open(d.pathsFor(v.ID).console)
 	if errors.Is(err, os.ErrNotExist) {
 		return res, nil
@@ -679,6 +695,9 @@ func (d *Daemon) adoptVMs(ctx context.Context) {
 			// The daemon died mid-create: undo what the record says exists.
 			d.log.Warn("removing VM left half-created by a previous daemon", "vm", v.Name)
 			d.removeOrphanVM(ctx, v)
+		case store.StateStarting:
+			d.log.Warn("stopping a VM whose start a previous daemon left half done", "vm", v.Name)
+			d.abortOrphanStart(ctx, v)
 		}
 	}
 	d.syncNetwork(ctx)
@@ -694,23 +713,46 @@ func (d *Daemon) adoptVMs(ctx context.Context) {
 // the previous daemon: its VMM (only if the recorded pid is still that
 // process), runtime, files and row.
 func (d *Daemon) removeOrphanVM(ctx context.Context, v store.VM) {
-	if v.PID != 0 {
-		if drv, err := vmm.ForHandle(handleOf(v)); err == nil {
-			h := handleOf(v)
-			if drv.Alive(h) {
-				_ = drv.Kill(h)
-				wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				_ = vmm.WaitExit(wctx, h, 50*time.Millisecond)
-				cancel()
-			}
-		}
-	}
+	d.killOrphanVMM(ctx, v)
 	d.releaseRuntime(ctx, &v)
 	if err := d.removeVMFiles(v); err != nil {
 		d.log.Error("clean orphaned VM", "vm", v.Name, "err", err)
 	}
 	if err := d.store.DeleteVM(ctx, v.Name); err != nil {
 		d.log.Error("delete orphaned VM", "vm", v.Name, "err", err)
+	}
+}
+
+// killOrphanVMM ends the VMM a dead daemon's record names, only if the
+// recorded pid (with its start time) is still that process.
+func (d *Daemon) killOrphanVMM(ctx context.Context, v store.VM) {
+	if v.PID == 0 {
+		return
+	}
+	drv, err := vmm.ForHandle(handleOf(v))
+	if err != nil {
+		return
+	}
+	h := handleOf(v)
+	if drv.Alive(h) {
+		_ = drv.Kill(h)
+		wctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		_ = vmm.WaitExit(wctx, h, 50*time.Millisecond)
+		cancel()
+	}
+}
+
+// abortOrphanStart rolls back, at daemon start, a vm start that died with
+// the previous daemon: its VMM ends, its tap and runtime go, the VM is
+// stopped with the reason (its disks are the VM's and stay).
+func (d *Daemon) abortOrphanStart(ctx context.Context, v store.VM) {
+	d.killOrphanVMM(ctx, v)
+	d.releaseRuntime(ctx, &v)
+	v.State = store.StateStopped
+	v.PID, v.PIDStartTime, v.APISocket = 0, 0, ""
+	v.LastError = "bangerd stopped while the VM was starting; start it again"
+	if err := d.store.UpdateVM(ctx, v); err != nil {
+		d.log.Error("record an interrupted start", "vm", v.Name, "err", err)
 	}
 }
 

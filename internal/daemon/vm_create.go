@@ -592,8 +592,13 @@ func (d *Daemon) bootStepsFrom(v *store.VM, rs *restoreSpec) []step {
 				}
 				return os.RemoveAll(paths.run)
 			}
+			// Recorded before the guest answers, so that a daemon that dies
+			// now leaves a VMM the next one can identify and kill; the VM
+			// is running only once its agent answered (the last step).
 			v.PID, v.PIDStartTime, v.APISocket = handle.PID, handle.StartTime, handle.APISocket
-			v.State = store.StateRunning
+			if v.State != store.StateCreating {
+				v.State = store.StateStarting
+			}
 			v.LastError = ""
 			if err := d.store.UpdateVM(context.WithoutCancel(ctx), *v); err != nil {
 				return undo, err
@@ -648,7 +653,8 @@ func (d *Daemon) bootStepsFrom(v *store.VM, rs *restoreSpec) []step {
 				return nil, fmt.Errorf("the guest agent did not report health within %s: %w; last console lines:\n%s", agentWaitTimeout, err, tailFile(paths.console, 20))
 			}
 			rpc.Logger(ctx).Info("guest agent healthy", "agent_version", h.AgentVersion, "uptime_s", h.UptimeS)
-			return nil, nil
+			v.State = store.StateRunning
+			return nil, d.store.UpdateVM(context.WithoutCancel(ctx), *v)
 		}},
 	}
 	if rs == nil {

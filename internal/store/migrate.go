@@ -97,6 +97,45 @@ CREATE TABLE snapshots (
 );
 ALTER TABLE vms ADD COLUMN started_from TEXT NOT NULL DEFAULT '';
 `},
+	{6, "a starting state: a VM booting is not running until SSH answers", `
+CREATE TABLE vms_new (
+	id              TEXT PRIMARY KEY,
+	name            TEXT NOT NULL UNIQUE,
+	image           TEXT NOT NULL,
+	kernel          TEXT NOT NULL,
+	state           TEXT NOT NULL CHECK (state IN ('creating', 'starting', 'running', 'stopped', 'error')),
+	vcpu            INTEGER NOT NULL,
+	memory_mib      INTEGER NOT NULL,
+	disk_size_bytes INTEGER NOT NULL,
+	ip              TEXT NOT NULL,
+	mac             TEXT NOT NULL,
+	tap             TEXT NOT NULL,
+	nat             INTEGER NOT NULL CHECK (nat IN (0, 1)),
+	vmm             TEXT NOT NULL,
+	pid             INTEGER NOT NULL,
+	pid_start_time  INTEGER NOT NULL,
+	api_socket      TEXT NOT NULL,
+	dir             TEXT NOT NULL,
+	last_error      TEXT NOT NULL,
+	created_at      TEXT NOT NULL,
+	updated_at      TEXT NOT NULL,
+	root_disk       TEXT NOT NULL DEFAULT '',
+	work_disk       TEXT NOT NULL DEFAULT '',
+	forward_ports   INTEGER NOT NULL DEFAULT 0 CHECK (forward_ports IN (0, 1)),
+	purpose         TEXT NOT NULL DEFAULT '',
+	started_from    TEXT NOT NULL DEFAULT ''
+);
+INSERT INTO vms_new (id, name, image, kernel, state, vcpu, memory_mib, disk_size_bytes, ip, mac, tap, nat, vmm, pid,
+	pid_start_time, api_socket, dir, last_error, created_at, updated_at, root_disk, work_disk, forward_ports, purpose, started_from)
+SELECT id, name, image, kernel, state, vcpu, memory_mib, disk_size_bytes, ip, mac, tap, nat, vmm, pid,
+	pid_start_time, api_socket, dir, last_error, created_at, updated_at, root_disk, work_disk, forward_ports, purpose, started_from
+FROM vms;
+DROP TABLE vms;
+ALTER TABLE vms_new RENAME TO vms;
+CREATE UNIQUE INDEX vms_ip ON vms (ip) WHERE ip <> '';
+CREATE UNIQUE INDEX vms_tap ON vms (tap) WHERE tap <> '';
+CREATE INDEX vms_image ON vms (image);
+`},
 }
 
 // LatestSchemaVersion is the id of the newest migration this binary knows.

@@ -14,6 +14,9 @@ import (
 // VM lifecycle states stored in VM.State.
 const (
 	StateCreating = "creating"
+	// StateStarting: vm start launched the VMM; the guest has not answered
+	// SSH yet. A daemon that dies then leaves a VMM a new one kills.
+	StateStarting = "starting"
 	StateRunning  = "running"
 	StateStopped  = "stopped"
 	StateError    = "error"
@@ -71,9 +74,9 @@ func validateVM(v *VM) error {
 		return api.Errorf(api.CodeBadRequest, "vm name must not be empty")
 	}
 	switch v.State {
-	case StateCreating, StateRunning, StateStopped, StateError:
+	case StateCreating, StateStarting, StateRunning, StateStopped, StateError:
 	default:
-		return api.Errorf(api.CodeBadRequest, "vm %q has unknown state %q; use one of creating, running, stopped, error", v.Name, v.State)
+		return api.Errorf(api.CodeBadRequest, "vm %q has unknown state %q; use one of creating, starting, running, stopped, error", v.Name, v.State)
 	}
 	return nil
 }
