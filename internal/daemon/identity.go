@@ -3,9 +3,11 @@ package daemon
 import (
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 
@@ -170,4 +172,31 @@ func (d *Daemon) writeConfigDisk(ctx context.Context, v store.VM, km kernel.Mani
 		return err
 	}
 	return configdisk.Write(paths.config, files)
+}
+
+// vmmUIDBase starts the uids banger's VMMs run as, one per VM:
+// 0x70000000, the start of a range systemd's uid conventions leave unused
+// (1879048192…2147483647), away from users, services and containers.
+const vmmUIDBase = 0x70000000
+
+// vmmIdentity is the "UID:GID" a VM's VMM drops to when the daemon runs as
+// root: vmmUIDBase plus the VM's host number in the bridge subnet, unique
+// among VMs (as their addresses are), so no VMM can open another's files
+// by sharing its identity. Not root: "" (the VMM is the daemon's user).
+func (d *Daemon) vmmIdentity(ip string) (string, error) {
+	if os.Geteuid() != 0 {
+		return "", nil
+	}
+	a, err := netip.ParseAddr(ip)
+	if err != nil || !a.Is4() {
+		return "", fmt.Errorf("vm address %q is not IPv4", ip)
+	}
+	p, err := netip.ParsePrefix(d.cfg.BridgeCIDR)
+	if err != nil || !p.Contains(a) {
+		return "", fmt.Errorf("vm address %s is outside bridge_cidr %s", ip, d.cfg.BridgeCIDR)
+	}
+	host, net := a.As4(), p.Masked().Addr().As4()
+	idx := binary.BigEndian.Uint32(host[:]) - binary.BigEndian.Uint32(net[:])
+	uid := uint32(vmmUIDBase) + idx
+	return fmt.Sprintf("%d:%d", uid, uid), nil
 }

@@ -158,3 +158,26 @@ func TestAdoptionAbortsAnInterruptedStart(t *testing.T) {
 		t.Fatalf("leaks after adoption: %v", leaks)
 	}
 }
+
+// Each VM's VMM gets an identity of its own, from its address.
+func TestVMMIdentity(t *testing.T) {
+	d := openArtifactDaemon(t)
+	d.cfg.BridgeCIDR = "172.31.0.1/16"
+	got, err := d.vmmIdentity("172.31.1.7")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "1879048455:1879048455" // 0x70000000 + 0x0107
+	if os.Geteuid() != 0 {
+		want = ""
+	}
+	if got != want {
+		t.Fatalf("vmmIdentity = %q, want %q", got, want)
+	}
+	if other, _ := d.vmmIdentity("172.31.1.8"); os.Geteuid() == 0 && other == got {
+		t.Fatal("two VMs share a VMM identity")
+	}
+	if _, err := d.vmmIdentity("10.0.0.2"); os.Geteuid() == 0 && err == nil {
+		t.Fatal("an address outside the bridge got an identity")
+	}
+}

@@ -576,6 +576,9 @@ func (d *Daemon) bootStepsFrom(v *store.VM, rs *restoreSpec) []step {
 				// guest to the VM's own MAC.
 				spec.IncomingState, spec.MAC = rs.meta.State, rs.meta.MAC
 			}
+			if spec.RunAs, err = d.vmmIdentity(v.IP); err != nil {
+				return nil, err
+			}
 			handle, err = drv.Start(ctx, spec)
 			if err != nil {
 				_ = os.RemoveAll(paths.run)

@@ -70,6 +70,17 @@ type Config struct {
 	VerdictFile string
 }
 
+// sandboxFor is QEMU's -sandbox value. With -runas, the set*id calls stay
+// allowed: QEMU installs its seccomp filter before it drops to the -runas
+// identity (7.2 dies with "Bad system call" otherwise), and once dropped
+// the process has no capabilities, so the kernel refuses any way back.
+func sandboxFor(runAs string) string {
+	if runAs != "" {
+		return "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny"
+	}
+	return "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
+}
+
 // KVMStalledBefore reports whether path records that KVM stalled a guest
 // on this host kernel. A kernel upgrade (another release) probes again.
 func KVMStalledBefore(path string) bool {
@@ -90,7 +101,7 @@ type Driver struct {
 	cfg Config
 	// launch starts argv detached with its output in console and returns
 	// the pid (vmmcore.Launch).
-	launch func(argv []string, console *os.File) (int, error)
+	launch func(argv []string, console *os.File, extra []*os.File) (int, error)
 }
 
 // New returns a QEMU driver.
@@ -101,7 +112,7 @@ func New(cfg Config) *Driver {
 	if cfg.StartTimeout <= 0 {
 		cfg.StartTimeout = DefaultStartTimeout
 	}
-	return &Driver{cfg: cfg, launch: vmmcore.Launch}
+	return &Driver{cfg: cfg, launch: vmmcore.LaunchWith}
 }
 
 // Name returns "qemu".
@@ -133,6 +144,22 @@ func escapeOpt(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 // Command returns the argv that Start runs for spec. It is exported so that
 // benchmarks can boot exactly the same machine without banger around it.
 func (d *Driver) Command(spec vmmcore.Spec) ([]string, error) {
+	return d.command(spec, false)
+}
+
+// The fd sets (-add-fd) that hold the writable disks' descriptors, set 1
+// root and set 2 work, each a read-write and a read-only descriptor.
+const (
+	rootFDSet = 1
+	workFDSet = 2
+)
+
+// command is Command; with fdSets the writable disks are opened through
+// /dev/fdset/N, filled from inherited fds 3, 4, ... (see diskFiles). A QEMU
+// that drops to -runas cannot open a path in banger's state directory,
+// yet reopens a disk read-only when a snapshot layers a new file over it:
+// it then takes the set's read-only descriptor instead of the path.
+func (d *Driver) command(spec vmmcore.Spec, fdSets bool) ([]string, error) {
 	qmp, err := vmmcore.SocketPath(spec.RuntimeDir, QMPSocketName)
 	if err != nil {
 		return nil, err
@@ -159,8 +186,11 @@ func (d *Driver) Command(spec vmmcore.Spec) ([]string, error) {
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
 		// seccomp: no obsolete or privilege-raising system calls, no new
 		// processes, no changes to scheduling or resources.
-		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+		"-sandbox", sandboxFor(spec.RunAs),
 		"-kernel", spec.KernelPath,
+	}
+	if spec.RunAs != "" {
+		argv = append(argv, "-runas", spec.RunAs)
 	}
 	if spec.InitrdPath != "" {
 		argv = append(argv, "-initrd", spec.InitrdPath)
@@ -179,6 +209,7 @@ func (d *Driver) Command(spec vmmcore.Spec) ([]string, error) {
 		id, path, format string
 		readonly         bool
 	}{{"root", spec.RootDisk, spec.RootFormat, false}, {"work", spec.WorkDisk, spec.WorkFormat, false}, {"config", spec.ConfigDisk, "raw", true}}
+	nextFD := 3 // diskFiles' order: root, then work
 	for _, disk := range disks {
 		if disk.path == "" {
 			continue
@@ -187,7 +218,26 @@ func (d *Driver) Command(spec vmmcore.Spec) ([]string, error) {
 		if format == "" {
 			format = "raw"
 		}
-		opts := "id=" + disk.id + ",file=" + escapeOpt(disk.path) + ",format=" + format + ",if=none,cache=writeback,aio=threads"
+		file := escapeOpt(disk.path)
+		if fdSets && !disk.readonly {
+			set := rootFDSet
+			if disk.id == "work" {
+				set = workFDSet
+			}
+			fd := nextFD
+			nextFD += 2
+			file = fmt.Sprintf("/dev/fdset/%d", set)
+			argv = append(argv, "-add-fd", fmt.Sprintf("fd=%d,set=%d,opaque=%s-rw", fd, set, disk.id),
+				"-add-fd", fmt.Sprintf("fd=%d,set=%d,opaque=%s-ro", fd+1, set, disk.id))
+		}
+		opts := "id=" + disk.id + ",file=" + file + ",format=" + format + ",if=none,cache=writeback,aio=threads"
+		if strings.HasPrefix(file, "/dev/fdset/") {
+			// The set's read-only descriptor is another open file than
+			// the read-write one, and OFD locks conflict between the two
+			// of them when QEMU reopens the disk read-only. One VMM per
+			// VM is banger's own invariant (the per-VM lock).
+			opts += ",file.locking=off"
+		}
 		if disk.readonly {
 			opts += ",readonly=on"
 		} else {
@@ -278,8 +328,7 @@ func (d *Driver) Start(ctx context.Context, spec vmmcore.Spec) (vmmcore.Handle, 
 	if err := spec.Validate(); err != nil {
 		return vmmcore.Handle{}, err
 	}
-	argv, err := d.Command(spec)
-	if err != nil {
+	if _, err := d.Command(spec); err != nil {
 		return vmmcore.Handle{}, err
 	}
 	if err := os.MkdirAll(spec.RuntimeDir, 0o700); err != nil {
@@ -296,7 +345,7 @@ func (d *Driver) Start(ctx context.Context, spec vmmcore.Spec) (vmmcore.Handle, 
 		return vmmcore.Handle{}, fmt.Errorf("start vm %s: %w", spec.Name, err)
 	}
 	defer console.Close()
-	h, err := d.launchAndWait(ctx, spec, argv, console)
+	h, err := d.launchAndWait(ctx, spec, console)
 	if err != nil || !d.KVM() || spec.IncomingState != "" {
 		return h.Handle, err
 	}
@@ -313,11 +362,39 @@ func (d *Driver) Start(ctx context.Context, spec vmmcore.Spec) (vmmcore.Handle, 
 		_ = os.WriteFile(d.cfg.VerdictFile, []byte(hostKernelRelease()+"\n"), 0o644)
 	}
 	fmt.Fprintf(console, "[banger] the guest printed nothing %s after starting under KVM: this host's KVM does not run guests (nested virtualization?). Retrying with TCG, and remembering that (%s) until the host kernel changes; qemu_accel = \"kvm\" in config.toml forces KVM.\n", KVMBootProbe, d.cfg.VerdictFile)
-	if argv, err = d.Command(spec); err != nil {
-		return vmmcore.Handle{}, err
-	}
-	h, err = d.launchAndWait(ctx, spec, argv, console)
+	h, err = d.launchAndWait(ctx, spec, console)
 	return h.Handle, err
+}
+
+// diskFiles opens the writable disks for their fd sets (see command):
+// root read-write and read-only, then work the same, as fds 3..6. The
+// caller closes them once QEMU has inherited them.
+func diskFiles(spec vmmcore.Spec) ([]*os.File, error) {
+	var files []*os.File
+	for _, p := range []string{spec.RootDisk, spec.WorkDisk} {
+		if p == "" {
+			continue
+		}
+		rw, err := os.OpenFile(p, os.O_RDWR, 0)
+		if err != nil {
+			closeAll(files)
+			return nil, err
+		}
+		ro, err := os.Open(p)
+		if err != nil {
+			rw.Close()
+			closeAll(files)
+			return nil, err
+		}
+		files = append(files, rw, ro)
+	}
+	return files, nil
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+	}
 }
 
 // started is a Handle plus where its boot began in the console log.
@@ -327,12 +404,25 @@ type started struct {
 }
 
 // launchAndWait starts argv and waits for QMP to report the guest running.
-func (d *Driver) launchAndWait(ctx context.Context, spec vmmcore.Spec, argv []string, console *os.File) (started, error) {
+func (d *Driver) launchAndWait(ctx context.Context, spec vmmcore.Spec, console *os.File) (started, error) {
+	// A QEMU that drops to -runas gets its writable disks as descriptors.
+	fdSets := spec.RunAs != ""
+	argv, err := d.command(spec, fdSets)
+	if err != nil {
+		return started{}, err
+	}
+	var extra []*os.File
+	if fdSets {
+		if extra, err = diskFiles(spec); err != nil {
+			return started{}, fmt.Errorf("start vm %s: open disks: %w", spec.Name, err)
+		}
+		defer closeAll(extra)
+	}
 	qmp := filepath.Join(spec.RuntimeDir, QMPSocketName)
 	vmmcore.MarkBoot(console, DriverName, argv)
 	offset, _ := console.Seek(0, io.SeekEnd)
 
-	pid, err := d.launch(argv, console)
+	pid, err := d.launch(argv, console, extra)
 	if err != nil {
 		return started{}, fmt.Errorf("start vm %s: %w (is %s installed? apt-get install qemu-system-x86)", spec.Name, err, d.cfg.Binary)
 	}

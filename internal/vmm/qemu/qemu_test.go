@@ -300,7 +300,7 @@ func TestStartRefusesLiveSocket(t *testing.T) {
 	}
 	t.Cleanup(func() { l.Close() })
 	d := New(Config{})
-	d.launch = func([]string, *os.File) (int, error) {
+	d.launch = func([]string, *os.File, []*os.File) (int, error) {
 		t.Fatal("Start launched a VMM although another one owns the socket")
 		return 0, nil
 	}

@@ -102,18 +102,27 @@ func (q *qmpClient) readMessage() (qmpMessage, error) {
 // passFD hands QEMU an open file under name (QMP getfd: the descriptor
 // travels with the command as SCM_RIGHTS), for an "fd:NAME" migration URI.
 func (q *qmpClient) passFD(name string, f *os.File) error {
+	return q.executeWithFD("getfd", map[string]string{"fdname": name}, f, nil)
+}
+
+// executeWithFD runs command with f's descriptor attached (SCM_RIGHTS).
+func (q *qmpClient) executeWithFD(command string, args any, f *os.File, out any) error {
 	uc, ok := q.conn.(*net.UnixConn)
 	if !ok {
-		return errors.New("qmp getfd: not a unix socket")
+		return fmt.Errorf("qmp %s: not a unix socket", command)
 	}
-	b, err := json.Marshal(map[string]any{"execute": "getfd", "arguments": map[string]string{"fdname": name}})
+	req := map[string]any{"execute": command}
+	if args != nil {
+		req["arguments"] = args
+	}
+	b, err := json.Marshal(req)
 	if err != nil {
 		return err
 	}
 	if _, _, err := uc.WriteMsgUnix(append(b, '\n'), unix.UnixRights(int(f.Fd())), nil); err != nil {
-		return fmt.Errorf("qmp getfd: send: %w", err)
+		return fmt.Errorf("qmp %s: send: %w", command, err)
 	}
-	return q.awaitReply("getfd", nil)
+	return q.awaitReply(command, out)
 }
 
 // execute runs one command and decodes its return value into out (when

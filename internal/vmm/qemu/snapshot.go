@@ -22,13 +22,48 @@ func (d *Driver) Resume(ctx context.Context, h vmmcore.Handle) error {
 }
 
 // SnapshotDisk makes overlay (an existing qcow2 file over the drive's
-// current top layer) the drive's new top: QMP blockdev-snapshot-sync in
-// mode "existing", which opens overlay without its backing chain and puts
-// the current top under it.
+// current top layer) the drive's new top: QMP blockdev-add of the file
+// without its backing chain, then blockdev-snapshot, which puts the
+// current top under it. The file is opened here and handed over as
+// descriptors (QMP add-fd, "/dev/fdset/N"): a QEMU running as its VM's
+// own unprivileged uid could not open a path in banger's state directory.
+// The set holds a read-only descriptor too, for when a later snapshot
+// makes this layer a backing file (QEMU then reopens it read-only), and
+// stays while QEMU lives. Locking is off for it, as for the drives
+// (command): two descriptors of one file would lock each other out.
 func (d *Driver) SnapshotDisk(ctx context.Context, h vmmcore.Handle, drive, overlay string) error {
-	return qmpDo(ctx, h.APISocket, "blockdev-snapshot-sync", map[string]any{
-		"device": drive, "snapshot-file": overlay, "format": "qcow2", "mode": "existing",
-	}, nil)
+	rw, err := os.OpenFile(overlay, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("snapshot %s: %w", drive, err)
+	}
+	defer rw.Close()
+	ro, err := os.Open(overlay)
+	if err != nil {
+		return fmt.Errorf("snapshot %s: %w", drive, err)
+	}
+	defer ro.Close()
+	q, err := dialQMP(ctx, h.APISocket)
+	if err != nil {
+		return err
+	}
+	defer q.Close()
+	var set struct {
+		FdsetID int `json:"fdset-id"`
+	}
+	if err := q.executeWithFD("add-fd", nil, rw, &set); err != nil {
+		return err
+	}
+	if err := q.executeWithFD("add-fd", map[string]any{"fdset-id": set.FdsetID}, ro, nil); err != nil {
+		return err
+	}
+	node := fmt.Sprintf("%s-layer-%d", drive, set.FdsetID)
+	if err := q.execute("blockdev-add", map[string]any{
+		"driver": "qcow2", "node-name": node, "backing": nil,
+		"file": map[string]any{"driver": "file", "filename": fmt.Sprintf("/dev/fdset/%d", set.FdsetID), "locking": "off"},
+	}, nil); err != nil {
+		return err
+	}
+	return q.execute("blockdev-snapshot", map[string]any{"node": drive, "overlay": node}, nil)
 }
 
 // ResizeDisk grows the drive (QMP block_resize); the guest's virtio-blk

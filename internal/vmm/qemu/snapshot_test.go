@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -104,6 +105,9 @@ func TestSaveState(t *testing.T) {
 		if cmd == "query-migrate" {
 			return `{"return": {"status": "completed", "total-time": 9}}`
 		}
+		if cmd == "add-fd" {
+			return `{"return": {"fdset-id": 3, "fd": 27}}`
+		}
 		return ""
 	}}
 	h := vmmcore.Handle{Driver: DriverName, APISocket: q.serve(t)}
@@ -113,7 +117,11 @@ func TestSaveState(t *testing.T) {
 	if err := d.Pause(ctx, h); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.SnapshotDisk(ctx, h, "root", "/vm/root-s.qcow2"); err != nil {
+	overlay := filepath.Join(t.TempDir(), "root-s.qcow2")
+	if err := os.WriteFile(overlay, []byte("QFI\xfb"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SnapshotDisk(ctx, h, "root", overlay); err != nil {
 		t.Fatal(err)
 	}
 	state := filepath.Join(t.TempDir(), "state.bin")
@@ -128,7 +136,10 @@ func TestSaveState(t *testing.T) {
 	}
 	want := []string{
 		"stop",
-		`blockdev-snapshot-sync {"device":"root","format":"qcow2","mode":"existing","snapshot-file":"/vm/root-s.qcow2"}`,
+		"add-fd",
+		`add-fd {"fdset-id":3}`,
+		`blockdev-add {"backing":null,"driver":"qcow2","file":{"driver":"file","filename":"/dev/fdset/3","locking":"off"},"node-name":"root-layer-3"}`,
+		`blockdev-snapshot {"node":"root","overlay":"root-layer-3"}`,
 		`migrate-set-parameters {"max-bandwidth":1099511627776}`,
 		`getfd {"fdname":"banger-save"}`,
 		`migrate {"uri":"fd:banger-save"}`,
@@ -152,5 +163,52 @@ func TestSaveStateFailure(t *testing.T) {
 	err := New(Config{}).SaveState(context.Background(), h, filepath.Join(t.TempDir(), "state.bin"))
 	if err == nil || !strings.Contains(err.Error(), "migration failed: disk full") {
 		t.Fatalf("SaveState = %v", err)
+	}
+}
+
+// With RunAs, QEMU drops to that identity; its seccomp filter then has to
+// let the drop happen (7.2 installs it first).
+func TestCommandRunAs(t *testing.T) {
+	spec := testSpec(t, []byte("kernel"))
+	spec.RunAs = "1879048194:1879048194"
+	argv, err := New(Config{}).Command(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := valueAfter(argv, "-runas"); len(got) != 1 || got[0] != "1879048194:1879048194" {
+		t.Errorf("-runas = %q", got)
+	}
+	if got := valueAfter(argv, "-sandbox"); len(got) != 1 || got[0] != "on,obsolete=deny,elevateprivileges=allow,spawn=deny,resourcecontrol=deny" {
+		t.Errorf("-sandbox = %q", got)
+	}
+}
+
+// With RunAs the writable disks come from fd sets filled by inherited
+// descriptors; the read-only config disk stays a path.
+func TestCommandFDSets(t *testing.T) {
+	spec := testSpec(t, []byte("kernel"))
+	spec.RunAs = "1879048194:1879048194"
+	spec.ConfigDisk = filepath.Join(t.TempDir(), "config.img")
+	argv, err := New(Config{}).command(spec, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"fd=3,set=1,opaque=root-rw", "fd=4,set=1,opaque=root-ro", "fd=5,set=2,opaque=work-rw", "fd=6,set=2,opaque=work-ro"}
+	if got := valueAfter(argv, "-add-fd"); strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("-add-fd = %q, want %q", got, want)
+	}
+	drives := strings.Join(valueAfter(argv, "-drive"), " ")
+	for _, w := range []string{"id=root,file=/dev/fdset/1,", "id=work,file=/dev/fdset/2,", "id=config,file=" + spec.ConfigDisk + ","} {
+		if !strings.Contains(drives, w) {
+			t.Errorf("drives %q lack %q", drives, w)
+		}
+	}
+	files, err := diskFiles(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeAll(files)
+	if len(files) != 4 {
+		t.Fatalf("diskFiles opened %d files, want 4", len(files))
 	}
 }

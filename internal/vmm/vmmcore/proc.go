@@ -182,10 +182,16 @@ func WaitGone(ctx context.Context, alive func() bool, poll time.Duration) error 
 // pid. While the caller lives, a goroutine reaps the process when it exits,
 // so it does not linger as a zombie; after the caller exits init reaps it.
 func Launch(argv []string, console *os.File) (int, error) {
+	return LaunchWith(argv, console, nil)
+}
+
+// LaunchWith is Launch with extra files inherited as fds 3, 4, ...
+func LaunchWith(argv []string, console *os.File, extra []*os.File) (int, error) {
 	proc, err := system.StartDetached(system.DetachedSpec{
-		Argv:   argv,
-		Stdout: console,
-		Stderr: console,
+		Argv:       argv,
+		Stdout:     console,
+		Stderr:     console,
+		ExtraFiles: extra,
 	})
 	if err != nil {
 		return 0, err

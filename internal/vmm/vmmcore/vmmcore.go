@@ -60,6 +60,12 @@ type Spec struct {
 	// the snapshot left it. The machine (vCPUs, memory, devices) must be
 	// the one that was saved.
 	IncomingState string
+	// RunAs, when set ("UID:GID"), is the unprivileged identity the VMM
+	// takes once its devices and files are open (QEMU -runas), so a guest
+	// that escapes into the VMM holds no more than its own VM's open
+	// files. Empty: the VMM keeps the daemon's identity. The Firecracker
+	// driver ignores it (its jailer has its own --uid/--gid).
+	RunAs string
 }
 
 // Handle identifies a running VMM process. It is what the daemon stores to
