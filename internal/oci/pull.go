@@ -54,6 +54,9 @@ type Options struct {
 	// Insecure talks plain HTTP to the registry. Loopback and private
 	// (RFC 1918) registries get HTTP without it.
 	Insecure bool
+	// FreeBytes reports the space available under a directory (statfs
+	// by default; tests replace it).
+	FreeBytes func(dir string) (int64, error)
 	// ExtraTrees are host directories added to the image after its
 	// layers (see ExtraTree). Result's HasSystemd, HasSSHD and
 	// PackageManager describe the image before they are added.
@@ -139,6 +142,22 @@ func Pull(ctx context.Context, r Runner, ref string, opts Options) (res Result, 
 	if err != nil {
 		return Result{}, err
 	}
+	if opts.FreeBytes == nil {
+		opts.FreeBytes = statfsFree
+	}
+	// Unpacked, the layers take at least what they take compressed: refuse
+	// at once a cache filesystem that cannot hold even that.
+	var compressed int64
+	if layers, err := img.Layers(); err == nil {
+		for _, l := range layers {
+			if n, err := l.Size(); err == nil {
+				compressed += n
+			}
+		}
+	}
+	if err := checkFree(opts.FreeBytes, workDir, compressed, "unpack "+ref+" (its compressed layers alone)"); err != nil {
+		return Result{}, err
+	}
 
 	// Make DestFile first, exclusively: it is ours to remove from here on.
 	dest, err := os.OpenFile(opts.DestFile, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
@@ -193,6 +212,10 @@ func Pull(ctx context.Context, r Runner, ref string, opts Options) (res Result, 
 	}
 	res.SizeBytes = size
 
+	// The filesystem holds the whole content (its file is sparse beyond).
+	if err := checkFree(opts.FreeBytes, filepath.Dir(opts.DestFile), res.ContentBytes, "write the "+ref+" filesystem"); err != nil {
+		return Result{}, err
+	}
 	progress("mkfs", 0, res.ContentBytes)
 	if err := makeExt4(ctx, r, rootDir, opts.DestFile, size, res.Inodes); err != nil {
 		return Result{}, err
@@ -533,4 +556,27 @@ func defaultInodes(size int64) int64 {
 		return size / 4096
 	}
 	return size / 16384
+}
+
+// checkFree refuses, with the numbers, when dir's filesystem has less than
+// need bytes available.
+func checkFree(free func(string) (int64, error), dir string, need int64, what string) error {
+	have, err := free(dir)
+	if err != nil {
+		return fmt.Errorf("check free space in %s: %w", dir, err)
+	}
+	if have >= need {
+		return nil
+	}
+	const mb = 1 << 20
+	return api.Errorf(api.CodeOperationFailed, "not enough space in %s to %s: needs at least %d MB, %d MB free; free some (banger image cache prune) or move the cache",
+		dir, what, (need+mb-1)/mb, have/mb)
+}
+
+func statfsFree(dir string) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * st.Bsize, nil
 }

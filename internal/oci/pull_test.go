@@ -447,6 +447,15 @@ func TestPullBadInput(t *testing.T) {
 		{"unknown repository", host + "/nope/nothing:1", Options{}, api.CodeNotFound, "not found"},
 		{"unknown tag", host + "/big/img:missing", Options{}, api.CodeNotFound, "not found"},
 		{"size too small", host + "/big/img:1", Options{SizeBytes: 2 << 20}, api.CodeBadRequest, "too small"},
+		// The space checks, with statfs answered by the test.
+		{"cache too small for the layers", host + "/big/img:1", Options{FreeBytes: func(string) (int64, error) { return 1 << 20, nil }},
+			api.CodeOperationFailed, "(its compressed layers alone): needs at least 4 MB, 1 MB free"},
+		{"no room for the filesystem", host + "/big/img:1", Options{FreeBytes: func(dir string) (int64, error) {
+			if strings.HasSuffix(dir, "/work") {
+				return 1 << 30, nil
+			}
+			return 2 << 20, nil
+		}}, api.CodeOperationFailed, "filesystem: needs at least 4 MB, 2 MB free"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, _, err := pullTo(t, tc.ref, tc.opts)
