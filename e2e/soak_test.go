@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -24,6 +25,23 @@ func (e *env) daemonStats() (goroutines, fds int) {
 		e.t.Fatal(err)
 	}
 	return p.Goroutines, p.OpenFDs
+}
+
+// daemonFDs lists what the daemon's descriptors point at (sorted).
+func (e *env) daemonFDs() []string {
+	e.t.Helper()
+	pid := e.daemonPID()
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var out []string
+	for _, x := range ents {
+		target, _ := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, x.Name()))
+		out = append(out, target)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // parallel runs one banger command per VM at once and fails on any error.
@@ -68,6 +86,7 @@ func TestSoak(t *testing.T) {
 	names := []string{"s1", "s2", "s3"}
 	deadline := time.Now().Add(time.Duration(minutes) * time.Minute)
 	var baseG, baseF int
+	var baseFDs []string
 	var durations []time.Duration
 	execs := 0
 	for c := 1; c <= cycles && !t.Failed(); c++ {
@@ -84,14 +103,17 @@ func TestSoak(t *testing.T) {
 		execs += 2 * len(names)
 		durations = append(durations, time.Since(start))
 		e.assertNoLeaks(fmt.Sprintf("after soak cycle %d", c))
+		// Database connections a burst opened close after 5 s idle.
+		time.Sleep(7 * time.Second)
 		g, f := e.daemonStats()
+		fds := e.daemonFDs()
 		t.Logf("cycle %d: %s, daemon goroutines %d, open fds %d", c, time.Since(start).Round(time.Second), g, f)
 		if c == 1 {
-			baseG, baseF = g, f
+			baseG, baseF, baseFDs = g, f, fds
 			continue
 		}
 		if g > baseG || f > baseF {
-			t.Errorf("cycle %d: the daemon grew: goroutines %d → %d, open fds %d → %d", c, baseG, g, baseF, f)
+			t.Errorf("cycle %d: the daemon grew: goroutines %d → %d, open fds %d → %d\nfds after cycle 1: %v\nfds now: %v", c, baseG, g, baseF, f, baseFDs, fds)
 		}
 	}
 	if len(durations) < 2 {

@@ -72,6 +72,10 @@ func Open(path string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open database %s: %w", path, err)
 	}
+	// Connections a burst of requests opened close once idle for a few
+	// seconds: a long-lived daemon's descriptors come back to what its
+	// steady work needs (the soak test watches them).
+	db.SetConnMaxIdleTime(5 * time.Second)
 	var mode string
 	if err := db.QueryRow("PRAGMA journal_mode").Scan(&mode); err != nil {
 		db.Close()
