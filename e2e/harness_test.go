@@ -5,6 +5,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -58,9 +60,13 @@ func cacheDir() string {
 func artifacts(t *testing.T) (kernelDir, rootfs string) {
 	t.Helper()
 	cache := cacheDir()
-	// Keyed by recipe: a changed build rebuilds instead of reusing.
-	kernelDir = filepath.Join(cache, "kernel-"+kernel.Recipe)
-	imageDir := filepath.Join(cache, "image-"+image.Recipe+"-"+kernel.Recipe)
+	// Keyed by recipe and by a hash of the code that builds it: a changed
+	// build rebuilds instead of reusing (a hand-bumped Recipe alone could
+	// be forgotten, and CI would never run the changed code).
+	kernelKey := kernel.Recipe + "-" + recipeHash(t, "internal/kernel")
+	imageKey := image.Recipe + "-" + recipeHash(t, "internal/image") + "-" + kernelKey
+	kernelDir = filepath.Join(cache, "kernel-"+kernelKey)
+	imageDir := filepath.Join(cache, "image-"+imageKey)
 	r := &system.Exec{}
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Minute)
 	defer cancel()
@@ -73,6 +79,7 @@ func artifacts(t *testing.T) (kernelDir, rootfs string) {
 			t.Fatalf("build kernel: %v", err)
 		}
 		t.Logf("kernel built in %s", time.Since(start).Round(time.Second))
+		pruneStale(t, kernelDir)
 	}
 	if _, err := image.LoadManifest(imageDir); err != nil {
 		t.Logf("building image into %s (%v)", imageDir, err)
@@ -86,8 +93,46 @@ func artifacts(t *testing.T) (kernelDir, rootfs string) {
 			t.Fatalf("build image: %v", err)
 		}
 		t.Logf("image built in %s", time.Since(start).Round(time.Second))
+		pruneStale(t, imageDir)
 	}
 	return kernelDir, filepath.Join(imageDir, "rootfs.ext4")
+}
+
+// recipeHash is 12 hex digits of the SHA-256 of a build package's
+// non-test files (its Go code and the scripts it embeds).
+func recipeHash(t *testing.T, pkg string) string {
+	t.Helper()
+	dir := filepath.Join(repoRoot(t), pkg)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	for _, e := range ents { // ReadDir sorts by name
+		if e.IsDir() || strings.HasSuffix(e.Name(), "_test.go") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(h, "%s %d\n", e.Name(), len(b))
+		h.Write(b)
+	}
+	return hex.EncodeToString(h.Sum(nil))[:12]
+}
+
+// pruneStale removes cached builds of other recipes beside keep (they
+// would only fill the disk: nothing uses an old recipe's build).
+func pruneStale(t *testing.T, keep string) {
+	prefix := strings.SplitN(filepath.Base(keep), "-", 2)[0] + "-"
+	ents, _ := os.ReadDir(filepath.Dir(keep))
+	for _, e := range ents {
+		if e.IsDir() && strings.HasPrefix(e.Name(), prefix) && e.Name() != filepath.Base(keep) && !strings.HasPrefix(e.Name(), "work-") {
+			t.Logf("artifacts: removing %s, the build of another recipe", e.Name())
+			_ = os.RemoveAll(filepath.Join(filepath.Dir(keep), e.Name()))
+		}
+	}
 }
 
 // envCount makes each env's namespace name unique within a run.
