@@ -106,7 +106,10 @@ func TestConcurrency(t *testing.T) {
 	var createErr, deleteErr string
 	var createCode, deleteCode int
 	wg.Add(2)
-	go func() { defer wg.Done(); _, createErr, createCode = e.banger("vm", "create", "--name", "racer", "--image", "victim", "--no-start") }()
+	go func() {
+		defer wg.Done()
+		_, createErr, createCode = e.banger("vm", "create", "--name", "racer", "--image", "victim", "--no-start")
+	}()
 	go func() { defer wg.Done(); _, deleteErr, deleteCode = e.banger("image", "delete", "victim") }()
 	wg.Wait()
 	switch {
