@@ -636,13 +636,28 @@ func testForgedFrames(t *testing.T, tap string) {
 		{"link-local honest", lldp, g.vm.MAC, own, false},
 		{"link-local forged", lldp, g.vm.MAC, forged, false},
 	}
+	// The path is ready once an honest frame gets through: a new bridge
+	// port can take a moment to forward, and a loaded machine longer.
+	buf := make([]byte, 1500)
+	ready := false
+	for i := 0; i < 50 && !ready; i++ {
+		if err := g.sendFrame(brMAC, g.vm.MAC, own, gw, "warmup"); err != nil {
+			t.Fatalf("send warmup frame: %v", err)
+		}
+		_ = pc.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if k, _, err := pc.ReadFrom(buf); err == nil && string(buf[:k]) == "warmup" {
+			ready = true
+		}
+	}
+	if !ready {
+		t.Fatal("no honest frame got through to the gateway in 5 s")
+	}
 	for _, s := range sends {
 		if err := g.sendFrame(s.dst, s.srcMAC, s.src, gw, s.payload); err != nil {
 			t.Fatalf("send %s frame: %v", s.payload, err)
 		}
 	}
 	got := map[string]bool{}
-	buf := make([]byte, 1500)
 	_ = pc.SetReadDeadline(time.Now().Add(blockTimeout))
 	for {
 		k, _, err := pc.ReadFrom(buf)
