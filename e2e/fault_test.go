@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // faultBinaries builds banger, bangerd and banger-agent with the
@@ -36,7 +37,7 @@ func (e *env) restartWith(fault string) {
 	e.startDaemon()
 }
 
-// TestFaultMatrix breaks every step of create, start, clone and delete twice:
+// TestFaultMatrix breaks every step of create, start, clone, stop and delete twice:
 // the step fails (its own undo and the earlier steps' run), and the daemon
 // is SIGKILLed right after it (a new daemon finds what it left). After
 // each, with a daemon restarted clean: the leak checker finds nothing, the
@@ -127,6 +128,27 @@ func TestFaultMatrix(t *testing.T) {
 		}
 	}
 	e.must("vm", "start", "st")
+	e.must("vm", "exec", "st", "--", "true")
+	// A stop, after the VMM exited and after its tap and runtime went:
+	// the VM ends stopped (the watch loop or the next daemon records what
+	// the failed stop did not) and starts again.
+	for _, stage := range []string{"stop: VMM exited", "stop: runtime released"} {
+		for _, mode := range []string{"error", "kill"} {
+			e.restartWith(stage + ":" + mode)
+			_, errOut, code := e.banger("vm", "stop", "st")
+			expectFailure("stop", stage, mode, errOut, code)
+			e.restartWith("")
+			deadline := time.Now().Add(10 * time.Second)
+			for e.show("st").State != "stopped" && time.Now().Before(deadline) {
+				time.Sleep(200 * time.Millisecond) // the watch loop's 2 s tick
+			}
+			settle("stop", stage, mode, "st")
+			if st := e.show("st").State; st != "stopped" {
+				t.Errorf("after stop %q %s: st is %s, want stopped", stage, mode, st)
+			}
+			e.must("vm", "start", "st")
+		}
+	}
 	e.must("vm", "exec", "st", "--", "true")
 	e.must("vm", "delete", "st")
 

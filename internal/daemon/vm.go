@@ -369,7 +369,13 @@ func (d *Daemon) stop(ctx context.Context, v *store.VM, force bool) error {
 	if err != nil {
 		return api.Errorf(api.CodeOperationFailed, "VMM of %s (pid %d) is still running after SIGKILL", v.Name, v.PID)
 	}
+	if err := faultAfter(stageStopExited); err != nil {
+		return err
+	}
 	d.releaseRuntime(ctx, v)
+	if err := faultAfter(stageStopReleased); err != nil {
+		return err
+	}
 	v.State = store.StateStopped
 	v.LastError = note
 	if err := d.store.UpdateVM(context.WithoutCancel(ctx), *v); err != nil {
@@ -406,8 +412,11 @@ func (d *Daemon) vmDelete(ctx context.Context, p api.VMRef) (api.VM, error) {
 	return v, err
 }
 
-// Points of a delete the fault-injection tests break at.
+// Points of a stop and a delete the fault-injection tests break at.
 const (
+	stageStopExited   = "stop: VMM exited"
+	stageStopReleased = "stop: runtime released"
+
 	stageDeleteStop  = "delete: stop"
 	stageDeleteFiles = "delete: remove files"
 	stageDeleteRow   = "delete: remove row"
