@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"banger/internal/release"
 	"banger/internal/rpc"
 )
 
@@ -81,19 +80,7 @@ func TestBenchUpdate(t *testing.T) {
 	dist := filepath.Join(work, "served", "good")
 	makeRelease(t, updateFrom, key, dist)
 	makeRelease(t, updateTo, key, dist)
-	prefix := filepath.Join(work, "bin")
-	if err := os.MkdirAll(prefix, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(filepath.Join(dist, release.TarballName(updateFrom, "amd64")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := release.Extract(f, prefix); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
-	e := newEnvAt(t, prefix)
+	e := newEnvAt(t, installRelease(t, dist, updateFrom, filepath.Join(work, "bin")))
 	rel := serveReleases(t, e, filepath.Join(work, "served"))
 	e.must("kernel", "import", "debian-6.1", "--from", kernelDir)
 	e.must("image", "register", "--name", "debian-bookworm", "--rootfs", rootfs, "--kernel", "debian-6.1")

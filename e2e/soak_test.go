@@ -143,7 +143,7 @@ func TestSoak(t *testing.T) {
 	if len(durations) < 2 {
 		t.Fatalf("only %d cycles fit in %d minutes", len(durations), minutes)
 	}
-	g, f := e.daemonStats()
+	g, f, _ := e.steadyStats()
 	t.Logf("soak: %d cycles × %d VMs, %d execs answered; daemon goroutines %d (after cycle 1: %d), open fds %d (after cycle 1: %d)",
 		len(durations), len(names), execs, g, baseG, f, baseF)
 }

@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -93,7 +94,7 @@ func serveReleases(t *testing.T, e *env, root string) *releases {
 		ln, err = net.Listen("tcp", "127.0.0.1:0")
 		return err
 	})
-	tarball := release.TarballName(updateTo, "amd64")
+	tarball := release.TarballName(updateTo, runtime.GOARCH)
 	files := http.FileServer(http.Dir(root))
 	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		dir, file, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
@@ -191,7 +192,7 @@ func TestUpdate(t *testing.T) {
 	makeRelease(t, updateFrom, key, good)
 	makeRelease(t, updateTo, key, good)
 	makeRelease(t, updateTo, otherKey, filepath.Join(root, "otherkey"))
-	tarball := release.TarballName(updateTo, "amd64")
+	tarball := release.TarballName(updateTo, runtime.GOARCH)
 	copyDir(t, good, filepath.Join(root, "badtarball"))
 	b, err := os.ReadFile(filepath.Join(good, tarball))
 	if err != nil {
@@ -217,19 +218,7 @@ func TestUpdate(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Install vA into a prefix, as a user unpacking a release would.
-	prefix := filepath.Join(work, "prefix", "bin")
-	if err := os.MkdirAll(prefix, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(filepath.Join(good, release.TarballName(updateFrom, "amd64")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := release.Extract(f, prefix); err != nil {
-		t.Fatal(err)
-	}
-	f.Close()
+	prefix := installRelease(t, good, updateFrom, filepath.Join(work, "prefix", "bin"))
 
 	e := newEnvAt(t, prefix)
 	rel := serveReleases(t, e, root)
@@ -379,6 +368,24 @@ func TestUpdate(t *testing.T) {
 		t.Fatalf("keep was restarted (boot id %q → %q)", bootID, got)
 	}
 	e.must("vm", "delete", "keep")
+}
+
+// installRelease unpacks version's tarball from dist into prefix, as a
+// user installing a release would, and returns prefix.
+func installRelease(t *testing.T, dist, version, prefix string) string {
+	t.Helper()
+	if err := os.MkdirAll(prefix, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(dist, release.TarballName(version, runtime.GOARCH)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := release.Extract(f, prefix); err != nil {
+		t.Fatal(err)
+	}
+	return prefix
 }
 
 func mustRead(t *testing.T, p string) []byte {
