@@ -57,3 +57,48 @@ func TestGCLayersKeepsALayerADiskStandsOn(t *testing.T) {
 		t.Fatalf("an unused layer was kept: %v", err)
 	}
 }
+
+// TestFreezeCopy: for a VMM that cannot layer a live disk (Firecracker),
+// a snapshot's layer is a copy of the disk as it was while the guest was
+// paused; the VM's later writes do not reach it, and the gc keeps it
+// while a snapshot names it.
+func TestFreezeCopy(t *testing.T) {
+	d := openArtifactDaemon(t)
+	ctx := context.Background()
+	if d.layersLive("firecracker") || !d.layersLive("qemu") {
+		t.Fatalf("layersLive: firecracker %v, qemu %v; want false, true", d.layersLive("firecracker"), d.layersLive("qemu"))
+	}
+	if err := os.MkdirAll(d.layersDir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	work := filepath.Join(t.TempDir(), "work.ext4")
+	before := append([]byte("saved"), make([]byte, 64<<10)...)
+	if err := os.WriteFile(work, before, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	v := store.VM{ID: "0123456789abcdef", Name: "fc"}
+	frozen, err := d.freezeCopy(ctx, v, "work", rootdisk.NewRaw(work), "snap1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := filepath.Join(d.layersDir(), "snap1-work-0123456789ab.raw"); frozen.Path != want || frozen.Format != rootdisk.FormatRaw || len(frozen.Chain) != 0 {
+		t.Fatalf("frozen = %+v, want a raw layer at %s", frozen, want)
+	}
+	if err := os.WriteFile(work, []byte("after"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(frozen.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got[:5]) != "saved" || len(got) != len(before) {
+		t.Fatalf("the layer holds %q (%d bytes), want the disk as it was when frozen", got[:5], len(got))
+	}
+	// A layered disk cannot be frozen as one file.
+	if _, err := d.freezeCopy(ctx, v, "root", rootdisk.Disk{Strategy: rootdisk.QCOW2, Path: work, Format: rootdisk.FormatQCOW2, Chain: []string{"/x"}}, "snap2"); err == nil {
+		t.Fatal("freezeCopy of a qcow2 overlay succeeded")
+	}
+	if _, err := os.Lstat(filepath.Join(d.layersDir(), "snap2-root-0123456789ab.raw")); err == nil {
+		t.Fatal("a refused freeze left a layer")
+	}
+}

@@ -16,6 +16,7 @@ import (
 
 	"banger/internal/agent"
 	"banger/internal/api"
+	diskpkg "banger/internal/disk"
 	"banger/internal/hostnet"
 	"banger/internal/kernel"
 	"banger/internal/rootdisk"
@@ -40,8 +41,11 @@ type snapshotMeta struct {
 	// Chain what it stands on.
 	Root rootdisk.Disk `json:"root"`
 	Work rootdisk.Disk `json:"work"`
-	// State is the saved memory and device state.
-	State string `json:"state"`
+	// State is the saved memory and device state; StateFiles every file
+	// of it (State first; Firecracker keeps the memory beside it). Empty
+	// StateFiles (snapshots saved before it existed) means [State].
+	State      string   `json:"state"`
+	StateFiles []string `json:"state_files,omitempty"`
 	// MAC and IP are the guest's at the save; a restore replaces them.
 	MAC string `json:"mac"`
 	IP  string `json:"ip"`
@@ -51,6 +55,14 @@ type snapshotMeta struct {
 	KernelID    string `json:"kernel_id"`
 	StateBytes  int64  `json:"state_bytes"`
 	SaveMS      int64  `json:"save_ms"`
+}
+
+// stateFiles lists every file of the saved state.
+func (m snapshotMeta) stateFiles() []string {
+	if len(m.StateFiles) == 0 {
+		return []string{m.State}
+	}
+	return m.StateFiles
 }
 
 func decodeSnapshotMeta(sn store.Snapshot) (snapshotMeta, error) {
@@ -113,7 +125,7 @@ func (d *Daemon) snapshotStale(ctx context.Context, sn store.Snapshot) string {
 	if id, err := d.kernelID(ctx, sn.Kernel); err != nil || id != m.KernelID {
 		return fmt.Sprintf("its kernel %s changed or is gone", sn.Kernel)
 	}
-	for _, f := range append([]string{m.State, m.Root.Path, m.Work.Path}, append(m.Root.Chain, m.Work.Chain...)...) {
+	for _, f := range append(append(m.stateFiles(), m.Root.Path, m.Work.Path), append(m.Root.Chain, m.Work.Chain...)...) {
 		if _, err := os.Stat(f); err != nil {
 			return fmt.Sprintf("its file %s is gone", f)
 		}
@@ -216,17 +228,40 @@ func (d *Daemon) layerDisksStep(plan createPlan, vm *store.VM) step {
 			return nil, err
 		}
 		undo := func(context.Context) error { return os.RemoveAll(paths.dir) }
-		rd, err := rootdisk.Over(ctx, d.runner, m.Root.Path, m.Root.Format, m.Root.Chain, filepath.Join(paths.dir, "root.qcow2"))
-		if err != nil {
-			return undo, spaceError(err)
-		}
-		wd, err := rootdisk.Over(ctx, d.runner, m.Work.Path, m.Work.Format, m.Work.Chain, filepath.Join(paths.dir, "work.qcow2"))
-		if err != nil {
-			return undo, spaceError(err)
+		var rd, wd rootdisk.Disk
+		if d.layersLive(plan.snapshot.VMM) {
+			if rd, err = rootdisk.Over(ctx, d.runner, m.Root.Path, m.Root.Format, m.Root.Chain, filepath.Join(paths.dir, "root.qcow2")); err != nil {
+				return undo, spaceError(err)
+			}
+			if wd, err = rootdisk.Over(ctx, d.runner, m.Work.Path, m.Work.Format, m.Work.Chain, filepath.Join(paths.dir, "work.qcow2")); err != nil {
+				return undo, spaceError(err)
+			}
+		} else {
+			// Raw files only (Firecracker): each disk a copy of its
+			// frozen layer, a reflink where the filesystem can.
+			if rd, err = rootdisk.Create(ctx, d.runner, rootdisk.Copy, m.Root.Path, paths.root); err != nil {
+				return undo, spaceError(err)
+			}
+			if _, err := diskpkg.CloneRoot(ctx, m.Work.Path, paths.work); err != nil {
+				return undo, spaceError(err)
+			}
+			wd = rootdisk.NewRaw(paths.work)
 		}
 		vm.RootDisk, vm.WorkDisk = encodeDisk(rd), encodeDisk(wd)
 		return undo, d.store.UpdateVM(context.WithoutCancel(ctx), *vm)
 	}}
+}
+
+// layersLive reports whether VMs of the VMM vmmName layer their disks
+// over a snapshot's frozen layers (QEMU, qcow2 overlays) rather than
+// copying them (Firecracker, raw files).
+func (d *Daemon) layersLive(vmmName string) bool {
+	drv, err := vmm.ForHandle(vmm.Handle{Driver: vmmName})
+	if err != nil {
+		return false
+	}
+	_, ok := drv.(vmm.DiskLayerer)
+	return ok
 }
 
 // restoreSpec is what the boot steps need to restore instead of boot.
@@ -318,7 +353,11 @@ func (d *Daemon) snapshotVM(ctx context.Context, v *store.VM, name, kind string)
 	}
 	for _, disk := range []rootdisk.Disk{rd, wd} {
 		if disk.Strategy == rootdisk.DM {
-			return store.Snapshot{}, api.Errorf(api.CodeBadRequest, "vm %s's root is a device-mapper snapshot; snapshots need qcow2 or raw layers (root_disk = \"qcow2\" in config.toml for new VMs)", v.Name)
+			want := "qcow2"
+			if _, live := snap.(vmm.DiskLayerer); !live {
+				want = "reflink"
+			}
+			return store.Snapshot{}, api.Errorf(api.CodeBadRequest, "vm %s's root is a device-mapper snapshot; snapshots need qcow2 or raw layers (root_disk = \"%s\" in config.toml for new VMs)", v.Name, want)
 		}
 	}
 	im, err := d.store.GetImage(ctx, v.Image)
@@ -360,21 +399,37 @@ func (d *Daemon) snapshotVM(ctx context.Context, v *store.VM, name, kind string)
 			}
 		}
 	}()
-	frozenRoot, newRoot, err := d.freezeLive(ctx, snap, h, *v, "root", rd, name)
-	if err != nil {
-		return store.Snapshot{}, err
-	}
-	v.RootDisk = encodeDisk(newRoot)
-	if err := d.store.UpdateVM(context.WithoutCancel(ctx), *v); err != nil {
-		return store.Snapshot{}, err
-	}
-	frozenWork, newWork, err := d.freezeLive(ctx, snap, h, *v, "work", wd, name)
-	if err != nil {
-		return store.Snapshot{}, err
-	}
-	v.WorkDisk = encodeDisk(newWork)
-	if err := d.store.UpdateVM(context.WithoutCancel(ctx), *v); err != nil {
-		return store.Snapshot{}, err
+	var frozenRoot, frozenWork rootdisk.Disk
+	if layerer, live := snap.(vmm.DiskLayerer); live {
+		var newRoot, newWork rootdisk.Disk
+		if frozenRoot, newRoot, err = d.freezeLive(ctx, layerer, h, *v, "root", rd, name); err != nil {
+			return store.Snapshot{}, err
+		}
+		v.RootDisk = encodeDisk(newRoot)
+		if err := d.store.UpdateVM(context.WithoutCancel(ctx), *v); err != nil {
+			return store.Snapshot{}, err
+		}
+		if frozenWork, newWork, err = d.freezeLive(ctx, layerer, h, *v, "work", wd, name); err != nil {
+			return store.Snapshot{}, err
+		}
+		v.WorkDisk = encodeDisk(newWork)
+		if err := d.store.UpdateVM(context.WithoutCancel(ctx), *v); err != nil {
+			return store.Snapshot{}, err
+		}
+	} else {
+		if frozenRoot, err = d.freezeCopy(ctx, *v, "root", rd, name); err != nil {
+			return store.Snapshot{}, err
+		}
+		if frozenWork, err = d.freezeCopy(ctx, *v, "work", wd, name); err != nil {
+			_ = os.Remove(frozenRoot.Path)
+			return store.Snapshot{}, err
+		}
+		defer func() {
+			if !ok {
+				_ = os.Remove(frozenRoot.Path)
+				_ = os.Remove(frozenWork.Path)
+			}
+		}()
 	}
 	state := filepath.Join(dir, "state.bin")
 	start := time.Now()
@@ -382,12 +437,16 @@ func (d *Daemon) snapshotVM(ctx context.Context, v *store.VM, name, kind string)
 		return store.Snapshot{}, fmt.Errorf("save the state of %s: %w; last console lines:\n%s", v.Name, err, tailFile(d.pathsFor(v.ID).console, 5))
 	}
 	saveMS := time.Since(start).Milliseconds()
-	_ = os.Chmod(state, 0o400)
+	var stateBytes int64
+	for _, f := range snap.StateFiles(state) {
+		_ = os.Chmod(f, 0o400)
+		stateBytes += fileSize(f)
+	}
 	for _, l := range []string{frozenRoot.Path, frozenWork.Path} {
 		_ = os.Chmod(l, 0o444)
 	}
-	m := snapshotMeta{Root: frozenRoot, Work: frozenWork, State: state, MAC: v.MAC, IP: v.IP, ImageSHA256: im.SHA256,
-		KernelID: kid, StateBytes: fileSize(state), SaveMS: saveMS}
+	m := snapshotMeta{Root: frozenRoot, Work: frozenWork, State: state, StateFiles: snap.StateFiles(state), MAC: v.MAC, IP: v.IP, ImageSHA256: im.SHA256,
+		KernelID: kid, StateBytes: stateBytes, SaveMS: saveMS}
 	mj, err := json.Marshal(m)
 	if err != nil {
 		return store.Snapshot{}, err
@@ -414,6 +473,25 @@ func (d *Daemon) accelFor(vmmName string) string {
 	return accelOf(drv)
 }
 
+// freezeCopy freezes a paused guest's raw disk for a VMM that cannot
+// layer it (Firecracker): the layer is a copy of the disk as it is now
+// (a reflink where the filesystem can, else a sparse copy), and the VM
+// goes on writing its own file. A dm disk cannot be (snapshotVM refuses
+// it first).
+func (d *Daemon) freezeCopy(ctx context.Context, v store.VM, drive string, disk rootdisk.Disk, snapName string) (rootdisk.Disk, error) {
+	if disk.Format != rootdisk.FormatRaw || len(disk.Chain) != 0 {
+		return rootdisk.Disk{}, fmt.Errorf("freeze the %s disk: a %s %s disk over %d layers cannot be copied as one file", drive, disk.Strategy, disk.Format, len(disk.Chain))
+	}
+	layer := filepath.Join(d.layersDir(), snapName+"-"+drive+"-"+shortID(v.ID)+".raw")
+	if err := rootdisk.CheckFree(d.layersDir(), allocatedBytes(disk.Path)); err != nil {
+		return rootdisk.Disk{}, spaceError(err)
+	}
+	if _, err := diskpkg.CloneRoot(ctx, disk.Path, layer); err != nil {
+		return rootdisk.Disk{}, spaceError(fmt.Errorf("freeze the %s disk: %w", drive, err))
+	}
+	return rootdisk.Disk{Strategy: rootdisk.Plain, Path: layer, Format: rootdisk.FormatRaw}, nil
+}
+
 // freezeLive makes the paused guest's drive write to a new qcow2 overlay
 // from now on and returns its old top as a frozen layer (in the layers
 // directory: a hard link, so the content keeps a name whatever happens)
@@ -422,7 +500,7 @@ func (d *Daemon) accelFor(vmmName string) string {
 // the end of a save and takes them back at cont, so the old top's name
 // in the VM's directory stays (a second name of the layer) and the new
 // overlay gets a new one.
-func (d *Daemon) freezeLive(ctx context.Context, snap vmm.Snapshotter, h vmm.Handle, v store.VM, drive string, disk rootdisk.Disk, snapName string) (frozen, now rootdisk.Disk, err error) {
+func (d *Daemon) freezeLive(ctx context.Context, snap vmm.DiskLayerer, h vmm.Handle, v store.VM, drive string, disk rootdisk.Disk, snapName string) (frozen, now rootdisk.Disk, err error) {
 	ext := ".qcow2"
 	if disk.Format != rootdisk.FormatQCOW2 {
 		ext = ".raw"
@@ -485,7 +563,10 @@ func (d *Daemon) toAPISnapshotWith(ctx context.Context, sn store.Snapshot, vms [
 		SourceVM: sn.SourceVM, CreatedAt: sn.CreatedAt, VMs: []string{}}
 	if m, err := decodeSnapshotMeta(sn); err == nil {
 		out.StateBytes, out.SaveMS, out.GuestIP, out.GuestMAC = m.StateBytes, m.SaveMS, m.IP, m.MAC
-		out.SizeBytes = allocatedBytes(m.State) + allocatedBytes(m.Root.Path) + allocatedBytes(m.Work.Path)
+		out.SizeBytes = allocatedBytes(m.Root.Path) + allocatedBytes(m.Work.Path)
+		for _, f := range m.stateFiles() {
+			out.SizeBytes += allocatedBytes(f)
+		}
 	}
 	out.Stale = d.snapshotStale(ctx, sn)
 	for _, v := range vms {

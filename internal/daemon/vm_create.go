@@ -382,6 +382,14 @@ func (d *Daemon) runCreate(ctx context.Context, op *vmCreateOp, plan createPlan,
 			if err != nil {
 				return nil, err
 			}
+			if strategy == rootdisk.DM && plan.purpose == store.PurposeImageWarm {
+				// A snapshot freezes files, not a dm device: the
+				// template gets the best layering that can be frozen.
+				strategy = rootdisk.Copy
+				if d.layersLive(vm.VMM) {
+					strategy = rootdisk.QCOW2
+				}
+			}
 			if err := rootdisk.CheckFree(d.layout.VMsDir, rootdisk.SpaceForCreate(strategy, base)+workDiskMeta); err != nil {
 				return nil, spaceError(err)
 			}

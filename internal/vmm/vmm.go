@@ -68,22 +68,32 @@ type Driver interface {
 }
 
 // Snapshotter is a driver that can save a running guest and load it into
-// a new VMM (Spec.IncomingState). QEMU does it through its monitor.
+// a new VMM (Spec.IncomingState): QEMU through its monitor, Firecracker
+// through its snapshot API.
 type Snapshotter interface {
 	// Pause stops the guest's vCPUs and flushes its disks.
 	Pause(ctx context.Context, h Handle) error
-	// SnapshotDisk switches the paused guest's disk drive ("root",
-	// "work") to overlay, an existing qcow2 file whose backing file is
-	// the drive's current top layer, which is then written no more.
-	SnapshotDisk(ctx context.Context, h Handle, drive, overlay string) error
 	// SaveState writes the paused guest's memory and device state to
-	// path.
+	// path (and, for some drivers, files beside it: see StateFiles).
 	SaveState(ctx context.Context, h Handle, path string) error
+	// StateFiles lists every file SaveState(path) writes, path first.
+	StateFiles(path string) []string
 	// Resume runs a paused (or saved) guest again.
 	Resume(ctx context.Context, h Handle) error
 	// ResizeDisk grows a running guest's drive to size bytes and tells
 	// the guest.
 	ResizeDisk(ctx context.Context, h Handle, drive string, size int64) error
+}
+
+// DiskLayerer is a Snapshotter that can move a paused guest's disk onto a
+// new copy-on-write layer (QEMU, qcow2). A driver without it (Firecracker,
+// raw files only) has its disks frozen by copying them while the guest is
+// paused.
+type DiskLayerer interface {
+	// SnapshotDisk switches the paused guest's disk drive ("root",
+	// "work") to overlay, an existing qcow2 file whose backing file is
+	// the drive's current top layer, which is then written no more.
+	SnapshotDisk(ctx context.Context, h Handle, drive, overlay string) error
 }
 
 // Cleaner is implemented by both drivers: Cleanup removes the sockets (and
@@ -99,6 +109,10 @@ var (
 	_ Driver  = (*firecracker.Driver)(nil)
 	_ Cleaner = (*qemu.Driver)(nil)
 	_ Cleaner = (*firecracker.Driver)(nil)
+
+	_ Snapshotter = (*qemu.Driver)(nil)
+	_ Snapshotter = (*firecracker.Driver)(nil)
+	_ DiskLayerer = (*qemu.Driver)(nil)
 )
 
 // ProcStartTime returns field 22 of /proc/PID/stat, the process's start

@@ -75,6 +75,54 @@ type action struct {
 	ActionType string `json:"action_type"`
 }
 
+// partialDrive is PATCH /drives/{id}: a running guest's drive reopened
+// (after its file grew).
+type partialDrive struct {
+	DriveID    string `json:"drive_id"`
+	PathOnHost string `json:"path_on_host,omitempty"`
+}
+
+// vmState is PATCH /vm.
+type vmState struct {
+	State string `json:"state"` // "Paused" or "Resumed"
+}
+
+type snapshotCreate struct {
+	SnapshotType string `json:"snapshot_type"`
+	SnapshotPath string `json:"snapshot_path"`
+	MemFilePath  string `json:"mem_file_path"`
+}
+
+type memoryBackend struct {
+	BackendType string `json:"backend_type"`
+	BackendPath string `json:"backend_path"`
+}
+
+type networkOverride struct {
+	IfaceID     string `json:"iface_id"`
+	HostDevName string `json:"host_dev_name"`
+}
+
+type vsockOverride struct {
+	UDSPath string `json:"uds_path"`
+}
+
+type snapshotLoad struct {
+	SnapshotPath     string            `json:"snapshot_path"`
+	MemBackend       memoryBackend     `json:"mem_backend"`
+	ResumeVM         bool              `json:"resume_vm"`
+	NetworkOverrides []networkOverride `json:"network_overrides,omitempty"`
+	VsockOverride    *vsockOverride    `json:"vsock_override,omitempty"`
+}
+
+// vmConfig is the part of GET /vm/config banger reads.
+type vmConfig struct {
+	Drives []struct {
+		DriveID    string `json:"drive_id"`
+		PathOnHost string `json:"path_on_host"`
+	} `json:"drives"`
+}
+
 type instanceInfo struct {
 	ID         string `json:"id"`
 	State      string `json:"state"`
@@ -105,6 +153,10 @@ func newClient(sock string) *client {
 
 func (c *client) put(ctx context.Context, path string, body any) error {
 	return c.do(ctx, http.MethodPut, path, body, nil)
+}
+
+func (c *client) patch(ctx context.Context, path string, body any) error {
+	return c.do(ctx, http.MethodPatch, path, body, nil)
 }
 
 func (c *client) get(ctx context.Context, path string, out any) error {

@@ -5,7 +5,10 @@ package firecracker
 // the client's types, and rejects what Firecracker rejects: unknown fields,
 // wrong types, missing required fields, files that do not exist, a second
 // root device, out-of-range machine sizes, and any configuration after
-// InstanceStart.
+// InstanceStart; and for snapshots: a save of a guest that is not
+// paused, a load into a Firecracker already configured, overrides of
+// interfaces the snapshot does not have, and drives whose recorded files
+// are gone when it is loaded.
 
 import (
 	"bytes"
@@ -83,9 +86,17 @@ type fakeFirecracker struct {
 	// root, when set, is the jail: paths in requests are inside it.
 	root string
 
+	// pid is the stand-in process: "/proc/self/fd/N" in a request is
+	// resolved against its descriptors, as Firecracker's own open would.
+	pid int
+
 	mu          sync.Mutex
 	requests    []string // "METHOD /path", in arrival order
 	started     bool
+	paused      bool
+	loaded      string            // the snapshot /snapshot/load took
+	opened      map[string]string // drive id → the file the load opened
+	patched     []string          // drive ids PATCHed, in order
 	loggerSet   bool
 	boot        *fakeBoot
 	drives      map[string]fakeDrive
@@ -123,10 +134,20 @@ func serveFake(t *testing.T, sock, root string) *fakeFirecracker {
 }
 
 func (f *fakeFirecracker) hostPath(p string) string {
+	if rest, ok := strings.CutPrefix(p, "/proc/self/"); ok && f.root == "" {
+		return fmt.Sprintf("/proc/%d/%s", f.pid, rest)
+	}
 	if f.root == "" {
 		return p
 	}
 	return filepath.Join(f.root, p)
+}
+
+// setPID tells the fake which process it stands for.
+func (f *fakeFirecracker) setPID(pid int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.pid = pid
 }
 
 // fault is an error answered as Firecracker does: 400 with fault_message.
@@ -185,14 +206,34 @@ func (f *fakeFirecracker) handle(r *http.Request) (int, any, error) {
 		if f.started {
 			state = "Running"
 		}
+		if f.paused {
+			state = "Paused"
+		}
 		return http.StatusOK, map[string]string{"id": "anonymous-instance", "state": state,
-			"vmm_version": "1.12.0", "app_name": "Firecracker"}, nil
+			"vmm_version": fakeVersion, "app_name": "Firecracker"}, nil
+	}
+	if r.Method == http.MethodGet && path == "/vm/config" {
+		return http.StatusOK, f.fullConfig(), nil
+	}
+	if r.Method == http.MethodPatch {
+		switch {
+		case path == "/vm":
+			return f.patchVM(r)
+		case strings.HasPrefix(path, "/drives/"):
+			return f.patchDrive(r, strings.TrimPrefix(path, "/drives/"))
+		}
+		return 0, nil, fmt.Errorf("Invalid request method and/or path: %s %s.", r.Method, path)
 	}
 	if r.Method != http.MethodPut {
 		return 0, nil, fmt.Errorf("Invalid request method and/or path: %s %s.", r.Method, path)
 	}
-	if path == "/actions" {
+	switch path {
+	case "/actions":
 		return f.action(r)
+	case "/snapshot/create":
+		return f.snapshotCreate(r)
+	case "/snapshot/load":
+		return f.snapshotLoad(r)
 	}
 	configPaths := regexp.MustCompile(`^/(logger|boot-source|machine-config|vsock|drives/[^/]+|network-interfaces/[^/]+)$`)
 	if !configPaths.MatchString(path) {
@@ -422,4 +463,257 @@ func readHead(p string, n int) ([]byte, error) {
 	b := make([]byte, n)
 	_, err = io.ReadFull(f, b)
 	return b, err
+}
+
+// fakeVersion is the Firecracker release whose API description the fake
+// follows (src/firecracker/swagger/firecracker.yaml): it has
+// network_overrides and vsock_override on /snapshot/load.
+const fakeVersion = "1.17.0-dev"
+
+const (
+	faultNotPaused   = "Create snapshot error: the microVM is not paused."
+	faultLoadTooLate = "Loading a microVM snapshot not allowed after configuring boot-specific resources."
+)
+
+// fakeSaved is what the fake writes as a snapshot's state file: the
+// devices as configured, with the paths the guest's devices were given.
+type fakeSaved struct {
+	Drives  map[string]fakeDrive `json:"drives"`
+	Ifaces  map[string]fakeIface `json:"ifaces"`
+	Vsock   *fakeVsock           `json:"vsock"`
+	Machine fakeMachine          `json:"machine"`
+}
+
+func (f *fakeFirecracker) fullConfig() map[string]any {
+	drives := []fakeDrive{}
+	for _, d := range f.drives {
+		drives = append(drives, d)
+	}
+	ifaces := []fakeIface{}
+	for _, n := range f.ifaces {
+		ifaces = append(ifaces, n)
+	}
+	return map[string]any{"drives": drives, "network-interfaces": ifaces, "machine-config": f.machine, "vsock": f.vsock}
+}
+
+func (f *fakeFirecracker) patchVM(r *http.Request) (int, any, error) {
+	var v struct {
+		State *string `json:"state"`
+	}
+	if err := decode(r, &v); err != nil {
+		return 0, nil, err
+	}
+	if v.State == nil {
+		return 0, nil, missing("state")
+	}
+	if !f.started {
+		return 0, nil, errors.New(faultPreBoot)
+	}
+	switch *v.State {
+	case "Paused":
+		f.paused = true
+	case "Resumed":
+		f.paused = false
+	default:
+		return 0, nil, fmt.Errorf("An error occurred when deserializing the json body of a request: unknown variant `%s`, expected `Paused` or `Resumed`", *v.State)
+	}
+	return http.StatusNoContent, nil, nil
+}
+
+func (f *fakeFirecracker) patchDrive(r *http.Request, id string) (int, any, error) {
+	var d struct {
+		DriveID     *string         `json:"drive_id"`
+		PathOnHost  *string         `json:"path_on_host"`
+		RateLimiter json.RawMessage `json:"rate_limiter"`
+	}
+	if err := decode(r, &d); err != nil {
+		return 0, nil, err
+	}
+	if d.DriveID == nil {
+		return 0, nil, missing("drive_id")
+	}
+	if *d.DriveID != id {
+		return 0, nil, fmt.Errorf("The id from the path [%s] does not match the id from the body [%s]!", id, *d.DriveID)
+	}
+	if !f.started {
+		return 0, nil, errors.New(faultPreBoot)
+	}
+	cur, ok := f.drives[id]
+	if !ok {
+		return 0, nil, fmt.Errorf("Unable to patch the block device: drive %s not found", id)
+	}
+	if d.PathOnHost != nil {
+		if err := f.fileMustExist("Unable to patch the block device: cannot open the disk file", *d.PathOnHost); err != nil {
+			return 0, nil, err
+		}
+		cur.PathOnHost = d.PathOnHost
+	}
+	f.drives[id] = cur
+	f.patched = append(f.patched, id)
+	return http.StatusNoContent, nil, nil
+}
+
+func (f *fakeFirecracker) snapshotCreate(r *http.Request) (int, any, error) {
+	var c struct {
+		MemFilePath  *string `json:"mem_file_path"`
+		SnapshotPath *string `json:"snapshot_path"`
+		SnapshotType *string `json:"snapshot_type"`
+	}
+	if err := decode(r, &c); err != nil {
+		return 0, nil, err
+	}
+	if c.MemFilePath == nil {
+		return 0, nil, missing("mem_file_path")
+	}
+	if c.SnapshotPath == nil {
+		return 0, nil, missing("snapshot_path")
+	}
+	if c.SnapshotType != nil {
+		switch *c.SnapshotType {
+		case "Full":
+		case "Diff":
+			if f.machine.TrackDirtyPages == nil || !*f.machine.TrackDirtyPages {
+				return 0, nil, errors.New("Create snapshot error: Diff snapshots require dirty page tracking.")
+			}
+		default:
+			return 0, nil, fmt.Errorf("An error occurred when deserializing the json body of a request: unknown variant `%s`", *c.SnapshotType)
+		}
+	}
+	if !f.started {
+		return 0, nil, errors.New(faultPreBoot)
+	}
+	if !f.paused {
+		return 0, nil, errors.New(faultNotPaused)
+	}
+	state, err := json.Marshal(fakeSaved{Drives: f.drives, Ifaces: f.ifaces, Vsock: f.vsock, Machine: f.machine})
+	if err != nil {
+		return 0, nil, err
+	}
+	if err := os.WriteFile(f.hostPath(*c.SnapshotPath), state, 0o600); err != nil {
+		return 0, nil, fmt.Errorf("Create snapshot error: Cannot write the microVM state: %v", err)
+	}
+	mem := fmt.Sprintf("fake guest memory of %d MiB\n", *f.machine.MemSizeMib)
+	if err := os.WriteFile(f.hostPath(*c.MemFilePath), []byte(mem), 0o600); err != nil {
+		return 0, nil, fmt.Errorf("Create snapshot error: Cannot write the memory file: %v", err)
+	}
+	return http.StatusNoContent, nil, nil
+}
+
+func (f *fakeFirecracker) snapshotLoad(r *http.Request) (int, any, error) {
+	var l struct {
+		SnapshotPath        *string `json:"snapshot_path"`
+		MemFilePath         *string `json:"mem_file_path"`
+		EnableDiffSnapshots *bool   `json:"enable_diff_snapshots"`
+		TrackDirtyPages     *bool   `json:"track_dirty_pages"`
+		ResumeVM            *bool   `json:"resume_vm"`
+		ClockRealtime       *bool   `json:"clock_realtime"`
+		MemBackend          *struct {
+			BackendType *string `json:"backend_type"`
+			BackendPath *string `json:"backend_path"`
+		} `json:"mem_backend"`
+		NetworkOverrides []struct {
+			IfaceID     *string `json:"iface_id"`
+			HostDevName *string `json:"host_dev_name"`
+		} `json:"network_overrides"`
+		VsockOverride *struct {
+			UDSPath *string `json:"uds_path"`
+		} `json:"vsock_override"`
+	}
+	if err := decode(r, &l); err != nil {
+		return 0, nil, err
+	}
+	if l.SnapshotPath == nil {
+		return 0, nil, missing("snapshot_path")
+	}
+	if (l.MemFilePath == nil) == (l.MemBackend == nil) {
+		return 0, nil, errors.New("An error occurred when deserializing the json body of a request: either `mem_backend` or `mem_file_path` must be present, not both")
+	}
+	mem := ""
+	if l.MemFilePath != nil {
+		mem = *l.MemFilePath
+	} else {
+		if l.MemBackend.BackendType == nil {
+			return 0, nil, missing("backend_type")
+		}
+		if l.MemBackend.BackendPath == nil {
+			return 0, nil, missing("backend_path")
+		}
+		if *l.MemBackend.BackendType != "File" && *l.MemBackend.BackendType != "Uffd" {
+			return 0, nil, fmt.Errorf("An error occurred when deserializing the json body of a request: unknown variant `%s`", *l.MemBackend.BackendType)
+		}
+		mem = *l.MemBackend.BackendPath
+	}
+	for _, o := range l.NetworkOverrides {
+		if o.IfaceID == nil {
+			return 0, nil, missing("iface_id")
+		}
+		if o.HostDevName == nil {
+			return 0, nil, missing("host_dev_name")
+		}
+	}
+	if l.VsockOverride != nil && l.VsockOverride.UDSPath == nil {
+		return 0, nil, missing("uds_path")
+	}
+	if f.started || f.boot != nil || len(f.drives) > 0 || len(f.ifaces) > 0 || f.vsock != nil || f.machine.MemSizeMib != nil {
+		return 0, nil, errors.New(faultLoadTooLate)
+	}
+	data, err := os.ReadFile(f.hostPath(*l.SnapshotPath))
+	if err != nil {
+		return 0, nil, fmt.Errorf("Load snapshot error: Failed to restore from snapshot: Cannot open the snapshot file: %v", err)
+	}
+	var saved fakeSaved
+	if err := json.Unmarshal(data, &saved); err != nil {
+		return 0, nil, fmt.Errorf("Load snapshot error: Failed to restore from snapshot: Cannot deserialize the microVM state: %v", err)
+	}
+	if err := f.fileMustExist("Load snapshot error: Failed to restore from snapshot: Cannot open the memory file", mem); err != nil {
+		return 0, nil, err
+	}
+	// The devices come back as saved: each drive reopened by its
+	// recorded path, each tap by name unless overridden, the vsock
+	// socket bound where it was unless overridden.
+	f.opened = map[string]string{}
+	for id, d := range saved.Drives {
+		if err := f.fileMustExist("Load snapshot error: Failed to restore from snapshot: Block device error: cannot open the disk file of drive "+id, *d.PathOnHost); err != nil {
+			return 0, nil, err
+		}
+		target, err := filepath.EvalSymlinks(f.hostPath(*d.PathOnHost))
+		if err != nil {
+			return 0, nil, err
+		}
+		f.opened[id] = target
+	}
+	for _, o := range l.NetworkOverrides {
+		n, ok := saved.Ifaces[*o.IfaceID]
+		if !ok {
+			return 0, nil, fmt.Errorf("Load snapshot error: Invalid network configuration: network override for an interface the snapshot does not have: %s", *o.IfaceID)
+		}
+		n.HostDevName = o.HostDevName
+		saved.Ifaces[*o.IfaceID] = n
+	}
+	for _, n := range saved.Ifaces {
+		if !fakeTaps[*n.HostDevName] {
+			return 0, nil, fmt.Errorf("Load snapshot error: Failed to restore from snapshot: Net device error: Open tap device failed: Invalid TUN/TAP Backend provided by %s.", *n.HostDevName)
+		}
+	}
+	if saved.Vsock != nil {
+		v := *saved.Vsock
+		if l.VsockOverride != nil {
+			v.UDSPath = l.VsockOverride.UDSPath
+		}
+		host := f.hostPath(*v.UDSPath)
+		if _, err := os.Lstat(host); err == nil {
+			return 0, nil, errors.New("Load snapshot error: Failed to restore from snapshot: Vsock device error: Error binding to the host-side Unix socket: Address in use (os error 98)")
+		}
+		ln, err := net.Listen("unix", host)
+		if err != nil {
+			return 0, nil, fmt.Errorf("Load snapshot error: Vsock device error: %v", err)
+		}
+		f.vsockLn = ln
+		f.vsock = &v
+	}
+	f.drives, f.ifaces, f.machine = saved.Drives, saved.Ifaces, saved.Machine
+	f.loaded = *l.SnapshotPath
+	f.started = true
+	f.paused = l.ResumeVM == nil || !*l.ResumeVM
+	return http.StatusNoContent, nil, nil
 }

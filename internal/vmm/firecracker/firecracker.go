@@ -17,6 +17,14 @@
 // /actions {"action_type":"SendCtrlAltDel"}, which the guest sees as a
 // keyboard controller ctrl-alt-del (it needs the i8042 driver).
 //
+// Disks are handed over as descriptors, not paths: Start opens the root,
+// work and configuration disks and Firecracker inherits them as fds 3, 4
+// and 5, named to it as /proc/self/fd/N. A snapshot records those names,
+// so a VM restored from it opens its own disks (inherited at the same
+// numbers) where a path would name the saved VM's files: Firecracker
+// cannot rename a drive at /snapshot/load (it can a tap and the vsock
+// socket, which Start passes as overrides). See snapshot.go.
+//
 // The API is spoken by a small typed client in this package rather than
 // github.com/firecracker-microvm/firecracker-go-sdk: v1.0.0 is the only
 // version the module proxy serves here, it pulls in a large dependency tree
@@ -35,9 +43,13 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
+	"banger/internal/api"
 	"banger/internal/vmm/vmmcore"
 )
 
@@ -82,8 +94,9 @@ type Config struct {
 type Driver struct {
 	cfg Config
 	// launch starts argv detached with its output appended to console and
-	// returns the pid (vmmcore.Launch). Tests replace it.
-	launch func(argv []string, console *os.File) (int, error)
+	// extra inherited as fds 3, 4, ..., and returns the pid
+	// (vmmcore.LaunchWith). Tests replace it.
+	launch func(argv []string, console *os.File, extra []*os.File) (int, error)
 }
 
 // New returns a Firecracker driver.
@@ -107,7 +120,7 @@ func New(cfg Config) *Driver {
 		}
 		cfg.Jailer = &j
 	}
-	return &Driver{cfg: cfg, launch: vmmcore.Launch}
+	return &Driver{cfg: cfg, launch: vmmcore.LaunchWith}
 }
 
 // Name returns "firecracker".
@@ -125,7 +138,22 @@ type layout struct {
 	vsockHost  string // the vsock socket, host path
 	jailDir    string // <base>/<exec>/<id> when jailed, else ""
 	guestPaths vmPaths
+	// disks are the files Start opens and Firecracker inherits, in fd
+	// order from 3 (not jailed; the jail links them instead).
+	disks []diskFile
 }
+
+// diskFile is one disk Firecracker inherits as a descriptor.
+type diskFile struct {
+	path     string
+	readOnly bool
+}
+
+// firstDiskFD is the descriptor the first inherited disk gets.
+const firstDiskFD = 3
+
+// fdPath names inherited descriptor n to the process that holds it.
+func fdPath(n int) string { return "/proc/self/fd/" + strconv.Itoa(n) }
 
 // vmPaths are the paths sent in API calls.
 type vmPaths struct {
@@ -162,9 +190,44 @@ func (d *Driver) layoutFor(spec vmmcore.Spec) (layout, error) {
 	if l.vsockHost, err = vmmcore.SocketPath(spec.RuntimeDir, VsockName); err != nil {
 		return layout{}, err
 	}
-	l.guestPaths = vmPaths{kernel: spec.KernelPath, initrd: spec.InitrdPath,
-		root: spec.RootDisk, work: spec.WorkDisk, config: spec.ConfigDisk, vsock: l.vsockHost}
+	l.guestPaths = vmPaths{kernel: spec.KernelPath, initrd: spec.InitrdPath, vsock: l.vsockHost}
+	for _, dk := range []struct {
+		path     string
+		readOnly bool
+		name     *string
+	}{{spec.RootDisk, false, &l.guestPaths.root}, {spec.WorkDisk, false, &l.guestPaths.work}, {spec.ConfigDisk, true, &l.guestPaths.config}} {
+		if dk.path == "" {
+			continue
+		}
+		*dk.name = fdPath(firstDiskFD + len(l.disks))
+		l.disks = append(l.disks, diskFile{path: dk.path, readOnly: dk.readOnly})
+	}
 	return l, nil
+}
+
+// openDisks opens l's disks for Firecracker to inherit; the caller closes
+// them once it has.
+func openDisks(l layout) ([]*os.File, error) {
+	var files []*os.File
+	for _, dk := range l.disks {
+		flag := os.O_RDWR
+		if dk.readOnly {
+			flag = os.O_RDONLY
+		}
+		f, err := os.OpenFile(dk.path, flag|unix.O_CLOEXEC, 0)
+		if err != nil {
+			closeAll(files)
+			return nil, fmt.Errorf("open disk: %w", err)
+		}
+		files = append(files, f)
+	}
+	return files, nil
+}
+
+func closeAll(files []*os.File) {
+	for _, f := range files {
+		_ = f.Close()
+	}
 }
 
 // Command returns the argv Start runs for spec.
@@ -183,8 +246,9 @@ func (d *Driver) command(l layout) []string {
 	return []string{d.cfg.Binary, "--api-sock", l.apiHost, "--id", l.id}
 }
 
-// Start launches Firecracker, configures the VM and starts it. It returns
-// once Firecracker reports the instance running. On failure it kills what it
+// Start launches Firecracker, configures the VM and starts it (or, when
+// spec.IncomingState is set, loads that snapshot and resumes it). It
+// returns once Firecracker reports the instance running. On failure it kills what it
 // launched, removes its sockets (and jail) and returns an error carrying the
 // tail of the console log.
 func (d *Driver) Start(ctx context.Context, spec vmmcore.Spec) (vmmcore.Handle, error) {
@@ -197,6 +261,9 @@ func (d *Driver) Start(ctx context.Context, spec vmmcore.Spec) (vmmcore.Handle, 
 	l, err := d.layoutFor(spec)
 	if err != nil {
 		return vmmcore.Handle{}, err
+	}
+	if spec.IncomingState != "" && l.jailDir != "" {
+		return vmmcore.Handle{}, api.Errorf(api.CodeBadRequest, "start vm %s: restoring a snapshot under the jailer is not supported; run Firecracker without it", spec.Name)
 	}
 	if err := os.MkdirAll(spec.RuntimeDir, 0o700); err != nil {
 		return vmmcore.Handle{}, fmt.Errorf("start vm %s: create runtime dir: %w", spec.Name, err)
@@ -221,7 +288,13 @@ func (d *Driver) Start(ctx context.Context, spec vmmcore.Spec) (vmmcore.Handle, 
 	argv := d.command(l)
 	vmmcore.MarkBoot(console, DriverName, argv)
 
-	pid, err := d.launch(argv, console)
+	disks, err := openDisks(l)
+	if err != nil {
+		d.removeFiles(l)
+		return vmmcore.Handle{}, fmt.Errorf("start vm %s: %w", spec.Name, err)
+	}
+	pid, err := d.launch(argv, console, disks)
+	closeAll(disks)
 	if err != nil {
 		d.removeFiles(l)
 		return vmmcore.Handle{}, fmt.Errorf("start vm %s: %w (install Firecracker from https://github.com/firecracker-microvm/firecracker/releases, or set vmm = \"qemu\")", spec.Name, err)
@@ -239,7 +312,12 @@ func (d *Driver) Start(ctx context.Context, spec vmmcore.Spec) (vmmcore.Handle, 
 	if err := vmmcore.WaitSocket(ctx, l.apiHost, func() bool { return Alive(h) }); err != nil {
 		return fail(err)
 	}
-	if err := d.configure(ctx, newClient(l.apiHost), spec, l.guestPaths); err != nil {
+	if spec.IncomingState != "" {
+		err = d.restore(ctx, newClient(l.apiHost), spec, l)
+	} else {
+		err = d.configure(ctx, newClient(l.apiHost), spec, l.guestPaths)
+	}
+	if err != nil {
 		return fail(err)
 	}
 	return h, nil

@@ -63,7 +63,7 @@ func installFake(t *testing.T, d *Driver) *fakeVMM {
 	return fv
 }
 
-func (fv *fakeVMM) launch(argv []string, console *os.File) (int, error) {
+func (fv *fakeVMM) launch(argv []string, console *os.File, extra []*os.File) (int, error) {
 	t := fv.t
 	fv.argv = argv
 	if fv.serve {
@@ -75,11 +75,14 @@ func (fv *fakeVMM) launch(argv []string, console *os.File) (int, error) {
 		t.Fatal(err)
 	}
 	standin := append([]string{"bash", "-c", fv.script, "fc-standin", fv.fifo}, argv...)
-	pid, err := vmmcore.Launch(standin, console)
+	pid, err := vmmcore.LaunchWith(standin, console, extra)
 	if err != nil {
 		return 0, err
 	}
 	fv.pid = pid
+	if fv.api != nil {
+		fv.api.setPID(pid)
+	}
 	start, _ := vmmcore.ProcStartTime(pid)
 	t.Cleanup(func() { _ = vmmcore.Kill(pid, start, vmmcore.ArgMentions(fv.fifo)) })
 	return pid, nil
@@ -99,6 +102,31 @@ func (fv *fakeVMM) gone() bool {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// heldFile returns the file process pid holds as descriptor fd and its
+// access mode (O_RDONLY, O_WRONLY or O_RDWR).
+func heldFile(t *testing.T, pid, fd int) (string, int) {
+	t.Helper()
+	target, err := os.Readlink("/proc/" + itoa(pid) + "/fd/" + itoa(fd))
+	if err != nil {
+		t.Fatalf("fd %d of pid %d: %v", fd, pid, err)
+	}
+	info, err := os.ReadFile("/proc/" + itoa(pid) + "/fdinfo/" + itoa(fd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(info), "\n") {
+		if v, ok := strings.CutPrefix(line, "flags:"); ok {
+			flags, err := strconv.ParseInt(strings.TrimSpace(v), 8, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return target, int(flags) & unix.O_ACCMODE
+		}
+	}
+	t.Fatalf("no flags in fdinfo %d of pid %d", fd, pid)
+	return "", 0
+}
 
 func flagValue(argv []string, flag string) string {
 	for i, a := range argv {
@@ -152,14 +180,25 @@ func TestStartConfiguresThenStarts(t *testing.T) {
 	if *f.boot.KernelImagePath != spec.KernelPath || *f.boot.BootArgs != spec.Cmdline || *f.boot.InitrdPath != spec.InitrdPath {
 		t.Errorf("boot source %+v", f.boot)
 	}
-	if r := f.drives["rootfs"]; *r.PathOnHost != spec.RootDisk || !*r.IsRootDevice || *r.IsReadOnly {
+	// The disks are the VMM's inherited descriptors 3, 4 and 5, named
+	// /proc/self/fd/N, and are the spec's files: read-write, read-write,
+	// read-only.
+	if r := f.drives["rootfs"]; *r.PathOnHost != "/proc/self/fd/3" || !*r.IsRootDevice || *r.IsReadOnly {
 		t.Errorf("root drive %+v", r)
 	}
-	if w := f.drives["work"]; *w.PathOnHost != spec.WorkDisk || *w.IsRootDevice {
+	if w := f.drives["work"]; *w.PathOnHost != "/proc/self/fd/4" || *w.IsRootDevice {
 		t.Errorf("work drive %+v", w)
 	}
-	if c := f.drives["config"]; *c.PathOnHost != spec.ConfigDisk || *c.IsRootDevice || !*c.IsReadOnly {
+	if c := f.drives["config"]; *c.PathOnHost != "/proc/self/fd/5" || *c.IsRootDevice || !*c.IsReadOnly {
 		t.Errorf("config drive %+v", c)
+	}
+	for fd, want := range map[int]struct {
+		path string
+		mode int
+	}{3: {spec.RootDisk, unix.O_RDWR}, 4: {spec.WorkDisk, unix.O_RDWR}, 5: {spec.ConfigDisk, unix.O_RDONLY}} {
+		if got, mode := heldFile(t, fv.pid, fd); got != want.path || mode != want.mode {
+			t.Errorf("fd %d of the VMM = %s (mode %d), want %s (mode %d)", fd, got, mode, want.path, want.mode)
+		}
 	}
 	if *f.machine.VcpuCount != 2 || *f.machine.MemSizeMib != 256 || f.machine.Smt == nil || *f.machine.Smt {
 		t.Errorf("machine config %+v", f.machine)
@@ -490,7 +529,7 @@ func TestJailerConfigChecks(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			d := New(tc.cfg)
-			d.launch = func([]string, *os.File) (int, error) { t.Fatal("launched"); return 0, nil }
+			d.launch = func([]string, *os.File, []*os.File) (int, error) { t.Fatal("launched"); return 0, nil }
 			_, err := d.Start(context.Background(), spec)
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("Start = %v, want %q", err, tc.want)

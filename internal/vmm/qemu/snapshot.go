@@ -15,6 +15,9 @@ func (d *Driver) Pause(ctx context.Context, h vmmcore.Handle) error {
 	return qmpDo(ctx, h.APISocket, "stop", nil, nil)
 }
 
+// StateFiles lists what SaveState(path) writes: the one migration stream.
+func (d *Driver) StateFiles(path string) []string { return []string{path} }
+
 // Resume runs the guest again (QMP cont; after a completed save it also
 // takes the disks back, which the save handed over).
 func (d *Driver) Resume(ctx context.Context, h vmmcore.Handle) error {
