@@ -13,6 +13,8 @@ echo "== go vet"
 go vet ./...
 echo "== unit and host-integration tests (go test -race)"
 go test -race -count=1 ./...
+echo "== kernel and image build tests (build from Debian packages, boot the image once)"
+BANGER_BUILD_TESTS=1 go test -count=1 -timeout 30m -run '^TestBuild' ./internal/kernel ./internal/image
 if [ -x scripts/e2e.sh ]; then
   echo "== end-to-end"
   make e2e
