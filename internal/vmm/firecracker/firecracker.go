@@ -49,7 +49,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"banger/internal/api"
 	"banger/internal/vmm/vmmcore"
 )
 
@@ -118,6 +117,12 @@ func New(cfg Config) *Driver {
 		if j.ChrootBase == "" {
 			j.ChrootBase = DefaultChrootBase
 		}
+		if j.ParentCgroup == "" {
+			j.ParentCgroup = DefaultParentCgroup
+		}
+		if j.CgroupRoot == "" {
+			j.CgroupRoot = DefaultCgroupRoot
+		}
 		cfg.Jailer = &j
 	}
 	return &Driver{cfg: cfg, launch: vmmcore.LaunchWith}
@@ -141,6 +146,9 @@ type layout struct {
 	// disks are the files Start opens and Firecracker inherits, in fd
 	// order from 3 (not jailed; the jail links them instead).
 	disks []diskFile
+	// uid, gid and memMiB are the jailed VMM's identity and guest memory
+	// (its cgroup's limit derives from it).
+	uid, gid, memMiB int
 }
 
 // diskFile is one disk Firecracker inherits as a descriptor.
@@ -158,6 +166,9 @@ func fdPath(n int) string { return "/proc/self/fd/" + strconv.Itoa(n) }
 // vmPaths are the paths sent in API calls.
 type vmPaths struct {
 	kernel, initrd, root, work, config, vsock string
+	// state and mem are the snapshot a restore loads (its state file and
+	// guest memory), as the VMM names them.
+	state, mem string
 }
 
 // instanceID turns a VM name into a Firecracker/jailer id: alphanumerics
@@ -191,6 +202,9 @@ func (d *Driver) layoutFor(spec vmmcore.Spec) (layout, error) {
 		return layout{}, err
 	}
 	l.guestPaths = vmPaths{kernel: spec.KernelPath, initrd: spec.InitrdPath, vsock: l.vsockHost}
+	if spec.IncomingState != "" {
+		l.guestPaths.state, l.guestPaths.mem = spec.IncomingState, spec.IncomingState+MemFileSuffix
+	}
 	for _, dk := range []struct {
 		path     string
 		readOnly bool
@@ -261,9 +275,6 @@ func (d *Driver) Start(ctx context.Context, spec vmmcore.Spec) (vmmcore.Handle, 
 	l, err := d.layoutFor(spec)
 	if err != nil {
 		return vmmcore.Handle{}, err
-	}
-	if spec.IncomingState != "" && l.jailDir != "" {
-		return vmmcore.Handle{}, api.Errorf(api.CodeBadRequest, "start vm %s: restoring a snapshot under the jailer is not supported; run Firecracker without it", spec.Name)
 	}
 	if err := os.MkdirAll(spec.RuntimeDir, 0o700); err != nil {
 		return vmmcore.Handle{}, fmt.Errorf("start vm %s: create runtime dir: %w", spec.Name, err)
@@ -379,6 +390,25 @@ func (d *Driver) abort(h vmmcore.Handle, l layout) {
 	d.removeFiles(l)
 }
 
+// cgroupRoot and parentCgroup are where the jailer puts VMs' cgroups
+// (the defaults when the driver was made for a Handle only).
+func (d *Driver) cgroupRoot() string {
+	if d.cfg.Jailer != nil && d.cfg.Jailer.CgroupRoot != "" {
+		return d.cfg.Jailer.CgroupRoot
+	}
+	return DefaultCgroupRoot
+}
+
+func (d *Driver) parentCgroup() string {
+	if d.cfg.Jailer != nil && d.cfg.Jailer.ParentCgroup != "" {
+		return d.cfg.Jailer.ParentCgroup
+	}
+	return DefaultParentCgroup
+}
+
+// Jailed reports whether VMs start under the jailer.
+func (d *Driver) Jailed() bool { return d.cfg.Jailer != nil }
+
 func (d *Driver) removeFiles(l layout) {
 	_ = os.Remove(l.apiHost)
 	_ = os.Remove(l.vsockHost)
@@ -414,11 +444,11 @@ func (d *Driver) Cleanup(h vmmcore.Handle) error {
 	if Alive(h) {
 		return fmt.Errorf("clean up after firecracker pid %d: it is still running; stop or kill it first", h.PID)
 	}
-	if jailDir, _, ok := jailOf(h.APISocket); ok {
+	if jailDir, id, ok := jailOf(h.APISocket); ok {
 		if err := os.RemoveAll(jailDir); err != nil {
 			return fmt.Errorf("remove jail: %w", err)
 		}
-		return nil
+		return removeCgroups(d.cgroupRoot(), d.parentCgroup(), id)
 	}
 	var errs []error
 	for _, f := range []string{h.APISocket, AgentSocket(h)} {

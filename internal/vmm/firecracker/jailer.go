@@ -1,16 +1,19 @@
 package firecracker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
 	"banger/internal/api"
+	"banger/internal/disk"
 	"banger/internal/vmm/vmmcore"
 )
 
@@ -27,22 +30,45 @@ const (
 
 // JailerConfig runs Firecracker under its jailer: chrooted in
 // <ChrootBase>/<firecracker binary name>/<VM id>/root, in its own mount
-// namespace, as UID:GID.
+// namespace, as the VM's own uid and gid (Spec.RunAs, else UID:GID), in a
+// cgroup of its own under ParentCgroup that bounds its memory and tasks.
 //
-// The jailer requires the kernel, initrd and disks to be inside the chroot;
-// Start hard-links them there, so ChrootBase must be on the same filesystem
-// as banger's images and VM disks, and it gives the disks to UID:GID (a hard
-// link shares its owner with the original). The tap device must be usable by
-// UID (created with that owner) because the jailed Firecracker has no
-// CAP_NET_ADMIN.
+// The jailer closes every inherited descriptor but stdio, so the jailed
+// VMM is given files by path, inside the chroot: Start hard-links the
+// kernel, initrd and disks there (ChrootBase must be on the filesystem of
+// banger's images and VM disks), makes a device node for a block-device
+// disk (a dm root), and gives the disks and the configuration disk to the
+// VM's uid (a hard link shares its owner with the original). The tap must
+// belong to that uid too (the jailed Firecracker has no CAP_NET_ADMIN):
+// the caller sets its owner before Start.
 type JailerConfig struct {
 	// Binary is the jailer executable (default "jailer" on PATH).
 	Binary string
-	// UID and GID are what Firecracker runs as.
+	// UID and GID are what Firecracker runs as when the Spec names no
+	// RunAs.
 	UID, GID int
 	// ChrootBase defaults to DefaultChrootBase.
 	ChrootBase string
+	// CgroupVersion is 1 or 2 (the host's hierarchy); 0 sets no limits.
+	CgroupVersion int
+	// ParentCgroup is where the jailer makes each VM's cgroup (default
+	// DefaultParentCgroup), relative to each controller's root.
+	ParentCgroup string
+	// CgroupRoot is where cgroups are mounted (default /sys/fs/cgroup);
+	// Cleanup removes the VM's cgroups there.
+	CgroupRoot string
 }
+
+// Cgroup defaults: the parent of every VM's cgroup, the mount point, and
+// what a VM may use besides its guest memory (Firecracker's own memory
+// and the page cache of its disk I/O, which the kernel reclaims before
+// the limit bites) and how many tasks (threads) its VMM may have.
+const (
+	DefaultParentCgroup = "banger"
+	DefaultCgroupRoot   = "/sys/fs/cgroup"
+	cgroupMemSlackMiB   = 256
+	cgroupPidsMax       = 256
+)
 
 // jailLayout fills l for a jailed start.
 func (d *Driver) jailLayout(l layout, spec vmmcore.Spec) (layout, error) {
@@ -64,7 +90,17 @@ func (d *Driver) jailLayout(l layout, spec vmmcore.Spec) (layout, error) {
 	if l.vsockHost, err = vmmcore.SocketPath(root, jailVsock); err != nil {
 		return layout{}, err
 	}
+	l.uid, l.gid = j.UID, j.GID
+	if spec.RunAs != "" {
+		if l.uid, l.gid, err = parseRunAs(spec.RunAs); err != nil {
+			return layout{}, err
+		}
+	}
+	l.memMiB = spec.MemoryMiB
 	l.guestPaths = vmPaths{kernel: "/kernel", root: "/root.img", vsock: jailVsock}
+	if spec.IncomingState != "" {
+		l.guestPaths.state, l.guestPaths.mem = jailState, jailState+MemFileSuffix
+	}
 	if spec.InitrdPath != "" {
 		l.guestPaths.initrd = "/initrd"
 	}
@@ -77,61 +113,148 @@ func (d *Driver) jailLayout(l layout, spec vmmcore.Spec) (layout, error) {
 	return l, nil
 }
 
-// prepareJail creates the chroot and hard-links the VM's files into it.
+// jailState is where a jailed restore finds the snapshot it loads, and a
+// jailed save writes one before it is moved out.
+const jailState = "/snapshot.state"
+
+// parseRunAs parses Spec.RunAs, "UID:GID".
+func parseRunAs(s string) (uid, gid int, err error) {
+	u, g, ok := strings.Cut(s, ":")
+	if ok {
+		if uid, err = strconv.Atoi(u); err == nil {
+			gid, err = strconv.Atoi(g)
+		}
+	}
+	if !ok || err != nil || uid <= 0 || gid <= 0 {
+		return 0, 0, api.Errorf(api.CodeBadRequest, "run-as identity %q is not UID:GID of an unprivileged user", s)
+	}
+	return uid, gid, nil
+}
+
+// prepareJail creates the chroot and puts the VM's files into it.
 func (d *Driver) prepareJail(l layout, spec vmmcore.Spec) error {
-	j := d.cfg.Jailer
 	root := filepath.Join(l.jailDir, "root")
 	run := filepath.Join(root, "run")
 	if err := os.MkdirAll(run, 0o755); err != nil {
 		return fmt.Errorf("create jail: %w", err)
 	}
-	if err := os.Chown(run, j.UID, j.GID); err != nil {
+	if err := os.Chown(run, l.uid, l.gid); err != nil {
 		return fmt.Errorf("create jail: %w", err)
 	}
-	links := []struct {
+	files := []struct {
 		src, dst string
-		owned    bool // Firecracker writes it, so it must own it
+		owned    bool // the VM's own file: Firecracker must open it
 	}{
 		{spec.KernelPath, l.guestPaths.kernel, false},
 		{spec.InitrdPath, l.guestPaths.initrd, false},
 		{spec.RootDisk, l.guestPaths.root, true},
 		{spec.WorkDisk, l.guestPaths.work, true},
-		{spec.ConfigDisk, l.guestPaths.config, false},
+		{spec.ConfigDisk, l.guestPaths.config, true},
 	}
-	for _, ln := range links {
-		if ln.src == "" {
+	for _, f := range files {
+		if f.src == "" {
 			continue
 		}
-		dst := filepath.Join(root, ln.dst)
+		dst := filepath.Join(root, f.dst)
 		if err := os.Remove(dst); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("replace %s in jail: %w", dst, err)
 		}
-		if err := os.Link(ln.src, dst); err != nil {
-			if errors.Is(err, unix.EXDEV) {
-				return fmt.Errorf("hard-link %s into the jail at %s: they are on different filesystems; put the jailer chroot base on the filesystem that holds banger's state", ln.src, root)
-			}
-			return fmt.Errorf("hard-link %s into the jail: %w", ln.src, err)
+		if err := placeInJail(f.src, dst, root); err != nil {
+			return err
 		}
-		if ln.owned {
-			if err := os.Chown(dst, j.UID, j.GID); err != nil {
-				return fmt.Errorf("give %s to the jailed uid %d: %w", ln.src, j.UID, err)
+		if f.owned {
+			if err := os.Chown(dst, l.uid, l.gid); err != nil {
+				return fmt.Errorf("give %s to the jailed uid %d: %w", f.src, l.uid, err)
+			}
+		}
+	}
+	if spec.IncomingState != "" {
+		// The snapshot's files are shared by every VM restored from it:
+		// each jail gets copies (reflinks where the filesystem can) that
+		// only its own uid may read.
+		for i, src := range d.StateFiles(spec.IncomingState) {
+			dst := filepath.Join(root, []string{l.guestPaths.state, l.guestPaths.mem}[i])
+			if _, err := disk.CloneRoot(context.Background(), src, dst); err != nil {
+				return fmt.Errorf("copy the snapshot into the jail: %w", err)
+			}
+			if err := os.Chown(dst, l.uid, l.gid); err != nil {
+				return fmt.Errorf("give the snapshot copy to the jailed uid %d: %w", l.uid, err)
 			}
 		}
 	}
 	return nil
 }
 
+// placeInJail makes dst name src inside the jail: a hard link for a
+// regular file, a device node of the same device for a block device (a
+// node in /dev cannot be linked across filesystems).
+func placeInJail(src, dst, root string) error {
+	st, err := os.Stat(src)
+	if err != nil {
+		return fmt.Errorf("put %s into the jail: %w", src, err)
+	}
+	if st.Mode()&os.ModeDevice != 0 {
+		if st.Mode()&os.ModeCharDevice != 0 {
+			return fmt.Errorf("put %s into the jail: a character device is not a disk", src)
+		}
+		sys := st.Sys().(*syscall.Stat_t)
+		if err := unix.Mknod(dst, unix.S_IFBLK|0o600, int(sys.Rdev)); err != nil {
+			return fmt.Errorf("make a node of %s in the jail: %w", src, err)
+		}
+		return nil
+	}
+	if err := os.Link(src, dst); err != nil {
+		if errors.Is(err, unix.EXDEV) {
+			return fmt.Errorf("hard-link %s into the jail at %s: they are on different filesystems; put the jailer chroot base on the filesystem that holds banger's state", src, root)
+		}
+		return fmt.Errorf("hard-link %s into the jail: %w", src, err)
+	}
+	return nil
+}
+
 func (d *Driver) jailerCommand(l layout) []string {
 	j := d.cfg.Jailer
-	return []string{j.Binary,
+	argv := []string{j.Binary,
 		"--id", l.id,
 		"--exec-file", d.cfg.Binary,
-		"--uid", strconv.Itoa(j.UID),
-		"--gid", strconv.Itoa(j.GID),
+		"--uid", strconv.Itoa(l.uid),
+		"--gid", strconv.Itoa(l.gid),
 		"--chroot-base-dir", j.ChrootBase,
-		"--",
-		"--api-sock", jailAPISocket,
 	}
+	if v := j.CgroupVersion; v == 1 || v == 2 {
+		mem := "memory.max"
+		if v == 1 {
+			mem = "memory.limit_in_bytes"
+		}
+		argv = append(argv,
+			"--cgroup-version", strconv.Itoa(v),
+			"--parent-cgroup", j.ParentCgroup,
+			"--cgroup", fmt.Sprintf("%s=%d", mem, int64(l.memMiB+cgroupMemSlackMiB)<<20),
+			"--cgroup", fmt.Sprintf("pids.max=%d", cgroupPidsMax))
+	}
+	return append(argv, "--", "--api-sock", jailAPISocket)
+}
+
+// cgroupDirs are the directories the jailer makes for VM id: under the
+// unified root (v2), or under each controller banger limits (v1).
+func cgroupDirs(root, parent, id string) []string {
+	return []string{
+		filepath.Join(root, parent, id),
+		filepath.Join(root, "memory", parent, id),
+		filepath.Join(root, "pids", parent, id),
+	}
+}
+
+// removeCgroups removes the cgroups of the exited VMM id (the jailer
+// leaves them behind). A cgroup that still has tasks cannot go.
+func removeCgroups(root, parent, id string) error {
+	var errs []error
+	for _, dir := range cgroupDirs(root, parent, id) {
+		if err := unix.Rmdir(dir); err != nil && !errors.Is(err, unix.ENOENT) {
+			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", dir, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // jailOf recognises the API socket of a jailed Firecracker

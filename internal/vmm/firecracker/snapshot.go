@@ -5,9 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
+	"banger/internal/disk"
 	"banger/internal/vmm/vmmcore"
 )
 
@@ -61,25 +65,54 @@ func (d *Driver) setState(ctx context.Context, h vmmcore.Handle, state string) e
 // to path + MemFileSuffix (a full snapshot). Neither may exist; on failure
 // neither is left. The guest stays paused.
 func (d *Driver) SaveState(ctx context.Context, h vmmcore.Handle, path string) error {
-	if _, _, jailed := jailOf(h.APISocket); jailed {
-		return errors.New("save state: snapshots of a jailed Firecracker are not supported")
-	}
 	files := d.StateFiles(path)
 	for _, f := range files {
 		if _, err := os.Lstat(f); err == nil {
 			return fmt.Errorf("save state: %s already exists", f)
 		}
 	}
-	err := newClient(h.APISocket).put(ctx, "/snapshot/create",
-		snapshotCreate{SnapshotType: "Full", SnapshotPath: files[0], MemFilePath: files[1]})
+	// A jailed Firecracker writes inside its chroot; the files are then
+	// moved out and given back to root.
+	written := files
+	jailDir, _, jailed := jailOf(h.APISocket)
+	req := snapshotCreate{SnapshotType: "Full", SnapshotPath: files[0], MemFilePath: files[1]}
+	if jailed {
+		root := filepath.Join(jailDir, "root")
+		req.SnapshotPath, req.MemFilePath = jailState, jailState+MemFileSuffix
+		written = []string{filepath.Join(root, jailState), filepath.Join(root, jailState+MemFileSuffix)}
+	}
+	err := newClient(h.APISocket).put(ctx, "/snapshot/create", req)
+	if err == nil && jailed {
+		err = moveOut(written, files)
+	}
 	if err == nil {
 		err = syncFiles(files)
 	}
 	if err != nil {
-		for _, f := range files {
+		for _, f := range append(written, files...) {
 			_ = os.Remove(f)
 		}
 		return fmt.Errorf("save state to %s: %w", path, err)
+	}
+	return nil
+}
+
+// moveOut moves a jailed save's files to where the caller wants them,
+// owned by root: the jailed uid keeps no hold on them.
+func moveOut(from, to []string) error {
+	for i := range from {
+		if err := os.Rename(from[i], to[i]); err != nil {
+			if !errors.Is(err, unix.EXDEV) {
+				return err
+			}
+			if _, err := disk.CloneRoot(context.Background(), from[i], to[i]); err != nil {
+				return err
+			}
+			_ = os.Remove(from[i])
+		}
+		if err := os.Chown(to[i], 0, 0); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -110,8 +143,8 @@ func (d *Driver) restore(ctx context.Context, c *client, spec vmmcore.Spec, l la
 		return err
 	}
 	load := snapshotLoad{
-		SnapshotPath:  spec.IncomingState,
-		MemBackend:    memoryBackend{BackendType: "File", BackendPath: spec.IncomingState + MemFileSuffix},
+		SnapshotPath:  l.guestPaths.state,
+		MemBackend:    memoryBackend{BackendType: "File", BackendPath: l.guestPaths.mem},
 		VsockOverride: &vsockOverride{UDSPath: l.guestPaths.vsock},
 	}
 	if spec.Tap != "" {
@@ -145,7 +178,7 @@ var driveIDs = map[string]string{"root": rootDriveID, "work": workDriveID}
 
 // ResizeDisk grows the running guest's drive ("root" or "work") to size
 // bytes: the regular file Firecracker holds (reached through
-// /proc/PID/fd, whatever its name) is extended, then PATCH /drives tells
+// /proc/PID/fd, whatever its name, or through the jail) is extended, then PATCH /drives tells
 // Firecracker, which tells the guest. It never shrinks, and refuses a
 // block device.
 func (d *Driver) ResizeDisk(ctx context.Context, h vmmcore.Handle, drive string, size int64) error {
@@ -167,11 +200,17 @@ func (d *Driver) ResizeDisk(ctx context.Context, h vmmcore.Handle, drive string,
 			guestPath = dr.PathOnHost
 		}
 	}
-	n, err := strconv.Atoi(strings.TrimPrefix(guestPath, "/proc/self/fd/"))
-	if err != nil || !strings.HasPrefix(guestPath, "/proc/self/fd/") {
-		return fmt.Errorf("resize %s: firecracker has it as %q, not an inherited descriptor", drive, guestPath)
+	// The file as the host reaches it: through the jail, or through the
+	// descriptor Firecracker inherited.
+	var hostPath string
+	if jailDir, _, jailed := jailOf(h.APISocket); jailed && filepath.IsAbs(guestPath) {
+		hostPath = filepath.Join(jailDir, "root", guestPath)
+	} else if n, err := strconv.Atoi(strings.TrimPrefix(guestPath, "/proc/self/fd/")); err == nil && strings.HasPrefix(guestPath, "/proc/self/fd/") {
+		hostPath = "/proc/" + strconv.Itoa(h.PID) + "/fd/" + strconv.Itoa(n)
+	} else {
+		return fmt.Errorf("resize %s: firecracker has it as %q, neither an inherited descriptor nor a jail path", drive, guestPath)
 	}
-	f, err := os.OpenFile("/proc/"+strconv.Itoa(h.PID)+"/fd/"+strconv.Itoa(n), os.O_WRONLY, 0)
+	f, err := os.OpenFile(hostPath, os.O_WRONLY, 0)
 	if err != nil {
 		return fmt.Errorf("resize %s: %w", drive, err)
 	}

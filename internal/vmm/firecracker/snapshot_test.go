@@ -6,8 +6,11 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"banger/internal/vmm/vmmcore"
 )
@@ -127,12 +130,15 @@ func TestSnapshotSaveAndRestore(t *testing.T) {
 	}
 }
 
-// TestRestoreRefusals: a snapshot that is gone, and a jailed restore.
-func TestRestoreRefusals(t *testing.T) {
+// TestRestoreOfAMissingSnapshot fails cleanly: no VMM, no sockets.
+func TestRestoreOfAMissingSnapshot(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	spec := testSpec(t)
 	spec.IncomingState = filepath.Join(t.TempDir(), "missing.bin")
+	if err := os.WriteFile(spec.IncomingState+MemFileSuffix, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	d := New(Config{})
 	fv := installFake(t, d)
 	if _, err := d.Start(ctx, spec); err == nil || !strings.Contains(err.Error(), "Cannot open the snapshot file") {
@@ -146,13 +152,158 @@ func TestRestoreRefusals(t *testing.T) {
 			t.Errorf("%s left by a failed restore", p)
 		}
 	}
+}
 
-	jailed := New(Config{Binary: "/opt/fc/firecracker", Jailer: &JailerConfig{ChrootBase: t.TempDir(), UID: 1, GID: 1}})
-	jailed.launch = func([]string, *os.File, []*os.File) (int, error) { t.Fatal("launched"); return 0, nil }
-	if _, err := jailed.Start(ctx, spec); err == nil || !strings.Contains(err.Error(), "under the jailer") {
-		t.Fatalf("jailed restore = %v", err)
+// TestJailedSnapshot: under the jailer, each VM runs as its own uid in
+// its own cgroup; a save is written in the jail and moved out to root; a
+// restore gets its own copy of the snapshot in its own jail, and the
+// saved drive paths (/root.img, ...) are its own disks there.
+func TestJailedSnapshot(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("the jailed layout hands files to other uids, which needs root")
 	}
-	if err := jailed.SaveState(ctx, vmmcore.Handle{Driver: DriverName, PID: 1, APISocket: "/srv/jailer/firecracker/x/root/run/firecracker.socket"}, "/tmp/x"); err == nil {
-		t.Fatal("SaveState of a jailed VMM succeeded")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	base := filepath.Join(t.TempDir(), "jail")
+	cgroots := t.TempDir()
+	jcfg := func() Config {
+		return Config{Binary: "/opt/fc/firecracker", Jailer: &JailerConfig{ChrootBase: base, CgroupVersion: 2, CgroupRoot: cgroots}}
+	}
+	src := testSpec(t)
+	src.RunAs = "5000:5001"
+	d := New(jcfg())
+	fv := installFake(t, d)
+	h, err := d.Start(ctx, src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d.Kill(h) })
+	wantArgv := []string{"jailer", "--id", "fctest", "--exec-file", "/opt/fc/firecracker", "--uid", "5000", "--gid", "5001",
+		"--chroot-base-dir", base, "--cgroup-version", "2", "--parent-cgroup", "banger",
+		"--cgroup", "memory.max=536870912", "--cgroup", "pids.max=256", "--", "--api-sock", "/run/firecracker.socket"}
+	if !slices.Equal(fv.argv, wantArgv) {
+		t.Errorf("argv = %q\nwant %q", fv.argv, wantArgv)
+	}
+	srcRoot := filepath.Join(base, "firecracker", "fctest", "root")
+	for _, f := range []string{"root.img", "work.img", "config.img"} {
+		if uid, gid := owner(t, filepath.Join(srcRoot, f)); uid != 5000 || gid != 5001 {
+			t.Errorf("%s owned by %d:%d, want the VM's 5000:5001", f, uid, gid)
+		}
+	}
+	state := filepath.Join(t.TempDir(), "state.bin")
+	if err := d.Pause(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SaveState(ctx, h, state); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range d.StateFiles(state) {
+		if uid, _ := owner(t, f); uid != 0 {
+			t.Errorf("%s owned by uid %d after the save, want root", f, uid)
+		}
+	}
+	for _, f := range []string{"snapshot.state", "snapshot.state.mem"} {
+		if _, err := os.Lstat(filepath.Join(srcRoot, f)); err == nil {
+			t.Errorf("%s left in the source's jail", f)
+		}
+	}
+
+	fork := testSpec(t)
+	fork.Name, fork.Tap, fork.RunAs, fork.IncomingState = "fork", "bg-jail", "5002:5002", state
+	d2 := New(jcfg())
+	fv2 := installFake(t, d2)
+	h2, err := d2.Start(ctx, fork)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d2.Kill(h2) })
+	forkRoot := filepath.Join(base, "firecracker", "fork", "root")
+	f := fv2.api
+	f.mu.Lock()
+	loaded, opened := f.loaded, f.opened
+	tap, vsock := *f.ifaces["eth0"].HostDevName, *f.vsock.UDSPath
+	f.mu.Unlock()
+	if loaded != "/snapshot.state" {
+		t.Errorf("the jailed restore loaded %q, want its jail's /snapshot.state", loaded)
+	}
+	for _, f := range []string{"snapshot.state", "snapshot.state.mem"} {
+		if uid, _ := owner(t, filepath.Join(forkRoot, f)); uid != 5002 {
+			t.Errorf("the fork's copy of %s belongs to uid %d, want 5002", f, uid)
+		}
+	}
+	for id, want := range map[string]string{"rootfs": fork.RootDisk, "work": fork.WorkDisk, "config": fork.ConfigDisk} {
+		a, err1 := os.Stat(opened[id])
+		b, err2 := os.Stat(want)
+		if err1 != nil || err2 != nil || !os.SameFile(a, b) {
+			t.Errorf("restored drive %s opened %s, want the fork's %s", id, opened[id], want)
+		}
+	}
+	if tap != "bg-jail" || vsock != "/run/vsock.sock" {
+		t.Errorf("restored tap %s vsock %s", tap, vsock)
+	}
+	if err := d2.ResizeDisk(ctx, h2, "work", 1<<20); err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Stat(fork.WorkDisk); st.Size() != 1<<20 {
+		t.Errorf("the fork's work disk is %d bytes after ResizeDisk, want %d", st.Size(), 1<<20)
+	}
+
+	// Cleanup takes the jail and the cgroups the jailer made.
+	cgs := cgroupDirs(cgroots, "banger", "fork")
+	for _, dir := range cgs[:2] {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d2.Kill(h2); err != nil {
+		t.Fatal(err)
+	}
+	if err := vmmcore.WaitGone(ctx, func() bool { return d2.Alive(h2) }, 10*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.Cleanup(h2); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range append(cgs, filepath.Dir(forkRoot)) {
+		if _, err := os.Lstat(p); err == nil {
+			t.Errorf("%s left after Cleanup", p)
+		}
+	}
+}
+
+func owner(t *testing.T, p string) (uint32, uint32) {
+	t.Helper()
+	st, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys := st.Sys().(*syscall.Stat_t)
+	return sys.Uid, sys.Gid
+}
+
+// TestBlockDeviceInJail: a dm root (a block device in /dev) gets a node
+// of the same device in the jail; a hard link could not cross into it.
+func TestBlockDeviceInJail(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("mknod needs root")
+	}
+	dir := t.TempDir()
+	dev := filepath.Join(dir, "dm-root")
+	if err := unix.Mknod(dev, unix.S_IFBLK|0o600, int(unix.Mkdev(7, 250))); err != nil {
+		t.Fatal(err)
+	}
+	dst := filepath.Join(dir, "jailroot.img")
+	if err := placeInJail(dev, dst, dir); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Lstat(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode()&os.ModeDevice == 0 || st.Mode()&os.ModeCharDevice != 0 || st.Sys().(*syscall.Stat_t).Rdev != unix.Mkdev(7, 250) {
+		t.Fatalf("jail node %v rdev %d, want block device 7:250", st.Mode(), st.Sys().(*syscall.Stat_t).Rdev)
+	}
+	if err := placeInJail("/dev/null", filepath.Join(dir, "null.img"), dir); err == nil {
+		t.Fatal("a character device was accepted as a disk")
 	}
 }
