@@ -33,6 +33,8 @@ type Config struct {
 	VMM            string     `toml:"vmm"`                 // auto, firecracker or qemu
 	QEMUAccel      string     `toml:"qemu_accel"`          // auto, kvm or tcg
 	FirecrackerBin string     `toml:"firecracker_bin"`     // firecracker binary, by name or path
+	Jailer         string     `toml:"firecracker_jailer"`  // auto, on or off: Firecracker under its jailer
+	JailerBin      string     `toml:"jailer_bin"`          // jailer binary, by name or path
 	QEMUBin        string     `toml:"qemu_bin"`            // qemu binary, by name or path
 	OpsRetention   Duration   `toml:"ops_retention"`       // how long finished operations stay listed
 	UpdateManifest string     `toml:"update_manifest_url"` // where banger update reads releases (http or https)
@@ -75,6 +77,8 @@ const (
 	DefaultRootDisk       = "auto"
 	DefaultQEMUAccel      = "auto"
 	DefaultFirecrackerBin = "firecracker"
+	DefaultJailer         = "auto"
+	DefaultJailerBin      = "jailer"
 	DefaultQEMUBin        = "qemu-system-x86_64"
 	DefaultOpsRetention   = Duration(time.Hour)
 	DefaultVCPU           = 1    // when the host's CPU count is unknown
@@ -135,6 +139,8 @@ func Default(host HostInfo) Config {
 		ForwardPorts:   "none",
 		QEMUAccel:      DefaultQEMUAccel,
 		FirecrackerBin: DefaultFirecrackerBin,
+		Jailer:         DefaultJailer,
+		JailerBin:      DefaultJailerBin,
 		QEMUBin:        DefaultQEMUBin,
 		OpsRetention:   DefaultOpsRetention,
 		VMDefaults: VMDefaults{
@@ -192,6 +198,8 @@ type fileConfig struct {
 	VMM            *string         `toml:"vmm"`
 	QEMUAccel      *string         `toml:"qemu_accel"`
 	FirecrackerBin *string         `toml:"firecracker_bin"`
+	Jailer         *string         `toml:"firecracker_jailer"`
+	JailerBin      *string         `toml:"jailer_bin"`
 	QEMUBin        *string         `toml:"qemu_bin"`
 	OpsRetention   *Duration       `toml:"ops_retention"`
 	UpdateManifest *string         `toml:"update_manifest_url"`
@@ -338,6 +346,7 @@ func (c *Config) apply(fc fileConfig, path string, index docIndex) []error {
 	}
 	setString("default_image", fc.DefaultImage, &c.DefaultImage)
 	setString("firecracker_bin", fc.FirecrackerBin, &c.FirecrackerBin)
+	setString("jailer_bin", fc.JailerBin, &c.JailerBin)
 	setString("qemu_bin", fc.QEMUBin, &c.QEMUBin)
 
 	if v := fc.BridgeName; v != nil {
@@ -418,6 +427,15 @@ func (c *Config) apply(fc fileConfig, path string, index docIndex) []error {
 			set("vmm")
 		default:
 			fail("vmm", "%q is not a VMM banger drives; use auto, firecracker or qemu", *v)
+		}
+	}
+	if v := fc.Jailer; v != nil {
+		switch *v {
+		case "auto", "on", "off":
+			c.Jailer = *v
+			set("firecracker_jailer")
+		default:
+			fail("firecracker_jailer", "%q is not one of auto, on, off", *v)
 		}
 	}
 	if v := fc.QEMUAccel; v != nil {

@@ -56,6 +56,8 @@ forward_ports = "auto"
 vmm = "qemu"
 qemu_accel = "tcg"
 firecracker_bin = "/opt/fc/firecracker"
+firecracker_jailer = "on"
+jailer_bin = "/opt/fc/jailer"
 qemu_bin = "/usr/bin/qemu-system-x86_64"
 ops_retention = "30m"
 update_manifest_url = "https://releases.example/banger/manifest.json"
@@ -73,6 +75,7 @@ disk_size = "20GiB"
 		LogLevel: "debug", DefaultImage: "alpine", BridgeName: "br-test", BridgeCIDR: "10.9.0.254/16",
 		TapPoolSize: 0, DNSListen: "127.0.0.53:5353", DefaultDNS: []string{"1.1.1.1", "2606:4700::1111"},
 		DefaultNAT: true, Warm: true, RootDisk: "qcow2", ForwardPorts: "auto", VMM: "qemu", QEMUAccel: "tcg", FirecrackerBin: "/opt/fc/firecracker", QEMUBin: "/usr/bin/qemu-system-x86_64",
+		Jailer: "on", JailerBin: "/opt/fc/jailer",
 		OpsRetention: Duration(30 * time.Minute), UpdateManifest: "https://releases.example/banger/manifest.json",
 		VMDefaults: VMDefaults{VCPU: 3, MemoryMiB: 2048, DiskSize: "20GiB"},
 	}
@@ -241,6 +244,7 @@ func TestLoadErrorsNameKeyAndLine(t *testing.T) {
 		{"pool negative", "tap_pool_size = -1\n", 1, "tap_pool_size", "use a number from 0 to 64"},
 		{"dns listen without port", "dns_listen = \"127.0.0.1\"\n", 1, "dns_listen", "is not an address with a port"},
 		{"bad vmm", "vmm = \"kvmtool\"\n", 1, "vmm", `vmm "kvmtool" is not a VMM banger drives`},
+		{"bad jailer", "firecracker_jailer = \"maybe\"\n", 1, "firecracker_jailer", `firecracker_jailer "maybe" is not one of auto, on, off`},
 		{"bad forward mode", "forward_ports = \"all\"\n", 1, "forward_ports", `forward_ports "all" is not a forwarding mode`},
 		{"bad root disk", "root_disk = \"zfs\"\n", 1, "root_disk", `root_disk "zfs" is not a root disk strategy; use auto, dm, qcow2, reflink or copy`},
 		{"empty image", "default_image = \"  \"\n", 1, "default_image", "default_image is empty"},

@@ -17,6 +17,7 @@ import (
 	"banger/internal/system"
 	"banger/internal/version"
 	"banger/internal/vmm"
+	"banger/internal/vmm/firecracker"
 )
 
 // Options configure a Daemon.
@@ -49,6 +50,10 @@ type Daemon struct {
 	allowedUIDs []uint32
 	host        config.HostInfo
 	stateLock   *os.File // flock held for the daemon's life
+
+	// cgroupRoot is where cgroups are mounted (/sys/fs/cgroup; tests
+	// point it elsewhere): the jailer puts VMs' cgroups under it.
+	cgroupRoot string
 
 	// driverOverride replaces VMM selection (tests of the lifecycle).
 	driverOverride vmm.Driver
@@ -114,6 +119,7 @@ func Open(ctx context.Context, opts Options) (*Daemon, error) {
 		vmLocks:     make(map[string]*sync.Mutex),
 		host:        config.DetectHost(),
 		stateLock:   stateLock,
+		cgroupRoot:  firecracker.DefaultCgroupRoot,
 	}
 	d.net, err = newNetwork(opts.Config, opts.Logger, st)
 	if err != nil {

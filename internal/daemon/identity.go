@@ -18,6 +18,7 @@ import (
 	"banger/internal/kernel"
 	"banger/internal/sshx"
 	"banger/internal/store"
+	"banger/internal/vmm"
 )
 
 // A VM's identity is made once, at create, by the host: an ed25519 SSH
@@ -199,4 +200,20 @@ func (d *Daemon) vmmIdentity(ip string) (string, error) {
 	idx := binary.BigEndian.Uint32(host[:]) - binary.BigEndian.Uint32(net[:])
 	uid := uint32(vmmUIDBase) + idx
 	return fmt.Sprintf("%d:%d", uid, uid), nil
+}
+
+// giveTapToJailedVMM hands the VM's tap to the uid its VMM will run as
+// when the driver jails it (a jailed Firecracker has no CAP_NET_ADMIN and
+// can attach only to a tap it owns). The tap is deleted when the VM
+// stops, and its ownership with it.
+func (d *Daemon) giveTapToJailedVMM(drv vmm.Driver, spec vmm.Spec) error {
+	j, ok := drv.(interface{ Jailed() bool })
+	if !ok || !j.Jailed() || spec.Tap == "" {
+		return nil
+	}
+	var uid, gid int
+	if _, err := fmt.Sscanf(spec.RunAs, "%d:%d", &uid, &gid); err != nil || uid <= 0 {
+		return fmt.Errorf("the jailed VMM of %s needs an identity of its own, got %q", spec.Name, spec.RunAs)
+	}
+	return hostnet.SetTapOwner(spec.Tap, uid, gid)
 }

@@ -188,6 +188,9 @@ func (d *Daemon) findLeaks(ctx context.Context) (api.LeaksResult, error) {
 			add("file", p, "no VM, image, kernel or snapshot accounts for it")
 		}
 	}
+	for _, p := range d.jailLeftovers(vms) {
+		add("file", p, "a Firecracker jail or cgroup of no running VM")
+	}
 	for _, l := range d.removableLayers(ctx) {
 		add("file", l, "a layer no disk or snapshot stands on")
 	}

@@ -80,8 +80,13 @@ func (d *Daemon) driverFor(name string) (vmm.Driver, error) {
 		pref = name
 	}
 	return vmm.SelectWith(vmm.Options{Pref: pref, FirecrackerBin: d.cfg.FirecrackerBin, QEMUBin: d.cfg.QEMUBin,
+		Jailer: d.cfg.Jailer, JailerBin: d.cfg.JailerBin, JailBase: d.jailBase(),
 		QEMUAccel: d.cfg.QEMUAccel, KVMVerdictFile: filepath.Join(d.layout.StateDir, "kvm-stalled")})
 }
+
+// jailBase is where jailed Firecracker VMs get their chroots: in the
+// state directory, on the filesystem of their disks (hard-linked in).
+func (d *Daemon) jailBase() string { return filepath.Join(d.layout.StateDir, "jail") }
 
 // refresh reconciles one VM's record with the host: a VM recorded as
 // running whose VMM is gone is marked stopped and its tap released.
@@ -713,6 +718,7 @@ func (d *Daemon) adoptVMs(ctx context.Context) {
 	d.removeBuildLeftovers()
 	d.removeSnapshotLeftovers(ctx)
 	d.sweepUnrecorded(ctx)
+	d.sweepJails(ctx)
 	d.layersMu.Lock()
 	d.gcLayers(ctx)
 	d.layersMu.Unlock()

@@ -587,6 +587,10 @@ func (d *Daemon) bootStepsFrom(v *store.VM, rs *restoreSpec) []step {
 			if spec.RunAs, err = d.vmmIdentity(v.IP); err != nil {
 				return nil, err
 			}
+			spec.ID = shortID(v.ID)
+			if err := d.giveTapToJailedVMM(drv, spec); err != nil {
+				return nil, err
+			}
 			handle, err = drv.Start(ctx, spec)
 			if err != nil {
 				_ = os.RemoveAll(paths.run)

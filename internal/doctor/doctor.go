@@ -60,6 +60,10 @@ type Env struct {
 	ReadFile func(path string) ([]byte, error)
 	// Firewall reads how many of banger's nftables tables are installed.
 	Firewall func() (int, error)
+	// SelectVMM picks the driver (vmm.SelectWith) and JailerChoice says
+	// why Firecracker would not be jailed (vmm.JailerChoice).
+	SelectVMM    func(o vmm.Options) (vmm.Driver, error)
+	JailerChoice func(o vmm.Options, fcPath string) (bool, string, error)
 }
 
 func (e *Env) defaults() {
@@ -77,6 +81,12 @@ func (e *Env) defaults() {
 	}
 	if e.ReadFile == nil {
 		e.ReadFile = os.ReadFile
+	}
+	if e.SelectVMM == nil {
+		e.SelectVMM = vmm.SelectWith
+	}
+	if e.JailerChoice == nil {
+		e.JailerChoice = vmm.JailerChoice
 	}
 }
 
@@ -114,8 +124,13 @@ var tools = []tool{
 func Run(ctx context.Context, e Env) []Check {
 	e.defaults()
 	var out []Check
-	vc, vmmName := e.vmmChoice(ctx)
+	vc, drv := e.vmmChoice(ctx)
 	out = append(out, e.kvm(), vc)
+	vmmName := ""
+	if drv != nil {
+		vmmName = drv.Name()
+		out = append(out, e.sandbox(drv))
+	}
 	out = append(out, e.tools()...)
 	if vmmName != "" {
 		out = append(out, e.rootDisk(vmmName))
@@ -145,11 +160,17 @@ func (e *Env) kvm() Check {
 	return Check{Name: "kvm", Status: Pass, Detail: "/dev/kvm runs guests"}
 }
 
-// vmmChoice also returns the chosen driver's name ("" when none works).
-func (e *Env) vmmChoice(ctx context.Context) (Check, string) {
-	d, err := vmm.SelectWith(vmm.Options{Pref: e.Config.VMM, FirecrackerBin: e.Config.FirecrackerBin, QEMUBin: e.Config.QEMUBin, QEMUAccel: e.Config.QEMUAccel})
+// vmmOptions are the driver options config.toml gives.
+func (e *Env) vmmOptions() vmm.Options {
+	return vmm.Options{Pref: e.Config.VMM, FirecrackerBin: e.Config.FirecrackerBin, QEMUBin: e.Config.QEMUBin, QEMUAccel: e.Config.QEMUAccel,
+		Jailer: e.Config.Jailer, JailerBin: e.Config.JailerBin, JailBase: filepath.Join(e.Layout.StateDir, "jail")}
+}
+
+// vmmChoice also returns the chosen driver (nil when none works).
+func (e *Env) vmmChoice(ctx context.Context) (Check, vmm.Driver) {
+	d, err := e.SelectVMM(e.vmmOptions())
 	if err != nil {
-		return Check{Name: "vmm", Status: Fail, Detail: err.Error(), Fix: "install QEMU (apt-get install qemu-system-x86) or fix vmm in config.toml"}, ""
+		return Check{Name: "vmm", Status: Fail, Detail: err.Error(), Fix: "install QEMU (apt-get install qemu-system-x86) or fix vmm in config.toml"}, nil
 	}
 	detail := d.Name()
 	if k, ok := d.(interface{ KVM() bool }); ok {
@@ -171,7 +192,38 @@ func (e *Env) vmmChoice(ctx context.Context) (Check, string) {
 	if out, err := e.Run(cctx, bin, "--version"); err == nil {
 		detail += "; " + strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
 	}
-	return Check{Name: "vmm", Status: Pass, Detail: detail + " (vmm = " + orAuto(e.Config.VMM) + ")"}, d.Name()
+	return Check{Name: "vmm", Status: Pass, Detail: detail + " (vmm = " + orAuto(e.Config.VMM) + ")"}, d
+}
+
+// sandbox says what confines each VM's VMM process.
+func (e *Env) sandbox(d vmm.Driver) Check {
+	c := Check{Name: "vmm sandbox", Status: Pass}
+	root := os.Geteuid() == 0
+	switch j, ok := d.(interface{ Jailed() bool }); {
+	case ok && j.Jailed():
+		c.Detail = "each VM's Firecracker runs under the jailer: its own chroot, uid and cgroup"
+	case ok:
+		bin := e.Config.FirecrackerBin
+		if p, err := e.LookPath(orDefault(bin, "firecracker")); err == nil {
+			bin = p
+		}
+		_, why, _ := e.JailerChoice(e.vmmOptions(), bin)
+		c.Status = Warn
+		c.Detail = "Firecracker runs unjailed, as bangerd's user: " + why
+		c.Fix = "install the jailer from Firecracker's release next to firecracker and run bangerd as root (firecracker_jailer = \"auto\")"
+	case root:
+		c.Detail = "QEMU runs under its seccomp sandbox and drops to a uid of its VM's own (-runas)"
+	default:
+		c.Detail = "QEMU runs under its seccomp sandbox, as bangerd's user"
+	}
+	return c
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }
 
 // runFunc adapts Env.Run to rootdisk.Runner.

@@ -12,6 +12,8 @@ import (
 
 	"banger/internal/config"
 	"banger/internal/hostnat"
+	"banger/internal/vmm"
+	"banger/internal/vmm/firecracker"
 )
 
 // testEnv is a host where everything passes: tools found, KVM fine,
@@ -171,6 +173,17 @@ func TestEachCheckFails(t *testing.T) {
 		{"no vmm", "vmm", Fail, "", "install QEMU", func(e *Env) {
 			e.Config.QEMUBin = "/nonexistent/qemu"
 		}},
+		{"firecracker unjailed", "vmm sandbox", Warn, `Firecracker runs unjailed, as bangerd's user: the jailer binary "jailer" was not found`, "install the jailer", func(e *Env) {
+			e.SelectVMM = func(vmm.Options) (vmm.Driver, error) {
+				return firecracker.New(firecracker.Config{Binary: "/usr/bin/firecracker"}), nil
+			}
+			e.JailerChoice = func(o vmm.Options, fc string) (bool, string, error) {
+				if o.JailBase != filepath.Join(e.Layout.StateDir, "jail") || fc != "/usr/bin/firecracker" {
+					return false, fmt.Sprintf("asked with jail base %q and firecracker %q", o.JailBase, fc), nil
+				}
+				return false, `the jailer binary "jailer" was not found (exec: not found)`, nil
+			}
+		}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -185,5 +198,17 @@ func TestEachCheckFails(t *testing.T) {
 				t.Errorf("Failed = %v", got)
 			}
 		})
+	}
+}
+
+// TestSandboxJailed: a jailed Firecracker passes.
+func TestSandboxJailed(t *testing.T) {
+	e := testEnv(t)
+	e.SelectVMM = func(vmm.Options) (vmm.Driver, error) {
+		return firecracker.New(firecracker.Config{Binary: "/usr/bin/firecracker", Jailer: &firecracker.JailerConfig{}}), nil
+	}
+	c := find(t, Run(context.Background(), e), "vmm sandbox")
+	if c.Status != Pass || !strings.Contains(c.Detail, "under the jailer") {
+		t.Fatalf("vmm sandbox = %s %q", c.Status, c.Detail)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"banger/internal/api"
 )
@@ -268,4 +269,43 @@ func ListTaps(prefix string) ([]string, error) {
 	}
 	sort.Strings(names)
 	return names, nil
+}
+
+// SetTapOwner gives the existing TAP device name to uid:gid, so a process
+// running as that user without CAP_NET_ADMIN (a jailed Firecracker) may
+// attach to it. It attaches to the tap through /dev/net/tun (TUNSETIFF,
+// with the flags CreateTap made it with) and sets TUNSETOWNER and
+// TUNSETGROUP; the tap stays persistent when the descriptor closes.
+func SetTapOwner(name string, uid, gid int) error {
+	if err := validIfName("tap", name); err != nil {
+		return err
+	}
+	// TUNSETIFF would create a missing tap (gone again on close).
+	link, err := lookupLink(name)
+	if err != nil {
+		return err
+	}
+	if link == nil || link.Type() != "tuntap" {
+		return fmt.Errorf("give tap %s to uid %d: no such tap", name, uid)
+	}
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("give tap %s to uid %d: open /dev/net/tun: %w", name, uid, err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return fmt.Errorf("give tap %s to uid %d: %w", name, uid, err)
+	}
+	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		return fmt.Errorf("give tap %s to uid %d: attach: %w", name, uid, err)
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, uid); err != nil {
+		return fmt.Errorf("give tap %s to uid %d: %w", name, uid, err)
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETGROUP, gid); err != nil {
+		return fmt.Errorf("give tap %s to gid %d: %w", name, gid, err)
+	}
+	return nil
 }

@@ -226,3 +226,36 @@ func TestTapLifecycle(t *testing.T) {
 		t.Errorf("links left in the namespace: %v", left)
 	}
 }
+
+// TestSetTapOwner: a tap given to a VM's uid reports it (the kernel then
+// lets that uid attach without CAP_NET_ADMIN), and stays a persistent
+// tap on its bridge.
+func TestSetTapOwner(t *testing.T) {
+	inFreshNetns(t)
+	if err := EnsureBridge("bgtest3", "172.30.11.1/24"); err != nil {
+		t.Fatal(err)
+	}
+	name := TapName("jailed")
+	if err := CreateTap(name, "bgtest3"); err != nil {
+		t.Fatal(err)
+	}
+	if err := SetTapOwner(name, 1879048197, 1879048198); err != nil {
+		t.Fatal(err)
+	}
+	tap, ok := mustLink(t, name).(*netlink.Tuntap)
+	if !ok {
+		t.Fatal("not a tuntap")
+	}
+	if tap.Owner != 1879048197 || tap.Group != 1879048198 {
+		t.Errorf("owner %d group %d, want 1879048197 1879048198", tap.Owner, tap.Group)
+	}
+	if tap.NonPersist || tap.Attrs().MasterIndex != mustLink(t, "bgtest3").Attrs().Index {
+		t.Errorf("after SetTapOwner the tap is non-persistent (%v) or off its bridge", tap.NonPersist)
+	}
+	if err := SetTapOwner("bg-missing", 1, 1); err == nil {
+		t.Error("SetTapOwner of a missing tap succeeded")
+	}
+	if _, err := netlink.LinkByName("bg-missing"); err == nil {
+		t.Error("SetTapOwner created a tap")
+	}
+}

@@ -2,6 +2,9 @@ package vmm
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 
 	"banger/internal/api"
 	"banger/internal/system"
@@ -35,6 +38,15 @@ type Options struct {
 	// QEMUAccel is "auto" (or empty), "kvm" or "tcg". "tcg" is for hosts
 	// whose /dev/kvm opens but cannot run guests (some nested setups).
 	QEMUAccel string
+	// Jailer is "auto" (or empty: Firecracker runs under its jailer when
+	// the daemon is root and the jailer binary is found), "on" (required)
+	// or "off". JailerBin names the jailer (default "jailer" on PATH).
+	// JailBase is the jails' chroot base: it must be on the filesystem of
+	// the VMs' disks (they are hard-linked in); empty means the jailer's
+	// default, /srv/jailer.
+	Jailer    string
+	JailerBin string
+	JailBase  string
 	// KVMVerdictFile, when set, remembers across daemon restarts that this
 	// host's KVM stalled a guest (see qemu.Config.VerdictFile), so "auto"
 	// goes straight to TCG instead of probing again.
@@ -45,9 +57,27 @@ type Options struct {
 type probe struct {
 	kvm      func() error
 	lookPath func(name string) (string, error)
+	// root reports whether this process runs as root; cgroupVersion is
+	// the host's cgroup hierarchy (2 unified, 1 per controller, 0 none).
+	root          func() bool
+	cgroupVersion func() int
 }
 
-var hostProbe = probe{kvm: vmmcore.CheckKVM, lookPath: system.LookPath}
+var hostProbe = probe{kvm: vmmcore.CheckKVM, lookPath: system.LookPath,
+	root: func() bool { return os.Geteuid() == 0 }, cgroupVersion: CgroupVersion}
+
+// CgroupVersion reports the host's cgroup hierarchy: 2 when the unified
+// hierarchy is mounted at /sys/fs/cgroup, 1 when the memory controller has
+// a v1 hierarchy there, else 0 (the jailer then sets no limits).
+func CgroupVersion() int {
+	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
+		return 2
+	}
+	if _, err := os.Stat("/sys/fs/cgroup/memory/memory.limit_in_bytes"); err == nil {
+		return 1
+	}
+	return 0
+}
 
 // Select picks the VMM driver: pref "auto" (or empty) takes Firecracker
 // when KVM is usable and the firecracker binary is found, else QEMU;
@@ -84,7 +114,7 @@ func selectDriver(o Options, p probe) (Driver, error) {
 		kvmErr := p.kvm()
 		fcPath, fcErr := p.lookPath(fcBin)
 		if kvmErr == nil && fcErr == nil {
-			return firecracker.New(firecracker.Config{Binary: fcPath}), nil
+			return newFirecracker(o, p, fcPath)
 		}
 		d, err := newQEMU(o, p, qemuBin, kvmErr)
 		if err != nil {
@@ -105,7 +135,7 @@ func selectDriver(o Options, p probe) (Driver, error) {
 			return nil, fmt.Errorf("vmm = %q but the firecracker binary %q was not found (%v): %s, or set vmm = \"qemu\" or \"auto\"",
 				PrefFirecracker, fcBin, err, installFirecracker)
 		}
-		return firecracker.New(firecracker.Config{Binary: fcPath}), nil
+		return newFirecracker(o, p, fcPath)
 
 	case PrefQEMU:
 		d, err := newQEMU(o, p, qemuBin, p.kvm())
@@ -117,6 +147,64 @@ func selectDriver(o Options, p probe) (Driver, error) {
 	default:
 		return nil, api.Errorf(api.CodeBadRequest, "vmm = %q is not one of auto, qemu, firecracker", o.Pref)
 	}
+}
+
+// newFirecracker makes the Firecracker driver, jailed as o.Jailer says.
+func newFirecracker(o Options, p probe, fcPath string) (Driver, error) {
+	j, err := jailerFor(o, p, fcPath)
+	if err != nil {
+		return nil, err
+	}
+	return firecracker.New(firecracker.Config{Binary: fcPath, Jailer: j}), nil
+}
+
+// jailerFor decides whether Firecracker runs under its jailer: "auto"
+// jails it when the daemon is root (the jailer must be), the jailer is
+// found and the firecracker binary's name says firecracker (the jailer
+// insists); "on" requires all of it; "off" never jails. A jailed VMM runs
+// as its VM's uid (Spec.RunAs).
+func jailerFor(o Options, p probe, fcPath string) (*firecracker.JailerConfig, error) {
+	j, _, err := jailerChoice(o, p, fcPath)
+	return j, err
+}
+
+// JailerChoice says whether Firecracker at fcPath would run under its
+// jailer with o on this host, and if not, why not.
+func JailerChoice(o Options, fcPath string) (jailed bool, why string, err error) {
+	j, why, err := jailerChoice(o, hostProbe, fcPath)
+	return j != nil, why, err
+}
+
+func jailerChoice(o Options, p probe, fcPath string) (*firecracker.JailerConfig, string, error) {
+	mode := o.Jailer
+	switch mode {
+	case "", "auto", "on":
+	case "off":
+		return nil, "firecracker_jailer = \"off\"", nil
+	default:
+		return nil, "", api.Errorf(api.CodeBadRequest, "firecracker_jailer = %q is not one of auto, on, off", mode)
+	}
+	why := ""
+	bin := o.JailerBin
+	if bin == "" {
+		bin = firecracker.DefaultJailerBinary
+	}
+	jpath, err := p.lookPath(bin)
+	switch {
+	case !p.root():
+		why = "bangerd does not run as root, and the jailer must"
+	case err != nil:
+		why = fmt.Sprintf("the jailer binary %q was not found (%v); it ships with Firecracker's release", bin, err)
+	case !strings.Contains(filepath.Base(fcPath), "firecracker"):
+		why = fmt.Sprintf("the jailer only runs a binary whose name contains \"firecracker\", and firecracker_bin is %s", fcPath)
+	}
+	if why != "" {
+		if mode == "on" {
+			return nil, why, fmt.Errorf("firecracker_jailer = \"on\" but %s; fix that or set it to \"auto\" or \"off\"", why)
+		}
+		return nil, why, nil
+	}
+	return &firecracker.JailerConfig{Binary: jpath, ChrootBase: o.JailBase, CgroupVersion: p.cgroupVersion()}, "", nil
 }
 
 // newQEMU finds the QEMU binary and picks its accelerator.

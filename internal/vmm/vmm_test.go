@@ -29,6 +29,8 @@ func fakeHost(kvm error, bins ...string) probe {
 			}
 			return "", fmt.Errorf("exec: %q: executable file not found in $PATH", name)
 		},
+		root:          func() bool { return true },
+		cgroupVersion: func() int { return 2 },
 	}
 }
 
@@ -232,5 +234,59 @@ func TestSelectRemembersAStalledKVM(t *testing.T) {
 		if got := d.(*qemu.Driver).KVM(); got != tc.wantKVM {
 			t.Errorf("qemu_accel %s with a stalled-KVM verdict: KVM = %v, want %v", tc.accel, got, tc.wantKVM)
 		}
+	}
+}
+
+// TestJailerChoice: Firecracker runs under its jailer by default when it
+// can, and "on" says exactly why it cannot.
+func TestJailerChoice(t *testing.T) {
+	const fcPath = "/usr/bin/firecracker"
+	notRoot := fakeHost(nil, "jailer")
+	notRoot.root = func() bool { return false }
+	cases := []struct {
+		name    string
+		opts    Options
+		host    probe
+		fcPath  string
+		jailed  bool
+		why     string // substring, when not jailed
+		wantErr string
+	}{
+		{"auto jails as root with the jailer", Options{JailBase: "/var/lib/banger/jail"}, fakeHost(nil, "jailer"), fcPath, true, "", ""},
+		{"auto: no jailer", Options{Jailer: "auto"}, fakeHost(nil), fcPath, false, `jailer binary "jailer" was not found`, ""},
+		{"auto: not root", Options{}, notRoot, fcPath, false, "does not run as root", ""},
+		{"auto: binary name", Options{}, fakeHost(nil, "jailer"), "/opt/fc/vmm", false, `contains "firecracker"`, ""},
+		{"off", Options{Jailer: "off"}, fakeHost(nil, "jailer"), fcPath, false, `"off"`, ""},
+		{"on: no jailer", Options{Jailer: "on", JailerBin: "/opt/jl"}, fakeHost(nil), fcPath, false, "", `firecracker_jailer = "on" but the jailer binary "/opt/jl" was not found`},
+		{"on: not root", Options{Jailer: "on"}, notRoot, fcPath, false, "", `firecracker_jailer = "on" but bangerd does not run as root`},
+		{"bad value", Options{Jailer: "yes"}, fakeHost(nil, "jailer"), fcPath, false, "", `"yes" is not one of auto, on, off`},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			j, why, err := jailerChoice(tc.opts, tc.host, tc.fcPath)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if (j != nil) != tc.jailed || (!tc.jailed && !strings.Contains(why, tc.why)) {
+				t.Fatalf("jailed %v why %q, want jailed %v why %q", j != nil, why, tc.jailed, tc.why)
+			}
+			if j != nil && (j.Binary != "/usr/bin/jailer" || j.ChrootBase != "/var/lib/banger/jail" || j.CgroupVersion != 2) {
+				t.Errorf("jailer config %+v", *j)
+			}
+		})
+	}
+	// Select hands the choice to the driver.
+	d, err := selectDriver(Options{Pref: "firecracker"}, fakeHost(nil, "firecracker", "jailer"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !d.(*firecracker.Driver).Jailed() {
+		t.Error("Select(firecracker) on a root host with the jailer gave an unjailed driver")
 	}
 }

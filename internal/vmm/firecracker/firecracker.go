@@ -190,7 +190,11 @@ func instanceID(name string) string {
 }
 
 func (d *Driver) layoutFor(spec vmmcore.Spec) (layout, error) {
-	l := layout{id: instanceID(spec.Name)}
+	id := spec.ID
+	if id == "" {
+		id = spec.Name
+	}
+	l := layout{id: instanceID(id)}
 	if d.cfg.Jailer != nil {
 		return d.jailLayout(l, spec)
 	}

@@ -27,7 +27,11 @@ import (
 // Spec describes one VM boot. Paths are host paths; the driver translates
 // them where its VMM needs something else (a jail, option escaping).
 type Spec struct {
-	Name      string
+	Name string
+	// ID is a short name unique among VMs (banger: the first 12 hex
+	// digits of the VM's id), for what must be short: a Firecracker
+	// jail's directory, whose socket path is bounded. Empty: Name.
+	ID        string
 	VCPU      int
 	MemoryMiB int
 	// KernelPath is a bzImage for QEMU and an ELF vmlinux for Firecracker;
@@ -63,8 +67,9 @@ type Spec struct {
 	// RunAs, when set ("UID:GID"), is the unprivileged identity the VMM
 	// takes once its devices and files are open (QEMU -runas), so a guest
 	// that escapes into the VMM holds no more than its own VM's open
-	// files. Empty: the VMM keeps the daemon's identity. The Firecracker
-	// driver ignores it (its jailer has its own --uid/--gid).
+	// files. Empty: the VMM keeps the daemon's identity. A jailed
+	// Firecracker runs as it (jailer --uid/--gid); an unjailed one keeps
+	// the daemon's identity.
 	RunAs string
 }
 
