@@ -3,14 +3,23 @@
 package e2e
 
 import (
+	"archive/tar"
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/vishvananda/netns"
+
+	"banger/internal/oci/ocitest"
 )
 
 // faultBinaries builds banger, bangerd and banger-agent with the
@@ -37,7 +46,7 @@ func (e *env) restartWith(fault string) {
 	e.startDaemon()
 }
 
-// TestFaultMatrix breaks every step of create, start, clone, stop and delete twice:
+// TestFaultMatrix breaks every step of create, start, clone, stop, delete and pull twice:
 // the step fails (its own undo and the earlier steps' run), and the daemon
 // is SIGKILLed right after it (a new daemon finds what it left). After
 // each, with a daemon restarted clean: the leak checker finds nothing, the
@@ -168,8 +177,110 @@ func TestFaultMatrix(t *testing.T) {
 		}
 	}
 
+	// A pull of a small OCI image from a registry listening inside the
+	// test's namespace: the image ends absent or complete, and a pull
+	// after a broken one succeeds.
+	ref := nsRegistryImage(t, e.ns)
+	pullStages := []string{"pull: convert", "pull: bootstrap", "pull: checksum", "pull: publish", "pull: record"}
+	for i, stage := range pullStages {
+		for _, mode := range []string{"error", "kill"} {
+			name := fmt.Sprintf("p%d%s", i, mode[:1])
+			e.restartWith(stage + ":" + mode)
+			_, errOut, code := e.banger("image", "pull", ref, "--name", name)
+			expectFailure("pull", stage, mode, errOut, code)
+			e.restartWith("")
+			outcome := "gone"
+			if _, _, code := e.banger("image", "show", name); code == 0 {
+				outcome = "complete"
+				var im struct {
+					RootfsPath string `json:"rootfs_path"`
+					SHA256     string `json:"sha256"`
+				}
+				if err := json.Unmarshal([]byte(e.must("image", "show", name, "--json")), &im); err != nil {
+					t.Fatal(err)
+				}
+				if im.SHA256 == "" || im.SHA256 != sha256File(t, im.RootfsPath) {
+					t.Errorf("after pull %q %s: image %s is recorded but its rootfs does not match its sha256", stage, mode, name)
+				}
+			}
+			label := fmt.Sprintf("after pull %q %s", stage, mode)
+			e.assertNoLeaks(label)
+			if got := e.must("vm", "exec", "keep", "--", "cat", "/proc/sys/kernel/random/boot_id"); got != keepBoot {
+				t.Errorf("%s: keep rebooted or lost", label)
+			}
+			matrix = append(matrix, fmt.Sprintf("%-6s %-26s %-5s → %s, no leak", "pull", stage, mode, outcome))
+			if outcome == "gone" {
+				e.must("image", "pull", ref, "--name", name)
+			}
+			e.must("image", "delete", name)
+			e.assertNoLeaks(label + ", pulled again and deleted")
+		}
+	}
+
 	t.Logf("fault matrix (%d cells):\n%s", len(matrix), strings.Join(matrix, "\n"))
 	if os.Getenv("BANGER_FAULT_REPORT") != "" {
 		_ = os.WriteFile(filepath.Join(os.Getenv("BANGER_FAULT_REPORT")), []byte(strings.Join(matrix, "\n")+"\n"), 0o644)
 	}
+}
+
+// nsRegistryImage serves a small OCI image (a few files; the kernel's
+// initrd brings busybox for banger's bootstrap) from a registry that
+// also listens on 127.0.0.1 inside the network namespace ns, and returns
+// the reference a daemon there pulls.
+func nsRegistryImage(t *testing.T, ns string) string {
+	t.Helper()
+	ln := listenInNetns(t, ns)
+	host, nsHosts := ocitest.RegistryAlsoOn(t, nil, ln)
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for _, f := range []struct{ name, body string }{
+		{"etc/os-release", "ID=tiny\nNAME=\"banger fault matrix\"\n"},
+		{"etc/passwd", "root:x:0:0:root:/root:/bin/sh\n"},
+		{"etc/hostname", "tiny\n"},
+	} {
+		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: int64(len(f.body)), ModTime: time.Unix(1700000000, 0)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tw.Write([]byte(f.body)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	ocitest.Push(t, host+"/fault/tiny:1", ocitest.Image(t, "amd64", v1.Config{}, ocitest.Layer(t, buf.Bytes())))
+	return nsHosts[0] + "/fault/tiny:1"
+}
+
+// listenInNetns opens a TCP listener on 127.0.0.1 inside the named
+// network namespace (a socket stays in the namespace it was made in,
+// whichever thread serves it later).
+func listenInNetns(t *testing.T, ns string) net.Listener {
+	t.Helper()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orig.Close()
+	target, err := netns.GetFromName(ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer target.Close()
+	if err := netns.Set(target); err != nil {
+		t.Fatal(err)
+	}
+	ln, lerr := net.Listen("tcp", "127.0.0.1:0")
+	if err := netns.Set(orig); err != nil {
+		// The thread stays locked and dies with the goroutine rather than
+		// run other code in the test's namespace.
+		runtime.LockOSThread()
+		t.Fatalf("return to the host namespace: %v", err)
+	}
+	if lerr != nil {
+		t.Fatal(lerr)
+	}
+	return ln
 }

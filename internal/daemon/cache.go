@@ -15,8 +15,9 @@ import (
 // Build leftovers image.cache_prune removes: work trees under
 // CacheDir/build (kernel-*, image-*, oci-*), staging directories beside
 // images and kernels (".NAME.partial-*", ".NAME.old-*", ".NAME.pulling")
-// and half-copied kernel imports ("NAME.importing"). A crash or a kill
-// during a pull leaves them; a pull that finishes removes its own.
+// and half-copied kernel imports ("NAME.importing"). A pull that ends
+// removes its own; a daemon killed during one leaves them, and the next
+// daemon's start-up sweep (sweepScratch) removes them.
 func (d *Daemon) cacheCandidates() ([]string, error) {
 	var out []string
 	add := func(dir string, keep func(name string) bool) error {
@@ -49,6 +50,27 @@ func (d *Daemon) cacheCandidates() ([]string, error) {
 	}
 	sort.Strings(out)
 	return out, nil
+}
+
+// sweepScratch removes, at start-up, the scratch a pull or build that
+// died with the previous daemon left (what image cache prune would
+// remove; no operation runs yet). Each removal is logged.
+func (d *Daemon) sweepScratch() {
+	paths, err := d.cacheCandidates()
+	if err != nil {
+		d.log.Warn("list pull and build leftovers", "err", err)
+		return
+	}
+	busy := d.busyScratch()
+	for _, p := range paths {
+		if hasAnyPrefix(p, busy) {
+			continue
+		}
+		d.log.Warn("removing what a pull or build a previous daemon ran left", "path", p)
+		if err := os.RemoveAll(p); err != nil {
+			d.log.Error("remove pull or build leftovers", "path", p, "err", err)
+		}
+	}
 }
 
 // busyScratch returns the path prefixes running pulls and imports write.

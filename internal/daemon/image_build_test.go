@@ -213,8 +213,9 @@ func TestCancelUnknownOperation(t *testing.T) {
 	wantCode(t, err, api.CodeNotFound, `operation "op-nope" not found`)
 }
 
-// At start, directories in banger's trees that no row accounts for go;
-// recorded ones, staging and half-done imports stay.
+// At start, directories in banger's trees that no row accounts for go,
+// and so do staging and half-done imports (no pull runs yet); recorded
+// ones stay.
 func TestStartSweepsUnrecordedDirectories(t *testing.T) {
 	d := openArtifactDaemon(t)
 	importTestKernel(t, d, "k1", kernelSpec{version: "6.1.0-test"})
@@ -224,10 +225,10 @@ func TestStartSweepsUnrecordedDirectories(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keep := []string{d.pathsFor(v.ID).dir, filepath.Dir(im.RootfsPath), filepath.Join(d.layout.KernelsDir, "k1"),
-		filepath.Join(d.layout.ImagesDir, ".base2.pulling"), filepath.Join(d.layout.KernelsDir, "k2"+importingSuffix)}
+	keep := []string{d.pathsFor(v.ID).dir, filepath.Dir(im.RootfsPath), filepath.Join(d.layout.KernelsDir, "k1")}
 	gone := []string{filepath.Join(d.layout.VMsDir, "0123456789abcdef"), filepath.Join(d.layout.ImagesDir, "moved-not-recorded"),
-		filepath.Join(d.layout.KernelsDir, "k3")}
+		filepath.Join(d.layout.KernelsDir, "k3"), filepath.Join(d.layout.ImagesDir, ".base2.pulling"),
+		filepath.Join(d.layout.KernelsDir, "k2"+importingSuffix)}
 	for _, dir := range append(append([]string{}, keep...), gone...) {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			t.Fatal(err)

@@ -188,6 +188,17 @@ func (d *Daemon) findLeaks(ctx context.Context) (api.LeaksResult, error) {
 			add("file", p, "no VM, image, kernel or snapshot accounts for it")
 		}
 	}
+	// Work trees of pulls and builds in the cache that no running
+	// operation writes (their staging beside images and kernels is
+	// counted above).
+	if entries, err := os.ReadDir(filepath.Join(d.layout.CacheDir, "build")); err == nil {
+		busy := d.busyScratch()
+		for _, e := range entries {
+			if p := filepath.Join(d.layout.CacheDir, "build", e.Name()); !hasAnyPrefix(p, busy) {
+				add("file", p, "work tree of a pull or build no operation is running")
+			}
+		}
+	}
 	for _, p := range d.jailLeftovers(vms) {
 		add("file", p, "a Firecracker jail or cgroup of no running VM")
 	}

@@ -181,3 +181,45 @@ func TestVMMIdentity(t *testing.T) {
 		t.Fatal("an address outside the bridge got an identity")
 	}
 }
+
+// TestScratchLeftovers: what a pull or build killed with its daemon left
+// (a work tree in the cache, staging beside images, a half-imported
+// kernel) is a leak until the next daemon's start-up sweep removes it.
+func TestScratchLeftovers(t *testing.T) {
+	d := openArtifactDaemon(t)
+	left := []string{
+		filepath.Join(d.layout.CacheDir, "build", "oci-tiny"),
+		filepath.Join(d.layout.ImagesDir, ".tiny.pulling"),
+		filepath.Join(d.layout.KernelsDir, "k1.importing"),
+	}
+	for _, p := range left {
+		if err := os.MkdirAll(filepath.Join(p, "sub"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var want []string
+	for _, p := range left {
+		want = append(want, "file "+p)
+	}
+	slices.Sort(want)
+	if got := leakNames(t, d); !slices.Equal(got, want) {
+		t.Fatalf("leaks = %q\nwant %q", got, want)
+	}
+	layout, cfg := d.layout, d.cfg
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	d2, err := Open(t.Context(), Options{Layout: layout, Config: cfg, Logger: d.log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d2.Close()
+	for _, p := range left {
+		if _, err := os.Lstat(p); err == nil {
+			t.Errorf("%s survived the start-up sweep", p)
+		}
+	}
+	if got := leakNames(t, d2); len(got) != 0 {
+		t.Errorf("leaks after the sweep: %q", got)
+	}
+}

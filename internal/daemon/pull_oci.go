@@ -143,17 +143,26 @@ func (d *Daemon) convertOCIImage(ctx context.Context, op *pullOp, plan ociPlan) 
 	rootfs := filepath.Join(stageDir, image.RootFSFile)
 	res, err := oci.Pull(ctx, d.runner, plan.ref, oci.Options{DestFile: rootfs, WorkDir: work, SizeBytes: plan.size,
 		Progress: pullProgress(op), ExtraTrees: modulesTree(k, km)})
+	if err == nil {
+		err = faultAfter(stagePullConvert)
+	}
 	if err != nil {
 		return err
 	}
 	op.setStage("inject bootstrap")
 	g := guestfs.Open(d.runner, rootfs)
 	init, err := injectBootstrap(ctx, g, res, busybox)
+	if err == nil {
+		err = faultAfter(stagePullBootstrap)
+	}
 	if err != nil {
 		return err
 	}
 	op.setStage("checksum")
 	sum, _, err := artifact.HashFile(rootfs)
+	if err == nil {
+		err = faultAfter(stagePullChecksum)
+	}
 	if err != nil {
 		return err
 	}
@@ -176,14 +185,27 @@ func (d *Daemon) publishOCIImage(ctx context.Context, plan ociPlan, stageDir str
 	if err := os.Rename(stageDir, dst); err != nil {
 		return fmt.Errorf("publish image %s: %w", plan.name, err)
 	}
+	if err := faultAfter(stagePullPublish); err != nil {
+		_ = os.RemoveAll(dst)
+		return err
+	}
 	im := store.Image{Name: plan.name, Kernel: plan.kernel, RootfsPath: filepath.Join(dst, image.RootFSFile),
 		Source: "oci " + plan.ref, SHA256: man.SHA256, SizeBytes: man.SizeBytes}
 	if err := d.recordImage(ctx, &im, man); err != nil {
 		_ = os.RemoveAll(dst)
 		return err
 	}
-	return nil
+	return faultAfter(stagePullRecord)
 }
+
+// Points of an OCI pull the fault-injection tests break at.
+const (
+	stagePullConvert   = "pull: convert"
+	stagePullBootstrap = "pull: bootstrap"
+	stagePullChecksum  = "pull: checksum"
+	stagePullPublish   = "pull: publish"
+	stagePullRecord    = "pull: record"
+)
 
 // pullProgress turns oci's progress into the operation's stage and bytes.
 func pullProgress(op *pullOp) oci.Progress {

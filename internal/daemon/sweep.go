@@ -11,8 +11,8 @@ import (
 // banger's own trees and no row accounts for: a VM directory whose VM is
 // not recorded, an image or kernel directory moved into place but never
 // recorded. Hidden entries (staging, pulls, builds) and half-done imports
-// are the cache's and the pulls' business (image cache prune; the build
-// and snapshot sweeps). Each removal is logged.
+// are swept by sweepScratch (what image cache prune removes), builds' and
+// snapshots' by their own sweeps. Each removal is logged.
 func (d *Daemon) sweepUnrecorded(ctx context.Context) {
 	vms, err := d.store.ListVMs(ctx)
 	if err != nil {

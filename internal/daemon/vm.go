@@ -716,6 +716,7 @@ func (d *Daemon) adoptVMs(ctx context.Context) {
 	}
 	d.syncNetwork(ctx)
 	d.removeBuildLeftovers()
+	d.sweepScratch()
 	d.removeSnapshotLeftovers(ctx)
 	d.sweepUnrecorded(ctx)
 	d.sweepJails(ctx)

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -27,13 +28,30 @@ import (
 // hold or corrupt answers).
 func Registry(t testing.TB, wrap func(next http.Handler) http.Handler) string {
 	t.Helper()
+	host, _ := RegistryAlsoOn(t, wrap)
+	return host
+}
+
+// RegistryAlsoOn is Registry, also serving the same registry (one store)
+// on each of extra until the test ends, whose host:ports it returns too:
+// a listener made in another network namespace reaches a daemon there,
+// while pushes go to the first.
+func RegistryAlsoOn(t testing.TB, wrap func(next http.Handler) http.Handler, extra ...net.Listener) (string, []string) {
+	t.Helper()
 	var h http.Handler = registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	if wrap != nil {
 		h = wrap(h)
 	}
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
+	var hosts []string
+	for _, ln := range extra {
+		s := &http.Server{Handler: h}
+		go func() { _ = s.Serve(ln) }()
+		t.Cleanup(func() { _ = s.Close() })
+		hosts = append(hosts, ln.Addr().String())
+	}
+	return strings.TrimPrefix(srv.URL, "http://"), hosts
 }
 
 // Layer makes a registry layer from an uncompressed tar.
