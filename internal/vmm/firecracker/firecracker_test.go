@@ -3,6 +3,8 @@ package firecracker
 import (
 	"context"
 	"errors"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +16,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"banger/internal/vmm/firecracker/fctest"
 	"banger/internal/vmm/vmmcore"
 )
 
@@ -49,12 +52,37 @@ func testSpec(t *testing.T) vmmcore.Spec {
 type fakeVMM struct {
 	t     *testing.T
 	argv  []string
-	api   *fakeFirecracker
+	api   *fctest.Server
 	pid   int
 	fifo  string
 	serve bool // false: start the stand-in without an API server
 	// script is the stand-in's bash script; $1 is a fifo to block on.
 	script string
+}
+
+// fakeTaps are the tap names the fake accepts as existing.
+var fakeTaps = map[string]bool{"tap-fctest": true, "bg-jail": true}
+
+// serveFake serves a stand-in Firecracker API (fctest) on a unix socket at
+// sock until the test ends; root is the jail, when there is one.
+func serveFake(t *testing.T, sock, root string) *fctest.Server {
+	t.Helper()
+	f := fctest.New()
+	f.Root, f.TapExists = root, func(name string) bool { return fakeTaps[name] }
+	if err := os.MkdirAll(filepath.Dir(sock), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatalf("fake firecracker: %v", err)
+	}
+	srv := &http.Server{Handler: f}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() {
+		_ = srv.Close()
+		f.Close()
+	})
+	return f
 }
 
 func installFake(t *testing.T, d *Driver) *fakeVMM {
@@ -81,7 +109,7 @@ func (fv *fakeVMM) launch(argv []string, console *os.File, extra []*os.File) (in
 	}
 	fv.pid = pid
 	if fv.api != nil {
-		fv.api.setPID(pid)
+		fv.api.SetPID(pid)
 	}
 	start, _ := vmmcore.ProcStartTime(pid)
 	t.Cleanup(func() { _ = vmmcore.Kill(pid, start, vmmcore.ArgMentions(fv.fifo)) })
@@ -165,7 +193,7 @@ func TestStartConfiguresThenStarts(t *testing.T) {
 	if !slices.Equal(fv.argv, wantArgv) {
 		t.Errorf("argv = %q, want %q", fv.argv, wantArgv)
 	}
-	reqs, started := fv.api.snapshot()
+	reqs, started := fv.api.Seen()
 	wantReqs := []string{"PUT /logger", "PUT /boot-source", "PUT /drives/rootfs", "PUT /drives/work", "PUT /drives/config",
 		"PUT /machine-config", "PUT /network-interfaces/eth0", "PUT /vsock", "PUT /actions", "GET /"}
 	if !slices.Equal(reqs, wantReqs) {
@@ -176,20 +204,20 @@ func TestStartConfiguresThenStarts(t *testing.T) {
 	}
 
 	f := fv.api
-	f.mu.Lock()
-	if *f.boot.KernelImagePath != spec.KernelPath || *f.boot.BootArgs != spec.Cmdline || *f.boot.InitrdPath != spec.InitrdPath {
-		t.Errorf("boot source %+v", f.boot)
+	f.Lock()
+	if *f.Boot.KernelImagePath != spec.KernelPath || *f.Boot.BootArgs != spec.Cmdline || *f.Boot.InitrdPath != spec.InitrdPath {
+		t.Errorf("boot source %+v", f.Boot)
 	}
 	// The disks are the VMM's inherited descriptors 3, 4 and 5, named
 	// /proc/self/fd/N, and are the spec's files: read-write, read-write,
 	// read-only.
-	if r := f.drives["rootfs"]; *r.PathOnHost != "/proc/self/fd/3" || !*r.IsRootDevice || *r.IsReadOnly {
+	if r := f.Drives["rootfs"]; *r.PathOnHost != "/proc/self/fd/3" || !*r.IsRootDevice || *r.IsReadOnly {
 		t.Errorf("root drive %+v", r)
 	}
-	if w := f.drives["work"]; *w.PathOnHost != "/proc/self/fd/4" || *w.IsRootDevice {
+	if w := f.Drives["work"]; *w.PathOnHost != "/proc/self/fd/4" || *w.IsRootDevice {
 		t.Errorf("work drive %+v", w)
 	}
-	if c := f.drives["config"]; *c.PathOnHost != "/proc/self/fd/5" || *c.IsRootDevice || !*c.IsReadOnly {
+	if c := f.Drives["config"]; *c.PathOnHost != "/proc/self/fd/5" || *c.IsRootDevice || !*c.IsReadOnly {
 		t.Errorf("config drive %+v", c)
 	}
 	for fd, want := range map[int]struct {
@@ -200,16 +228,16 @@ func TestStartConfiguresThenStarts(t *testing.T) {
 			t.Errorf("fd %d of the VMM = %s (mode %d), want %s (mode %d)", fd, got, mode, want.path, want.mode)
 		}
 	}
-	if *f.machine.VcpuCount != 2 || *f.machine.MemSizeMib != 256 || f.machine.Smt == nil || *f.machine.Smt {
-		t.Errorf("machine config %+v", f.machine)
+	if *f.Machine.VcpuCount != 2 || *f.Machine.MemSizeMib != 256 || f.Machine.Smt == nil || *f.Machine.Smt {
+		t.Errorf("machine config %+v", f.Machine)
 	}
-	if n := f.ifaces["eth0"]; *n.HostDevName != spec.Tap || *n.GuestMAC != spec.MAC {
+	if n := f.Ifaces["eth0"]; *n.HostDevName != spec.Tap || *n.GuestMAC != spec.MAC {
 		t.Errorf("network interface %+v", n)
 	}
-	if *f.vsock.GuestCID != GuestCID || *f.vsock.UDSPath != filepath.Join(spec.RuntimeDir, VsockName) {
-		t.Errorf("vsock %+v", f.vsock)
+	if *f.Vsock.GuestCID != GuestCID || *f.Vsock.UDSPath != filepath.Join(spec.RuntimeDir, VsockName) {
+		t.Errorf("vsock %+v", f.Vsock)
 	}
-	f.mu.Unlock()
+	f.Unlock()
 
 	if h.Driver != DriverName || h.PID != fv.pid || h.APISocket != filepath.Join(spec.RuntimeDir, APISocketName) {
 		t.Errorf("handle %+v", h)
@@ -227,11 +255,11 @@ func TestStartConfiguresThenStarts(t *testing.T) {
 	if err := d.Shutdown(ctx, h); err != nil {
 		t.Fatalf("Shutdown: %v", err)
 	}
-	f.mu.Lock()
-	if f.ctrlAltDels != 1 {
-		t.Errorf("SendCtrlAltDel sent %d times, want 1", f.ctrlAltDels)
+	f.Lock()
+	if f.CtrlAltDels != 1 {
+		t.Errorf("SendCtrlAltDel sent %d times, want 1", f.CtrlAltDels)
 	}
-	f.mu.Unlock()
+	f.Unlock()
 
 	if err := d.Cleanup(h); err == nil {
 		t.Fatal("Cleanup succeeded while the VMM runs")
@@ -265,16 +293,16 @@ func TestStartMinimalSpec(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = d.Kill(h) })
-	reqs, _ := fv.api.snapshot()
+	reqs, _ := fv.api.Seen()
 	want := []string{"PUT /logger", "PUT /boot-source", "PUT /drives/rootfs", "PUT /machine-config",
 		"PUT /vsock", "PUT /actions", "GET /"}
 	if !slices.Equal(reqs, want) {
 		t.Errorf("requests = %q\nwant %q", reqs, want)
 	}
-	fv.api.mu.Lock()
-	defer fv.api.mu.Unlock()
-	if fv.api.boot.InitrdPath != nil {
-		t.Errorf("initrd_path sent although the spec has none: %q", *fv.api.boot.InitrdPath)
+	fv.api.Lock()
+	defer fv.api.Unlock()
+	if fv.api.Boot.InitrdPath != nil {
+		t.Errorf("initrd_path sent although the spec has none: %q", *fv.api.Boot.InitrdPath)
 	}
 }
 
@@ -386,8 +414,8 @@ func TestConfigurationAfterStartIsRejected(t *testing.T) {
 	t.Cleanup(func() { _ = d.Kill(h) })
 	err = newClient(h.APISocket).put(context.Background(), "/machine-config", machineConfig{VcpuCount: 4, MemSizeMib: 512})
 	var apiErr *APIError
-	if !errors.As(err, &apiErr) || apiErr.StatusCode != 400 || apiErr.FaultMessage != faultPostBoot {
-		t.Fatalf("PUT /machine-config after start = %v, want 400 %q", err, faultPostBoot)
+	if !errors.As(err, &apiErr) || apiErr.StatusCode != 400 || apiErr.FaultMessage != fctest.FaultPostBoot {
+		t.Fatalf("PUT /machine-config after start = %v, want 400 %q", err, fctest.FaultPostBoot)
 	}
 }
 
@@ -422,7 +450,7 @@ func TestFakeRejectsWhatFirecrackerRejects(t *testing.T) {
 			put{"/drives/b", map[string]any{"drive_id": "b", "path_on_host": disk, "is_root_device": true}}, "root block device already exists"},
 		{"empty tap name", nil, put{"/network-interfaces/eth0", map[string]any{"iface_id": "eth0", "host_dev_name": ""}}, "host_dev_name"},
 		{"reserved cid", nil, put{"/vsock", map[string]any{"guest_cid": 2, "uds_path": filepath.Join(dir, "v.sock")}}, "invalid guest CID"},
-		{"ctrl-alt-del before start", nil, put{"/actions", map[string]any{"action_type": "SendCtrlAltDel"}}, faultPreBoot},
+		{"ctrl-alt-del before start", nil, put{"/actions", map[string]any{"action_type": "SendCtrlAltDel"}}, fctest.FaultPreBoot},
 		{"start without kernel", nil, put{"/actions", map[string]any{"action_type": "InstanceStart"}}, "without kernel configuration"},
 		{"unknown path", nil, put{"/balloon-ish", map[string]any{}}, "Invalid request method and/or path"},
 	}
@@ -474,12 +502,12 @@ func TestJailedStart(t *testing.T) {
 	if !d.Alive(h) {
 		t.Fatal("Alive = false for the jailed VMM")
 	}
-	fv.api.mu.Lock()
-	if *fv.api.boot.KernelImagePath != "/kernel" || *fv.api.drives["rootfs"].PathOnHost != "/root.img" ||
-		*fv.api.drives["work"].PathOnHost != "/work.img" || *fv.api.vsock.UDSPath != "/run/vsock.sock" {
-		t.Errorf("paths sent are not the jail's: boot %+v drives %+v vsock %+v", fv.api.boot, fv.api.drives, fv.api.vsock)
+	fv.api.Lock()
+	if *fv.api.Boot.KernelImagePath != "/kernel" || *fv.api.Drives["rootfs"].PathOnHost != "/root.img" ||
+		*fv.api.Drives["work"].PathOnHost != "/work.img" || *fv.api.Vsock.UDSPath != "/run/vsock.sock" {
+		t.Errorf("paths sent are not the jail's: boot %+v drives %+v vsock %+v", fv.api.Boot, fv.api.Drives, fv.api.Vsock)
 	}
-	fv.api.mu.Unlock()
+	fv.api.Unlock()
 	links := map[string]string{"kernel": spec.KernelPath, "initrd": spec.InitrdPath, "root.img": spec.RootDisk, "work.img": spec.WorkDisk}
 	for name, orig := range links {
 		a, err1 := os.Stat(filepath.Join(root, name))

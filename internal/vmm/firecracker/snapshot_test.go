@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"banger/internal/vmm/firecracker/fctest"
 	"banger/internal/vmm/vmmcore"
 )
 
@@ -31,8 +32,8 @@ func TestSnapshotSaveAndRestore(t *testing.T) {
 	state := filepath.Join(t.TempDir(), "state.bin")
 
 	// A guest that runs cannot be saved, and the refusal leaves nothing.
-	if err := d.SaveState(ctx, h, state); err == nil || !strings.Contains(err.Error(), faultNotPaused) {
-		t.Fatalf("SaveState of a running guest = %v, want %q", err, faultNotPaused)
+	if err := d.SaveState(ctx, h, state); err == nil || !strings.Contains(err.Error(), fctest.FaultNotPaused) {
+		t.Fatalf("SaveState of a running guest = %v, want %q", err, fctest.FaultNotPaused)
 	}
 	for _, f := range d.StateFiles(state) {
 		if _, err := os.Lstat(f); err == nil {
@@ -59,7 +60,7 @@ func TestSnapshotSaveAndRestore(t *testing.T) {
 	if err := d.Resume(ctx, h); err != nil {
 		t.Fatal(err)
 	}
-	reqs, _ := fv.api.snapshot()
+	reqs, _ := fv.api.Seen()
 	want := []string{"PATCH /vm", "PUT /snapshot/create", "PATCH /vm"}
 	if got := reqs[len(reqs)-4:]; !slices.Equal(got, append([]string{"PUT /snapshot/create"}, want...)) {
 		t.Errorf("save requests = %q", got)
@@ -74,31 +75,31 @@ func TestSnapshotSaveAndRestore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reqs, _ = fv2.api.snapshot()
+	reqs, _ = fv2.api.Seen()
 	if want := []string{"PUT /logger", "PUT /snapshot/load", "GET /", "PATCH /vm", "GET /"}; !slices.Equal(reqs, want) {
 		t.Errorf("restore requests = %q, want %q", reqs, want)
 	}
 	f := fv2.api
-	f.mu.Lock()
-	if f.loaded != state || f.paused || !f.started {
-		t.Errorf("loaded %q, paused %v, started %v", f.loaded, f.paused, f.started)
+	f.Lock()
+	if f.Loaded != state || f.Paused || !f.Started {
+		t.Errorf("loaded %q, paused %v, started %v", f.Loaded, f.Paused, f.Started)
 	}
-	if n := f.ifaces["eth0"]; *n.HostDevName != "bg-jail" {
+	if n := f.Ifaces["eth0"]; *n.HostDevName != "bg-jail" {
 		t.Errorf("the restored NIC uses tap %s, want the fork's bg-jail", *n.HostDevName)
 	}
-	if *f.vsock.UDSPath != filepath.Join(fork.RuntimeDir, VsockName) {
-		t.Errorf("the restored vsock listens at %s, want the fork's own", *f.vsock.UDSPath)
+	if *f.Vsock.UDSPath != filepath.Join(fork.RuntimeDir, VsockName) {
+		t.Errorf("the restored vsock listens at %s, want the fork's own", *f.Vsock.UDSPath)
 	}
-	f.mu.Unlock()
+	f.Unlock()
 	// The saved drive names, /proc/self/fd/N, opened by the fork's VMM
 	// are the fork's own disks.
-	f.mu.Lock()
+	f.Lock()
 	for id, want := range map[string]string{"rootfs": fork.RootDisk, "work": fork.WorkDisk, "config": fork.ConfigDisk} {
-		if got := f.opened[id]; got != want {
+		if got := f.Opened[id]; got != want {
 			t.Errorf("restored drive %s opened %s, want the fork's %s", id, got, want)
 		}
 	}
-	f.mu.Unlock()
+	f.Unlock()
 	if !d.Alive(h) || !d2.Alive(h2) {
 		t.Fatal("the source and the fork should both run")
 	}
@@ -110,9 +111,9 @@ func TestSnapshotSaveAndRestore(t *testing.T) {
 	if st, err := os.Stat(fork.WorkDisk); err != nil || st.Size() != 1<<20 {
 		t.Fatalf("work disk after ResizeDisk: %v, %v", st, err)
 	}
-	f.mu.Lock()
-	patched := slices.Clone(f.patched)
-	f.mu.Unlock()
+	f.Lock()
+	patched := slices.Clone(f.Patched)
+	f.Unlock()
 	if !slices.Equal(patched, []string{"work"}) {
 		t.Errorf("PATCHed drives = %q, want [work]", patched)
 	}
@@ -219,10 +220,10 @@ func TestJailedSnapshot(t *testing.T) {
 	t.Cleanup(func() { _ = d2.Kill(h2) })
 	forkRoot := filepath.Join(base, "firecracker", "fork", "root")
 	f := fv2.api
-	f.mu.Lock()
-	loaded, opened := f.loaded, f.opened
-	tap, vsock := *f.ifaces["eth0"].HostDevName, *f.vsock.UDSPath
-	f.mu.Unlock()
+	f.Lock()
+	loaded, opened := f.Loaded, f.Opened
+	tap, vsock := *f.Ifaces["eth0"].HostDevName, *f.Vsock.UDSPath
+	f.Unlock()
 	if loaded != "/snapshot.state" {
 		t.Errorf("the jailed restore loaded %q, want its jail's /snapshot.state", loaded)
 	}

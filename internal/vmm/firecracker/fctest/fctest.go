@@ -1,14 +1,18 @@
-package firecracker
-
-// An in-test stand-in for Firecracker's API server. It is written from
-// Firecracker's swagger definition and its error messages, independently of
-// the client's types, and rejects what Firecracker rejects: unknown fields,
-// wrong types, missing required fields, files that do not exist, a second
-// root device, out-of-range machine sizes, and any configuration after
-// InstanceStart; and for snapshots: a save of a guest that is not
-// paused, a load into a Firecracker already configured, overrides of
-// interfaces the snapshot does not have, and drives whose recorded files
-// are gone when it is loaded.
+// Package fctest is test support for code that drives Firecracker: a
+// stand-in for Firecracker's API server, written from Firecracker's
+// swagger definition (src/firecracker/swagger/firecracker.yaml, 1.17) and
+// its error messages, independently of the driver's types. It rejects
+// what Firecracker rejects: unknown fields, wrong types, missing required
+// fields, files that do not exist, a second root device, out-of-range
+// machine sizes, any configuration after InstanceStart; for snapshots, a
+// save of a guest that is not paused, a load into a Firecracker already
+// configured, overrides of interfaces the snapshot does not have, and
+// drives whose recorded files are gone when it is loaded.
+//
+// It is imported only by tests (the driver's, and the daemon's, which run
+// it as a stand-in firecracker process) and must not be used by
+// production code.
+package fctest
 
 import (
 	"bytes"
@@ -23,15 +27,14 @@ import (
 	"regexp"
 	"strings"
 	"sync"
-	"testing"
 )
 
 const (
-	faultPostBoot = "The requested operation is not supported after starting the microVM."
-	faultPreBoot  = "The requested operation is not supported before starting the microVM."
+	FaultPostBoot = "The requested operation is not supported after starting the microVM."
+	FaultPreBoot  = "The requested operation is not supported before starting the microVM."
 )
 
-type fakeDrive struct {
+type Drive struct {
 	DriveID      string          `json:"drive_id"`
 	PathOnHost   *string         `json:"path_on_host"`
 	IsRootDevice *bool           `json:"is_root_device"`
@@ -43,7 +46,7 @@ type fakeDrive struct {
 	Socket       *string         `json:"socket"`
 }
 
-type fakeMachine struct {
+type Machine struct {
 	VcpuCount       *int    `json:"vcpu_count"`
 	MemSizeMib      *int    `json:"mem_size_mib"`
 	Smt             *bool   `json:"smt"`
@@ -52,13 +55,13 @@ type fakeMachine struct {
 	HugePages       *string `json:"huge_pages"`
 }
 
-type fakeBoot struct {
+type Boot struct {
 	KernelImagePath *string `json:"kernel_image_path"`
 	BootArgs        *string `json:"boot_args"`
 	InitrdPath      *string `json:"initrd_path"`
 }
 
-type fakeIface struct {
+type Iface struct {
 	IfaceID       string          `json:"iface_id"`
 	HostDevName   *string         `json:"host_dev_name"`
 	GuestMAC      *string         `json:"guest_mac"`
@@ -66,13 +69,13 @@ type fakeIface struct {
 	TxRateLimiter json.RawMessage `json:"tx_rate_limiter"`
 }
 
-type fakeVsock struct {
+type Vsock struct {
 	GuestCID *uint32 `json:"guest_cid"`
 	UDSPath  *string `json:"uds_path"`
 	VsockID  *string `json:"vsock_id"`
 }
 
-type fakeLogger struct {
+type Logger struct {
 	LogPath       *string `json:"log_path"`
 	Level         *string `json:"level"`
 	ShowLevel     *bool   `json:"show_level"`
@@ -80,83 +83,86 @@ type fakeLogger struct {
 	Module        *string `json:"module"`
 }
 
-// fakeFirecracker is the API server's state.
-type fakeFirecracker struct {
-	t *testing.T
-	// root, when set, is the jail: paths in requests are inside it.
-	root string
+// Server is the API server's state.
+type Server struct {
+	// Root, when set, is the jail: paths in requests are inside it.
+	Root string
+	// PID, when set, is the process that stands for Firecracker:
+	// "/proc/self/..." in a request is resolved against it, as
+	// Firecracker's own open would. Zero: this process.
+	PID int
+	// TapExists says whether a tap device of that name exists
+	// (Firecracker opens it at once). Nil: none does.
+	TapExists func(name string) bool
+	// OnRun, when set, is called (with the lock held) the first time
+	// the guest runs: at InstanceStart, or the first resume of a loaded
+	// snapshot. OnVsock is given the vsock device's listener when it is
+	// bound. OnCtrlAltDel is called for each SendCtrlAltDel.
+	OnRun        func(s *Server)
+	OnVsock      func(ln net.Listener)
+	OnCtrlAltDel func()
 
-	// pid is the stand-in process: "/proc/self/fd/N" in a request is
-	// resolved against its descriptors, as Firecracker's own open would.
-	pid int
+	sync.Mutex
+	Requests    []string // "METHOD /path", in arrival order
+	Started     bool
+	Paused      bool
+	Loaded      string            // the snapshot /snapshot/load took
+	Opened      map[string]string // drive id → the file the load opened
+	Patched     []string          // drive ids PATCHed, in order
+	Boot        *Boot
+	Drives      map[string]Drive
+	Machine     Machine
+	Ifaces      map[string]Iface
+	Vsock       *Vsock
+	CtrlAltDels int
 
-	mu          sync.Mutex
-	requests    []string // "METHOD /path", in arrival order
-	started     bool
-	paused      bool
-	loaded      string            // the snapshot /snapshot/load took
-	opened      map[string]string // drive id → the file the load opened
-	patched     []string          // drive ids PATCHed, in order
-	loggerSet   bool
-	boot        *fakeBoot
-	drives      map[string]fakeDrive
-	machine     fakeMachine
-	ifaces      map[string]fakeIface
-	vsock       *fakeVsock
-	vsockLn     net.Listener
-	ctrlAltDels int
+	loggerSet bool
+	ran       bool
+	vsockLn   net.Listener
+}
+
+// New returns a server with nothing configured.
+func New() *Server {
+	return &Server{Drives: map[string]Drive{}, Ifaces: map[string]Iface{}}
+}
+
+// Close releases the vsock listener.
+func (f *Server) Close() {
+	f.Lock()
+	defer f.Unlock()
+	if f.vsockLn != nil {
+		_ = f.vsockLn.Close()
+		f.vsockLn = nil
+	}
 }
 
 var macRE = regexp.MustCompile(`^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$`)
 
-// serveFake starts the fake on a unix socket at sock.
-func serveFake(t *testing.T, sock, root string) *fakeFirecracker {
-	t.Helper()
-	f := &fakeFirecracker{t: t, root: root, drives: map[string]fakeDrive{}, ifaces: map[string]fakeIface{}}
-	if err := os.MkdirAll(filepath.Dir(sock), 0o755); err != nil {
-		t.Fatal(err)
+func (f *Server) hostPath(p string) string {
+	if rest, ok := strings.CutPrefix(p, "/proc/self/"); ok && f.Root == "" && f.PID != 0 {
+		return fmt.Sprintf("/proc/%d/%s", f.PID, rest)
 	}
-	l, err := net.Listen("unix", sock)
-	if err != nil {
-		t.Fatalf("fake firecracker: %v", err)
-	}
-	srv := &http.Server{Handler: f}
-	go func() { _ = srv.Serve(l) }()
-	t.Cleanup(func() {
-		_ = srv.Close()
-		f.mu.Lock()
-		defer f.mu.Unlock()
-		if f.vsockLn != nil {
-			_ = f.vsockLn.Close()
-		}
-	})
-	return f
-}
-
-func (f *fakeFirecracker) hostPath(p string) string {
-	if rest, ok := strings.CutPrefix(p, "/proc/self/"); ok && f.root == "" {
-		return fmt.Sprintf("/proc/%d/%s", f.pid, rest)
-	}
-	if f.root == "" {
+	if f.Root == "" {
 		return p
 	}
-	return filepath.Join(f.root, p)
+	return filepath.Join(f.Root, p)
 }
 
-// setPID tells the fake which process it stands for.
-func (f *fakeFirecracker) setPID(pid int) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.pid = pid
+// SetPID tells the server which process it stands for.
+func (f *Server) SetPID(pid int) {
+	f.Lock()
+	defer f.Unlock()
+	f.PID = pid
 }
 
 // fault is an error answered as Firecracker does: 400 with fault_message.
 type fault string
 
-func (f *fakeFirecracker) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.requests = append(f.requests, r.Method+" "+r.URL.Path)
+// ServeHTTP answers one API request as Firecracker would.
+func (f *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	f.Lock()
+	defer f.Unlock()
+	f.Requests = append(f.Requests, r.Method+" "+r.URL.Path)
 	status, body, err := f.handle(r)
 	w.Header().Set("Content-Type", "application/json")
 	if err != nil {
@@ -188,7 +194,7 @@ func missing(field string) error {
 	return fmt.Errorf("An error occurred when deserializing the json body of a request: missing field `%s`", field)
 }
 
-func (f *fakeFirecracker) fileMustExist(what, p string) error {
+func (f *Server) fileMustExist(what, p string) error {
 	st, err := os.Stat(f.hostPath(p))
 	if err != nil {
 		return fmt.Errorf("%s: %s: %v", what, p, err)
@@ -199,18 +205,18 @@ func (f *fakeFirecracker) fileMustExist(what, p string) error {
 	return nil
 }
 
-func (f *fakeFirecracker) handle(r *http.Request) (int, any, error) {
+func (f *Server) handle(r *http.Request) (int, any, error) {
 	path := r.URL.Path
 	if r.Method == http.MethodGet && path == "/" {
 		state := "Not started"
-		if f.started {
+		if f.Started {
 			state = "Running"
 		}
-		if f.paused {
+		if f.Paused {
 			state = "Paused"
 		}
 		return http.StatusOK, map[string]string{"id": "anonymous-instance", "state": state,
-			"vmm_version": fakeVersion, "app_name": "Firecracker"}, nil
+			"vmm_version": Version, "app_name": "Firecracker"}, nil
 	}
 	if r.Method == http.MethodGet && path == "/vm/config" {
 		return http.StatusOK, f.fullConfig(), nil
@@ -239,8 +245,8 @@ func (f *fakeFirecracker) handle(r *http.Request) (int, any, error) {
 	if !configPaths.MatchString(path) {
 		return 0, nil, fmt.Errorf("Invalid request method and/or path: %s %s.", r.Method, path)
 	}
-	if f.started {
-		return 0, nil, errors.New(faultPostBoot)
+	if f.Started {
+		return 0, nil, errors.New(FaultPostBoot)
 	}
 	switch {
 	case path == "/logger":
@@ -258,8 +264,8 @@ func (f *fakeFirecracker) handle(r *http.Request) (int, any, error) {
 	}
 }
 
-func (f *fakeFirecracker) logger(r *http.Request) (int, any, error) {
-	var l fakeLogger
+func (f *Server) logger(r *http.Request) (int, any, error) {
+	var l Logger
 	if err := decode(r, &l); err != nil {
 		return 0, nil, err
 	}
@@ -277,8 +283,8 @@ func (f *fakeFirecracker) logger(r *http.Request) (int, any, error) {
 	return http.StatusNoContent, nil, nil
 }
 
-func (f *fakeFirecracker) bootSource(r *http.Request) (int, any, error) {
-	var b fakeBoot
+func (f *Server) bootSource(r *http.Request) (int, any, error) {
+	var b Boot
 	if err := decode(r, &b); err != nil {
 		return 0, nil, err
 	}
@@ -293,12 +299,12 @@ func (f *fakeFirecracker) bootSource(r *http.Request) (int, any, error) {
 			return 0, nil, err
 		}
 	}
-	f.boot = &b
+	f.Boot = &b
 	return http.StatusNoContent, nil, nil
 }
 
-func (f *fakeFirecracker) drive(r *http.Request, id string) (int, any, error) {
-	var d fakeDrive
+func (f *Server) drive(r *http.Request, id string) (int, any, error) {
+	var d Drive
 	if err := decode(r, &d); err != nil {
 		return 0, nil, err
 	}
@@ -321,18 +327,18 @@ func (f *fakeFirecracker) drive(r *http.Request, id string) (int, any, error) {
 		return 0, nil, fmt.Errorf("An error occurred when deserializing the json body of a request: unknown variant `%s`", *d.CacheType)
 	}
 	if *d.IsRootDevice {
-		for other, od := range f.drives {
+		for other, od := range f.Drives {
 			if other != id && *od.IsRootDevice {
 				return 0, nil, errors.New("A root block device already exists!")
 			}
 		}
 	}
-	f.drives[id] = d
+	f.Drives[id] = d
 	return http.StatusNoContent, nil, nil
 }
 
-func (f *fakeFirecracker) machineConfig(r *http.Request) (int, any, error) {
-	var m fakeMachine
+func (f *Server) machineConfig(r *http.Request) (int, any, error) {
+	var m Machine
 	if err := decode(r, &m); err != nil {
 		return 0, nil, err
 	}
@@ -349,12 +355,12 @@ func (f *fakeFirecracker) machineConfig(r *http.Request) (int, any, error) {
 	if *m.MemSizeMib <= 0 {
 		return 0, nil, errors.New("The memory size (MiB) is invalid.")
 	}
-	f.machine = m
+	f.Machine = m
 	return http.StatusNoContent, nil, nil
 }
 
-func (f *fakeFirecracker) iface(r *http.Request, id string) (int, any, error) {
-	var n fakeIface
+func (f *Server) iface(r *http.Request, id string) (int, any, error) {
+	var n Iface
 	if err := decode(r, &n); err != nil {
 		return 0, nil, err
 	}
@@ -366,18 +372,18 @@ func (f *fakeFirecracker) iface(r *http.Request, id string) (int, any, error) {
 	}
 	// Firecracker opens the tap at once (TUNSETIFF); a name that is no
 	// tap fails here. The fake knows the taps its test made.
-	if !fakeTaps[*n.HostDevName] {
+	if !f.tapExists(*n.HostDevName) {
 		return 0, nil, fmt.Errorf("Could not create the network device: Open tap device failed: Error while creating ifreq structure: Invalid argument (os error 22). Invalid TUN/TAP Backend provided by %s. Check our documentation on setting up the network devices.", *n.HostDevName)
 	}
 	if n.GuestMAC != nil && !macRE.MatchString(*n.GuestMAC) {
 		return 0, nil, fmt.Errorf("An error occurred when deserializing the json body of a request: invalid MAC address %q", *n.GuestMAC)
 	}
-	f.ifaces[id] = n
+	f.Ifaces[id] = n
 	return http.StatusNoContent, nil, nil
 }
 
-func (f *fakeFirecracker) vsockConfig(r *http.Request) (int, any, error) {
-	var v fakeVsock
+func (f *Server) vsockConfig(r *http.Request) (int, any, error) {
+	var v Vsock
 	if err := decode(r, &v); err != nil {
 		return 0, nil, err
 	}
@@ -404,11 +410,14 @@ func (f *fakeFirecracker) vsockConfig(r *http.Request) (int, any, error) {
 		return 0, nil, fmt.Errorf("Cannot create backend for vsock device: %v", err)
 	}
 	f.vsockLn = ln
-	f.vsock = &v
+	f.Vsock = &v
+	if f.OnVsock != nil {
+		f.OnVsock(ln)
+	}
 	return http.StatusNoContent, nil, nil
 }
 
-func (f *fakeFirecracker) action(r *http.Request) (int, any, error) {
+func (f *Server) action(r *http.Request) (int, any, error) {
 	var a struct {
 		ActionType *string `json:"action_type"`
 	}
@@ -420,23 +429,26 @@ func (f *fakeFirecracker) action(r *http.Request) (int, any, error) {
 	}
 	switch *a.ActionType {
 	case "InstanceStart":
-		if f.started {
-			return 0, nil, errors.New(faultPostBoot)
+		if f.Started {
+			return 0, nil, errors.New(FaultPostBoot)
 		}
-		if f.boot == nil {
+		if f.Boot == nil {
 			return 0, nil, errors.New("Cannot start microvm without kernel configuration.")
 		}
 		// The kernel is loaded at start: x86_64 Firecracker takes an ELF
 		// vmlinux, not a bzImage.
-		if head, err := readHead(f.hostPath(*f.boot.KernelImagePath), 4); err != nil || string(head) != "\x7fELF" {
+		if head, err := readHead(f.hostPath(*f.Boot.KernelImagePath), 4); err != nil || string(head) != "\x7fELF" {
 			return 0, nil, errors.New("Start microvm error: Cannot load kernel due to invalid memory configuration or invalid kernel image: Kernel Loader: failed to load ELF kernel image")
 		}
-		f.started = true
+		f.run()
 	case "SendCtrlAltDel":
-		if !f.started {
-			return 0, nil, errors.New(faultPreBoot)
+		if !f.Started {
+			return 0, nil, errors.New(FaultPreBoot)
 		}
-		f.ctrlAltDels++
+		f.CtrlAltDels++
+		if f.OnCtrlAltDel != nil {
+			f.OnCtrlAltDel()
+		}
 	case "FlushMetrics":
 	default:
 		return 0, nil, fmt.Errorf("An error occurred when deserializing the json body of a request: unknown variant `%s`", *a.ActionType)
@@ -444,14 +456,23 @@ func (f *fakeFirecracker) action(r *http.Request) (int, any, error) {
 	return http.StatusNoContent, nil, nil
 }
 
-func (f *fakeFirecracker) snapshot() (requests []string, started bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]string(nil), f.requests...), f.started
+// Seen returns the requests so far and whether the guest started.
+func (f *Server) Seen() (requests []string, started bool) {
+	f.Lock()
+	defer f.Unlock()
+	return append([]string(nil), f.Requests...), f.Started
 }
 
-// fakeTaps are the tap names the fake accepts as existing.
-var fakeTaps = map[string]bool{"tap-fctest": true, "bg-jail": true}
+func (f *Server) tapExists(name string) bool { return f.TapExists != nil && f.TapExists(name) }
+
+// run marks the guest running and tells OnRun, once.
+func (f *Server) run() {
+	f.Started = true
+	if !f.ran && f.OnRun != nil {
+		f.ran = true
+		f.OnRun(f)
+	}
+}
 
 // readHead reads the first n bytes of the file at p.
 func readHead(p string, n int) ([]byte, error) {
@@ -465,38 +486,38 @@ func readHead(p string, n int) ([]byte, error) {
 	return b, err
 }
 
-// fakeVersion is the Firecracker release whose API description the fake
+// Version is the Firecracker release whose API description the fake
 // follows (src/firecracker/swagger/firecracker.yaml): it has
 // network_overrides and vsock_override on /snapshot/load.
-const fakeVersion = "1.17.0-dev"
+const Version = "1.17.0-dev"
 
 const (
-	faultNotPaused   = "Create snapshot error: the microVM is not paused."
-	faultLoadTooLate = "Loading a microVM snapshot not allowed after configuring boot-specific resources."
+	FaultNotPaused   = "Create snapshot error: the microVM is not paused."
+	FaultLoadTooLate = "Loading a microVM snapshot not allowed after configuring boot-specific resources."
 )
 
-// fakeSaved is what the fake writes as a snapshot's state file: the
+// saved is what the fake writes as a snapshot's state file: the
 // devices as configured, with the paths the guest's devices were given.
-type fakeSaved struct {
-	Drives  map[string]fakeDrive `json:"drives"`
-	Ifaces  map[string]fakeIface `json:"ifaces"`
-	Vsock   *fakeVsock           `json:"vsock"`
-	Machine fakeMachine          `json:"machine"`
+type saved struct {
+	Drives  map[string]Drive `json:"drives"`
+	Ifaces  map[string]Iface `json:"ifaces"`
+	Vsock   *Vsock           `json:"vsock"`
+	Machine Machine          `json:"machine"`
 }
 
-func (f *fakeFirecracker) fullConfig() map[string]any {
-	drives := []fakeDrive{}
-	for _, d := range f.drives {
+func (f *Server) fullConfig() map[string]any {
+	drives := []Drive{}
+	for _, d := range f.Drives {
 		drives = append(drives, d)
 	}
-	ifaces := []fakeIface{}
-	for _, n := range f.ifaces {
+	ifaces := []Iface{}
+	for _, n := range f.Ifaces {
 		ifaces = append(ifaces, n)
 	}
-	return map[string]any{"drives": drives, "network-interfaces": ifaces, "machine-config": f.machine, "vsock": f.vsock}
+	return map[string]any{"drives": drives, "network-interfaces": ifaces, "machine-config": f.Machine, "vsock": f.Vsock}
 }
 
-func (f *fakeFirecracker) patchVM(r *http.Request) (int, any, error) {
+func (f *Server) patchVM(r *http.Request) (int, any, error) {
 	var v struct {
 		State *string `json:"state"`
 	}
@@ -506,21 +527,22 @@ func (f *fakeFirecracker) patchVM(r *http.Request) (int, any, error) {
 	if v.State == nil {
 		return 0, nil, missing("state")
 	}
-	if !f.started {
-		return 0, nil, errors.New(faultPreBoot)
+	if !f.Started {
+		return 0, nil, errors.New(FaultPreBoot)
 	}
 	switch *v.State {
 	case "Paused":
-		f.paused = true
+		f.Paused = true
 	case "Resumed":
-		f.paused = false
+		f.Paused = false
+		f.run()
 	default:
 		return 0, nil, fmt.Errorf("An error occurred when deserializing the json body of a request: unknown variant `%s`, expected `Paused` or `Resumed`", *v.State)
 	}
 	return http.StatusNoContent, nil, nil
 }
 
-func (f *fakeFirecracker) patchDrive(r *http.Request, id string) (int, any, error) {
+func (f *Server) patchDrive(r *http.Request, id string) (int, any, error) {
 	var d struct {
 		DriveID     *string         `json:"drive_id"`
 		PathOnHost  *string         `json:"path_on_host"`
@@ -535,10 +557,10 @@ func (f *fakeFirecracker) patchDrive(r *http.Request, id string) (int, any, erro
 	if *d.DriveID != id {
 		return 0, nil, fmt.Errorf("The id from the path [%s] does not match the id from the body [%s]!", id, *d.DriveID)
 	}
-	if !f.started {
-		return 0, nil, errors.New(faultPreBoot)
+	if !f.Started {
+		return 0, nil, errors.New(FaultPreBoot)
 	}
-	cur, ok := f.drives[id]
+	cur, ok := f.Drives[id]
 	if !ok {
 		return 0, nil, fmt.Errorf("Unable to patch the block device: drive %s not found", id)
 	}
@@ -548,12 +570,12 @@ func (f *fakeFirecracker) patchDrive(r *http.Request, id string) (int, any, erro
 		}
 		cur.PathOnHost = d.PathOnHost
 	}
-	f.drives[id] = cur
-	f.patched = append(f.patched, id)
+	f.Drives[id] = cur
+	f.Patched = append(f.Patched, id)
 	return http.StatusNoContent, nil, nil
 }
 
-func (f *fakeFirecracker) snapshotCreate(r *http.Request) (int, any, error) {
+func (f *Server) snapshotCreate(r *http.Request) (int, any, error) {
 	var c struct {
 		MemFilePath  *string `json:"mem_file_path"`
 		SnapshotPath *string `json:"snapshot_path"`
@@ -572,34 +594,34 @@ func (f *fakeFirecracker) snapshotCreate(r *http.Request) (int, any, error) {
 		switch *c.SnapshotType {
 		case "Full":
 		case "Diff":
-			if f.machine.TrackDirtyPages == nil || !*f.machine.TrackDirtyPages {
+			if f.Machine.TrackDirtyPages == nil || !*f.Machine.TrackDirtyPages {
 				return 0, nil, errors.New("Create snapshot error: Diff snapshots require dirty page tracking.")
 			}
 		default:
 			return 0, nil, fmt.Errorf("An error occurred when deserializing the json body of a request: unknown variant `%s`", *c.SnapshotType)
 		}
 	}
-	if !f.started {
-		return 0, nil, errors.New(faultPreBoot)
+	if !f.Started {
+		return 0, nil, errors.New(FaultPreBoot)
 	}
-	if !f.paused {
-		return 0, nil, errors.New(faultNotPaused)
+	if !f.Paused {
+		return 0, nil, errors.New(FaultNotPaused)
 	}
-	state, err := json.Marshal(fakeSaved{Drives: f.drives, Ifaces: f.ifaces, Vsock: f.vsock, Machine: f.machine})
+	state, err := json.Marshal(saved{Drives: f.Drives, Ifaces: f.Ifaces, Vsock: f.Vsock, Machine: f.Machine})
 	if err != nil {
 		return 0, nil, err
 	}
 	if err := os.WriteFile(f.hostPath(*c.SnapshotPath), state, 0o600); err != nil {
 		return 0, nil, fmt.Errorf("Create snapshot error: Cannot write the microVM state: %v", err)
 	}
-	mem := fmt.Sprintf("fake guest memory of %d MiB\n", *f.machine.MemSizeMib)
+	mem := fmt.Sprintf("fake guest memory of %d MiB\n", *f.Machine.MemSizeMib)
 	if err := os.WriteFile(f.hostPath(*c.MemFilePath), []byte(mem), 0o600); err != nil {
 		return 0, nil, fmt.Errorf("Create snapshot error: Cannot write the memory file: %v", err)
 	}
 	return http.StatusNoContent, nil, nil
 }
 
-func (f *fakeFirecracker) snapshotLoad(r *http.Request) (int, any, error) {
+func (f *Server) snapshotLoad(r *http.Request) (int, any, error) {
 	var l struct {
 		SnapshotPath        *string `json:"snapshot_path"`
 		MemFilePath         *string `json:"mem_file_path"`
@@ -654,14 +676,14 @@ func (f *fakeFirecracker) snapshotLoad(r *http.Request) (int, any, error) {
 	if l.VsockOverride != nil && l.VsockOverride.UDSPath == nil {
 		return 0, nil, missing("uds_path")
 	}
-	if f.started || f.boot != nil || len(f.drives) > 0 || len(f.ifaces) > 0 || f.vsock != nil || f.machine.MemSizeMib != nil {
-		return 0, nil, errors.New(faultLoadTooLate)
+	if f.Started || f.Boot != nil || len(f.Drives) > 0 || len(f.Ifaces) > 0 || f.Vsock != nil || f.Machine.MemSizeMib != nil {
+		return 0, nil, errors.New(FaultLoadTooLate)
 	}
 	data, err := os.ReadFile(f.hostPath(*l.SnapshotPath))
 	if err != nil {
 		return 0, nil, fmt.Errorf("Load snapshot error: Failed to restore from snapshot: Cannot open the snapshot file: %v", err)
 	}
-	var saved fakeSaved
+	var saved saved
 	if err := json.Unmarshal(data, &saved); err != nil {
 		return 0, nil, fmt.Errorf("Load snapshot error: Failed to restore from snapshot: Cannot deserialize the microVM state: %v", err)
 	}
@@ -671,7 +693,7 @@ func (f *fakeFirecracker) snapshotLoad(r *http.Request) (int, any, error) {
 	// The devices come back as saved: each drive reopened by its
 	// recorded path, each tap by name unless overridden, the vsock
 	// socket bound where it was unless overridden.
-	f.opened = map[string]string{}
+	f.Opened = map[string]string{}
 	for id, d := range saved.Drives {
 		if err := f.fileMustExist("Load snapshot error: Failed to restore from snapshot: Block device error: cannot open the disk file of drive "+id, *d.PathOnHost); err != nil {
 			return 0, nil, err
@@ -680,7 +702,7 @@ func (f *fakeFirecracker) snapshotLoad(r *http.Request) (int, any, error) {
 		if err != nil {
 			return 0, nil, err
 		}
-		f.opened[id] = target
+		f.Opened[id] = target
 	}
 	for _, o := range l.NetworkOverrides {
 		n, ok := saved.Ifaces[*o.IfaceID]
@@ -691,7 +713,7 @@ func (f *fakeFirecracker) snapshotLoad(r *http.Request) (int, any, error) {
 		saved.Ifaces[*o.IfaceID] = n
 	}
 	for _, n := range saved.Ifaces {
-		if !fakeTaps[*n.HostDevName] {
+		if !f.tapExists(*n.HostDevName) {
 			return 0, nil, fmt.Errorf("Load snapshot error: Failed to restore from snapshot: Net device error: Open tap device failed: Invalid TUN/TAP Backend provided by %s.", *n.HostDevName)
 		}
 	}
@@ -709,11 +731,17 @@ func (f *fakeFirecracker) snapshotLoad(r *http.Request) (int, any, error) {
 			return 0, nil, fmt.Errorf("Load snapshot error: Vsock device error: %v", err)
 		}
 		f.vsockLn = ln
-		f.vsock = &v
+		f.Vsock = &v
+		if f.OnVsock != nil {
+			f.OnVsock(ln)
+		}
 	}
-	f.drives, f.ifaces, f.machine = saved.Drives, saved.Ifaces, saved.Machine
-	f.loaded = *l.SnapshotPath
-	f.started = true
-	f.paused = l.ResumeVM == nil || !*l.ResumeVM
+	f.Drives, f.Ifaces, f.Machine = saved.Drives, saved.Ifaces, saved.Machine
+	f.Loaded = *l.SnapshotPath
+	f.Started = true
+	f.Paused = l.ResumeVM == nil || !*l.ResumeVM
+	if !f.Paused {
+		f.run()
+	}
 	return http.StatusNoContent, nil, nil
 }
