@@ -21,8 +21,9 @@ import (
 )
 
 // agentWaitTimeout bounds how long a booted guest may take to start its
-// agent after SSH answers.
-const agentWaitTimeout = 60 * time.Second
+// agent after SSH answers (a variable for the lifecycle tests, as the
+// timeouts in vm.go).
+var agentWaitTimeout = 60 * time.Second
 
 // agentCallTimeout bounds one agent call made for a read (vm show).
 const agentCallTimeout = 3 * time.Second

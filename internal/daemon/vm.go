@@ -17,8 +17,10 @@ import (
 	"banger/internal/vmm"
 )
 
-// Timeouts of the VM lifecycle.
-const (
+// Timeouts of the VM lifecycle. They are variables only so that the
+// lifecycle tests, which play a guest that never answers or never powers
+// off, need not wait minutes; nothing else changes them.
+var (
 	// sshWaitTimeout bounds how long a boot may take to answer SSH. QEMU
 	// under TCG boots Debian in ~25 s on the CI machines; leave room.
 	sshWaitTimeout = 180 * time.Second

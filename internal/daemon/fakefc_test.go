@@ -1,0 +1,316 @@
+package daemon
+
+// A stand-in firecracker process for the lifecycle tests: the test binary
+// itself, run under the name "firecracker". It serves Firecracker's API
+// (fctest, which checks every request as Firecracker does) on the socket
+// the driver names, and plays the guest the daemon waits for: at
+// InstanceStart it reads the configuration disk it was given (the tar the
+// real initrd applies), answers SSH on the VM's address with the host key
+// from that disk and only for the authorized key on it, serves banger's
+// agent behind the hybrid vsock socket, and powers off at ctrl-alt-del.
+// BANGER_FAKEFC_MODE makes it misbehave the ways a real VM can (see
+// fakeModes). It lives in the test's own network namespace (inOwnNetns).
+
+import (
+	"archive/tar"
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/crypto/ssh"
+
+	"banger/internal/agent"
+	"banger/internal/configdisk"
+	"banger/internal/version"
+	"banger/internal/vmm/firecracker/fctest"
+)
+
+// fakeModes are the misbehaviours BANGER_FAKEFC_MODE selects.
+const (
+	modeExitAtLaunch = "exit-at-launch" // dies before its API socket exists
+	modeDieAtBoot    = "die-at-boot"    // the guest panics right after InstanceStart
+	modeNoSSH        = "no-ssh"         // the guest never answers SSH
+	modeNoAgent      = "no-agent"       // SSH answers, the agent never does
+	modeDeaf         = "deaf"           // ignores ctrl-alt-del: never powers off
+)
+
+// fakeModeEnv selects a mode for the stand-in processes started from now on.
+const fakeModeEnv = "BANGER_FAKEFC_MODE"
+
+func TestMain(m *testing.M) {
+	if filepath.Base(os.Args[0]) == "firecracker" {
+		os.Exit(fakeFirecrackerMain(os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
+
+// fakeFirecrackerMain is the stand-in's main: firecracker --api-sock SOCK
+// --id ID. It returns when the guest powers off.
+func fakeFirecrackerMain(args []string) int {
+	var apiSock string
+	for i, a := range args {
+		if a == "--api-sock" && i+1 < len(args) {
+			apiSock = args[i+1]
+		}
+	}
+	mode := os.Getenv(fakeModeEnv)
+	fmt.Printf("fake firecracker %s: mode %q\n", apiSock, mode)
+	if apiSock == "" || mode == modeExitAtLaunch {
+		fmt.Println("fake firecracker: exiting at launch")
+		return 3
+	}
+	g := &standinGuest{mode: mode, off: make(chan struct{})}
+	srv := fctest.New()
+	srv.TapExists = func(name string) bool {
+		l, err := netlink.LinkByName(name)
+		return err == nil && l.Type() == "tuntap"
+	}
+	srv.OnRun = g.boot
+	srv.OnVsock = g.serveVsock
+	srv.OnCtrlAltDel = g.powerOff
+	ln, err := net.Listen("unix", apiSock)
+	if err != nil {
+		fmt.Println("fake firecracker:", err)
+		return 1
+	}
+	hs := &http.Server{Handler: srv}
+	go func() { _ = hs.Serve(ln) }()
+	<-g.off
+	g.shutdown()
+	_ = hs.Close()
+	srv.Close()
+	fmt.Println("fake guest: powered off")
+	return 0
+}
+
+// standinGuest is what the stand-in plays once the VM "boots".
+type standinGuest struct {
+	mode string
+	off  chan struct{}
+
+	mu     sync.Mutex
+	ssh    net.Listener
+	ip     net.IP
+	br     netlink.Link
+	offOne sync.Once
+}
+
+// boot runs at InstanceStart (with the API server's lock held: it only
+// reads the configuration and starts work).
+func (g *standinGuest) boot(s *fctest.Server) {
+	args := ""
+	if s.Boot != nil && s.Boot.BootArgs != nil {
+		args = *s.Boot.BootArgs
+	}
+	config := ""
+	if d, ok := s.Drives["config"]; ok && d.PathOnHost != nil {
+		config = *d.PathOnHost
+	}
+	tap := ""
+	if n, ok := s.Ifaces["eth0"]; ok && n.HostDevName != nil {
+		tap = *n.HostDevName
+	}
+	go g.run(args, config, tap)
+}
+
+func (g *standinGuest) run(bootArgs, configDisk, tap string) {
+	fmt.Println("fake guest: booting")
+	if g.mode == modeDieAtBoot {
+		fmt.Println("fake guest: Kernel panic - not syncing: the test asked for it")
+		time.Sleep(100 * time.Millisecond)
+		os.Exit(1)
+	}
+	ip, err := guestIP(bootArgs)
+	if err != nil {
+		fmt.Println("fake guest:", err)
+		return
+	}
+	files, err := readConfigDisk(configDisk)
+	if err != nil {
+		fmt.Println("fake guest: config disk:", err)
+		return
+	}
+	if g.mode == modeNoSSH {
+		fmt.Println("fake guest: not answering SSH")
+		return
+	}
+	if err := g.serveSSH(ip, tap, files); err != nil {
+		fmt.Println("fake guest: ssh:", err)
+		return
+	}
+	fmt.Printf("fake guest: booted, ssh on %s\n", ip)
+}
+
+// guestIP reads the address from banger.net=IP/PREFIX,GW,MAC.
+func guestIP(bootArgs string) (net.IP, error) {
+	for _, f := range strings.Fields(bootArgs) {
+		if v, ok := strings.CutPrefix(f, "banger.net="); ok {
+			addr, _, _ := strings.Cut(v, "/")
+			if ip := net.ParseIP(addr); ip != nil {
+				return ip, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("no banger.net= address in the boot arguments %q", bootArgs)
+}
+
+// readConfigDisk reads the files a configuration disk carries (a tar:
+// banger-config/root/PATH), as the real initrd does.
+func readConfigDisk(path string) (map[string][]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	out := map[string][]byte{}
+	tr := tar.NewReader(f)
+	for {
+		h, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			return out, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if p, ok := strings.CutPrefix(h.Name, configdisk.Magic+"root"); ok && h.Typeflag == tar.TypeReg {
+			b, err := io.ReadAll(io.LimitReader(tr, 1<<20))
+			if err != nil {
+				return nil, err
+			}
+			out[p] = b
+		}
+	}
+}
+
+// serveSSH answers SSH on ip:22 with the VM's host key, accepting only
+// the authorized key of its configuration disk; it opens no channels.
+// The address goes on the bridge the VM's tap is on (where the guest is
+// reached): the daemon's dial is then delivered locally.
+func (g *standinGuest) serveSSH(ip net.IP, tap string, files map[string][]byte) error {
+	hostKey, err := ssh.ParsePrivateKey(files["/etc/ssh/ssh_host_ed25519_key"])
+	if err != nil {
+		return fmt.Errorf("host key: %w", err)
+	}
+	authorized, _, _, _, err := ssh.ParseAuthorizedKey(files["/etc/ssh/banger_authorized_keys"])
+	if err != nil {
+		return fmt.Errorf("authorized key: %w", err)
+	}
+	cfg := &ssh.ServerConfig{PublicKeyCallback: func(_ ssh.ConnMetadata, k ssh.PublicKey) (*ssh.Permissions, error) {
+		if string(k.Marshal()) == string(authorized.Marshal()) {
+			return nil, nil
+		}
+		return nil, errors.New("unknown key")
+	}}
+	cfg.AddHostKey(hostKey)
+	br, err := bridgeOf(tap)
+	if err != nil {
+		return err
+	}
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: ip, Mask: net.CIDRMask(32, 32)}}
+	if err := netlink.AddrAdd(br, addr); err != nil && !errors.Is(err, syscall.EEXIST) {
+		return err
+	}
+	ln, err := net.Listen("tcp", net.JoinHostPort(ip.String(), "22"))
+	if err != nil {
+		return err
+	}
+	g.mu.Lock()
+	g.ssh, g.ip, g.br = ln, ip, br
+	g.mu.Unlock()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+				sc, chans, reqs, err := ssh.NewServerConn(c, cfg)
+				if err != nil {
+					return
+				}
+				defer sc.Close()
+				go ssh.DiscardRequests(reqs)
+				for ch := range chans {
+					_ = ch.Reject(ssh.Prohibited, "the fake guest runs nothing")
+				}
+			}()
+		}
+	}()
+	return nil
+}
+
+// serveVsock plays the guest end of Firecracker's hybrid vsock: CONNECT
+// PORT, OK, then banger's agent on the stream.
+func (g *standinGuest) serveVsock(ln net.Listener) {
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				line, err := bufio.NewReader(io.LimitReader(c, 64)).ReadString('\n')
+				if err != nil || !strings.HasPrefix(line, "CONNECT ") {
+					return
+				}
+				if g.mode == modeNoAgent {
+					time.Sleep(time.Minute) // the agent never starts
+					return
+				}
+				if _, err := io.WriteString(c, "OK 1073741824\n"); err != nil {
+					return
+				}
+				_ = (&agent.Server{AgentVersion: version.Version}).ServeConn(context.Background(), c)
+			}()
+		}
+	}()
+}
+
+// powerOff is ctrl-alt-del: the guest shuts down and the VMM exits.
+func (g *standinGuest) powerOff() {
+	if g.mode == modeDeaf {
+		fmt.Println("fake guest: ignoring ctrl-alt-del")
+		return
+	}
+	g.offOne.Do(func() { close(g.off) })
+}
+
+// bridgeOf is the bridge tap is attached to.
+func bridgeOf(tap string) (netlink.Link, error) {
+	l, err := netlink.LinkByName(tap)
+	if err != nil {
+		return nil, fmt.Errorf("tap %q: %w", tap, err)
+	}
+	br, err := netlink.LinkByIndex(l.Attrs().MasterIndex)
+	if err != nil {
+		return nil, fmt.Errorf("bridge of tap %s: %w", tap, err)
+	}
+	return br, nil
+}
+
+// shutdown stops answering SSH and takes the guest's address away.
+func (g *standinGuest) shutdown() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.ssh != nil {
+		_ = g.ssh.Close()
+	}
+	if g.ip != nil {
+		_ = netlink.AddrDel(g.br, &netlink.Addr{IPNet: &net.IPNet{IP: g.ip, Mask: net.CIDRMask(32, 32)}})
+	}
+}

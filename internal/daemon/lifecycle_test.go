@@ -1,0 +1,415 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	mdns "github.com/miekg/dns"
+	"github.com/vishvananda/netlink"
+
+	"banger/internal/api"
+	"banger/internal/kernel"
+	"banger/internal/rpc"
+	"banger/internal/store"
+	"banger/internal/version"
+	"banger/internal/vmm"
+	"banger/internal/vmm/firecracker"
+)
+
+// The VM lifecycle without booting anything: the real daemon, serving
+// its socket in a network namespace of its own with its bridge, tap
+// pool, rules and DNS, drives the real Firecracker driver, whose
+// firecracker binary is the stand-in of fakefc_test.go (Firecracker's API
+// as fctest checks it, and a guest that answers SSH and the agent). Every
+// step of create, start, stop, kill, set, delete, prune, adoption by a new
+// daemon and the watch loop runs for real, and so do the rollbacks of a
+// VMM that dies at launch or at boot, a guest that never answers SSH or
+// its agent, and one that will not power off.
+
+// lifecycle is one test's daemon and client.
+type lifecycle struct {
+	t      *testing.T
+	d      *Daemon
+	c      *rpc.Client
+	fc     string // the stand-in firecracker binary
+	dnsAt  string
+	stopFn func()
+}
+
+func newLifecycle(t *testing.T) *lifecycle {
+	t.Helper()
+	dns := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
+	d := netDaemon(t, `vmm = "firecracker"
+forward_ports = "none"
+tap_pool_size = 2
+dns_listen = "`+dns+`"`)
+	bin := t.TempDir()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fc := filepath.Join(bin, "firecracker")
+	if err := os.Symlink(exe, fc); err != nil {
+		t.Fatal(err)
+	}
+	// The agent binary the config disk carries (the stand-in never runs it).
+	if err := os.WriteFile(filepath.Join(bin, "banger-agent"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
+	d.driverOverride = firecracker.New(firecracker.Config{Binary: fc, StartTimeout: 10 * time.Second})
+	importTestKernel(t, d, "k1", kernelSpec{version: "6.1.0-test", features: []string{kernel.FeatureConfigDisk}})
+	registerTestImage(t, d, "base", "k1")
+	l := &lifecycle{t: t, d: d, c: &rpc.Client{SocketPath: d.layout.SocketPath}, fc: fc, dnsAt: dns}
+	l.stopFn = serveStoppable(t, d)
+	t.Cleanup(l.killAll) // runs before the daemon stops: it reads the rows
+	return l
+}
+
+// standins lists the pids of this test's stand-in processes that run:
+// those whose program is its own firecracker link (a path no other
+// process has).
+func (l *lifecycle) standins() []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if argv0, _, _ := strings.Cut(string(cmd), "\x00"); err != nil || argv0 != l.fc {
+			continue
+		}
+		if st, err := os.ReadFile("/proc/" + e.Name() + "/stat"); err == nil && strings.Contains(string(st), ") Z ") {
+			continue
+		}
+		out = append(out, pid)
+	}
+	return out
+}
+
+// killAll ends every stand-in the test leaves, whatever the daemon knows
+// of it, so no process outlives the test (and its namespace).
+func (l *lifecycle) killAll() {
+	for _, pid := range l.standins() {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+}
+
+// serveStoppable serves d until the returned function (also run when the
+// test ends) stops it and closes d, releasing its state directory.
+func serveStoppable(t *testing.T, d *Daemon) func() {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- d.Serve(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			if err := <-errc; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+			d.Close()
+		})
+	}
+	t.Cleanup(stop)
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		pctx, pcancel := context.WithTimeout(ctx, time.Second)
+		err := (&rpc.Client{SocketPath: d.layout.SocketPath}).Call(pctx, "ping", nil, nil)
+		pcancel()
+		if err == nil {
+			return stop
+		}
+		select {
+		case err := <-errc:
+			errc <- err
+			t.Fatalf("Serve: %v", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Fatal("daemon did not answer within 10s")
+	return stop
+}
+
+// fcGet reads path from the Firecracker API at sock (here, a stand-in's).
+func fcGet(sock, path string, out any) error {
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "unix", sock)
+	}}}
+	resp, err := hc.Get("http://localhost" + path)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+func (l *lifecycle) call(method string, params, out any) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	return l.c.Call(ctx, method, params, out)
+}
+
+func (l *lifecycle) must(method string, params, out any) {
+	l.t.Helper()
+	if err := l.call(method, params, out); err != nil {
+		l.t.Fatalf("%s: %v", method, err)
+	}
+}
+
+// create runs a vm.create to its end with the stand-in in mode; it
+// returns the VM, or the operation's error.
+func (l *lifecycle) create(p api.VMCreateParams, mode string) (api.VM, string) {
+	l.t.Helper()
+	l.t.Setenv(fakeModeEnv, mode)
+	if p.Image == "" {
+		p.Image = "base"
+	}
+	if p.DiskSize == "" {
+		p.DiskSize = "64M"
+	}
+	var begin api.VMCreateBeginResult
+	l.must("vm.create.begin", p, &begin)
+	deadline := time.Now().Add(90 * time.Second)
+	for time.Now().Before(deadline) {
+		var st api.VMCreateStatus
+		l.must("vm.create.status", api.OpRef{OpID: begin.OpID}, &st)
+		if st.Operation.Done {
+			if st.Operation.Error != "" {
+				return api.VM{}, st.Operation.Error
+			}
+			return *st.VM, ""
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	l.t.Fatalf("create of %s did not end within 90s", p.Name)
+	return api.VM{}, ""
+}
+
+func (l *lifecycle) show(name string) api.VM {
+	l.t.Helper()
+	var v api.VM
+	l.must("vm.show", api.VMRef{Name: name}, &v)
+	return v
+}
+
+// row reads the VM's record without reconciling it with the host (vm
+// show and vm list would).
+func (l *lifecycle) row(name string) store.VM {
+	l.t.Helper()
+	v, err := l.d.store.GetVM(context.Background(), name)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return v
+}
+
+func (l *lifecycle) noLeaks(when string) {
+	l.t.Helper()
+	var res api.LeaksResult
+	l.must("daemon.leaks", nil, &res)
+	for _, lk := range res.Leaks {
+		l.t.Errorf("%s: leak %s %s: %s", when, lk.Kind, lk.Name, lk.Detail)
+	}
+}
+
+// running checks that v runs as a whole: its stand-in VMM is alive with
+// the recorded identity, its tap is on the bridge, its name resolves, and
+// its agent answers.
+func (l *lifecycle) running(name string) store.VM {
+	l.t.Helper()
+	v := l.row(name)
+	if v.State != store.StateRunning {
+		l.t.Fatalf("%s is %s (%s), want running", name, v.State, v.LastError)
+	}
+	if !vmm.Alive(handleOf(v)) {
+		l.t.Fatalf("%s: its VMM (pid %d) is not alive", name, v.PID)
+	}
+	tap, err := netlink.LinkByName(v.Tap)
+	if err != nil || tap.Attrs().MasterIndex == 0 {
+		l.t.Errorf("%s: tap %s missing or on no bridge: %v", name, v.Tap, err)
+	}
+	m := new(mdns.Msg)
+	m.SetQuestion(name+".vm.", mdns.TypeA)
+	r, err := mdns.Exchange(m, l.dnsAt)
+	if err != nil || len(r.Answer) != 1 || r.Answer[0].(*mdns.A).A.String() != v.IP {
+		l.t.Errorf("%s.vm does not resolve to %s: %v %v", name, v.IP, r, err)
+	}
+	var h api.AgentHealth
+	l.must("vm.health", api.VMRef{Name: name}, &h)
+	if h.AgentVersion != version.Version {
+		l.t.Errorf("%s: agent version %q, want %q", name, h.AgentVersion, version.Version)
+	}
+	return v
+}
+
+// stopped checks that v is stopped with nothing of its runtime left.
+func (l *lifecycle) stopped(name string, old store.VM) store.VM {
+	l.t.Helper()
+	v := l.row(name)
+	if v.State != store.StateStopped {
+		l.t.Fatalf("%s is %s, want stopped", name, v.State)
+	}
+	if vmm.Alive(handleOf(old)) {
+		l.t.Errorf("%s: its VMM (pid %d) still runs", name, old.PID)
+	}
+	if _, err := netlink.LinkByName(old.Tap); err == nil {
+		l.t.Errorf("%s: tap %s still exists", name, old.Tap)
+	}
+	if _, err := os.Stat(l.d.pathsFor(v.ID).run); err == nil {
+		l.t.Errorf("%s: runtime dir still exists", name)
+	}
+	return v
+}
+
+func TestLifecycleWithStandInFirecracker(t *testing.T) {
+	if !inOwnNetns(t) {
+		return
+	}
+	l := newLifecycle(t)
+
+	// create, and the VM runs whole.
+	if _, errMsg := l.create(api.VMCreateParams{Name: "a", VCPU: 1, MemoryMiB: 256}, ""); errMsg != "" {
+		t.Fatalf("create a: %s\n%s", errMsg, tailFile(l.d.pathsFor(l.row("a").ID).console, 20))
+	}
+	a := l.running("a")
+	l.noLeaks("after create")
+
+	// stop: ctrl-alt-del, the stand-in exits, the runtime goes.
+	l.must("vm.stop", api.VMRef{Name: "a"}, nil)
+	l.stopped("a", a)
+	l.noLeaks("after stop")
+
+	// set while stopped, then start: the VMM is configured with the new size.
+	l.must("vm.set", api.VMSetParams{Name: "a", VCPU: 2, MemoryMiB: 384}, nil)
+	l.must("vm.start", api.VMRef{Name: "a"}, nil)
+	a2 := l.running("a")
+	if a2.PID == a.PID {
+		t.Errorf("start reused pid %d", a.PID)
+	}
+	var cfg struct {
+		Machine struct {
+			VCPU int `json:"vcpu_count"`
+			Mem  int `json:"mem_size_mib"`
+		} `json:"machine-config"`
+	}
+	if err := fcGet(handleOf(a2).APISocket, "/vm/config", &cfg); err != nil || cfg.Machine.VCPU != 2 || cfg.Machine.Mem != 384 {
+		t.Errorf("after vm set: the VMM has %d vCPUs and %d MiB (%v), want 2 and 384", cfg.Machine.VCPU, cfg.Machine.Mem, err)
+	}
+
+	// kill: no ctrl-alt-del, SIGKILL; stopped all the same.
+	l.must("vm.kill", api.VMRef{Name: "a"}, nil)
+	l.stopped("a", a2)
+
+	// A guest that will not power off is killed after stopTimeout.
+	stopTimeout = 2 * time.Second
+	l.t.Setenv(fakeModeEnv, modeDeaf)
+	l.must("vm.start", api.VMRef{Name: "a"}, nil)
+	a3 := l.running("a")
+	start := time.Now()
+	l.must("vm.stop", api.VMRef{Name: "a"}, nil)
+	if v := l.stopped("a", a3); !strings.Contains(v.LastError, "did not power off within 2s; killed") {
+		t.Errorf("stop of a deaf guest: last error %q", v.LastError)
+	}
+	if took := time.Since(start); took < 2*time.Second || took > 10*time.Second {
+		t.Errorf("stop of a deaf guest took %s, want about stopTimeout (2s)", took)
+	}
+	l.noLeaks("after the deaf stop")
+
+	// Adoption: a new daemon on the same state finds a running VM as it is.
+	l.t.Setenv(fakeModeEnv, "")
+	l.must("vm.start", api.VMRef{Name: "a"}, nil)
+	a4 := l.running("a")
+	l2 := l.restart()
+	if v := l2.running("a"); v.PID != a4.PID || v.PIDStartTime != a4.PIDStartTime {
+		t.Errorf("after a daemon restart a runs as pid %d, want the adopted %d", v.PID, a4.PID)
+	}
+
+	// The watch loop: a VMM killed behind the daemon's back is recorded
+	// stopped (read from the row: vm show would reconcile by itself).
+	if err := syscall.Kill(a4.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for l2.row("a").State != store.StateStopped && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if v := l2.row("a"); v.State != store.StateStopped || !strings.Contains(v.LastError, "exited without banger stopping it") {
+		t.Fatalf("after its VMM was killed: a is %s (%q), want stopped by the watch loop", v.State, v.LastError)
+	}
+	l2.stopped("a", a4)
+	l2.noLeaks("after the watch loop")
+
+	// Creates that fail roll back to nothing, each with its reason.
+	sshWaitTimeout, agentWaitTimeout = 3*time.Second, 3*time.Second
+	for _, tc := range []struct{ mode, want string }{
+		{modeExitAtLaunch, "exiting at launch"},
+		{modeDieAtBoot, "Kernel panic - not syncing: the test asked for it"},
+		{modeNoSSH, "did not answer SSH"},
+		{modeNoAgent, "agent did not report health"},
+	} {
+		_, errMsg := l2.create(api.VMCreateParams{Name: "f", VCPU: 1, MemoryMiB: 256}, tc.mode)
+		if !strings.Contains(errMsg, tc.want) {
+			t.Errorf("create with a stand-in that %s: error %q, want it to say %q", tc.mode, errMsg, tc.want)
+		}
+		if _, err := l2.d.store.GetVM(context.Background(), "f"); err == nil {
+			t.Errorf("create (%s) failed but left its VM row", tc.mode)
+		}
+		l2.noLeaks("after a create that failed with " + tc.mode)
+	}
+
+	// prune deletes the stopped VMs; delete the rest; nothing is left.
+	sshWaitTimeout, agentWaitTimeout = 60*time.Second, 60*time.Second
+	l2.t.Setenv(fakeModeEnv, "")
+	if _, errMsg := l2.create(api.VMCreateParams{Name: "b", VCPU: 1, MemoryMiB: 256}, ""); errMsg != "" {
+		t.Fatalf("create b: %s", errMsg)
+	}
+	var pr api.VMPruneResult
+	l2.must("vm.prune", api.VMPruneParams{}, &pr)
+	if len(pr.Deleted) != 1 || pr.Deleted[0] != "a" {
+		t.Errorf("prune deleted %q, want [a] (b runs)", pr.Deleted)
+	}
+	b := l2.running("b")
+	l2.must("vm.delete", api.VMRef{Name: "b"}, nil)
+	if vmm.Alive(handleOf(b)) {
+		t.Error("delete left b's VMM running")
+	}
+	var list api.VMListResult
+	l2.must("vm.list", nil, &list)
+	if len(list.VMs) != 0 {
+		t.Errorf("VMs left: %+v", list.VMs)
+	}
+	l2.noLeaks("after delete")
+	if left := l2.standins(); len(left) != 0 {
+		t.Errorf("stand-in VMMs still run after every VM is gone: pids %v", left)
+	}
+}
+
+// restart stops this daemon and serves a new one on the same state.
+func (l *lifecycle) restart() *lifecycle {
+	l.t.Helper()
+	l.stopFn()
+	d, err := Open(context.Background(), Options{Layout: l.d.layout, Config: l.d.cfg, Logger: l.d.log})
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	d.driverOverride = l.d.driverOverride
+	l2 := &lifecycle{t: l.t, d: d, c: l.c, fc: l.fc, dnsAt: l.dnsAt}
+	l2.stopFn = serveStoppable(l.t, d)
+	l.t.Cleanup(l2.killAll)
+	return l2
+}
