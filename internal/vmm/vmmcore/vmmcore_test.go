@@ -109,9 +109,12 @@ func launchSleep(t *testing.T, marker string) (int, uint64) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = Kill(pid, start, ArgMentions(marker)) })
-	// Wait until exec has replaced bash, so the marker is argv[0].
+	// Wait until exec has replaced bash, so the marker is argv[0]. Read
+	// the command line itself: Matches counts a process whose command line
+	// reads empty as alive (one that is exiting; also one in the middle of
+	// execve), so it cannot tell that exec has finished.
 	deadline := time.Now().Add(5 * time.Second)
-	for !Matches(pid, start, func(a []string) bool { return a[0] == marker }) {
+	for argv, err := ProcCmdline(pid); err != nil || len(argv) == 0 || argv[0] != marker; argv, err = ProcCmdline(pid) {
 		if time.Now().After(deadline) {
 			t.Fatalf("process %d never showed marker %q", pid, marker)
 		}
