@@ -44,6 +44,8 @@ type lifecycle struct {
 	fc     string // the stand-in firecracker binary
 	dnsAt  string
 	stopFn func()
+	// mounted is a mount the test made under banger's trees on purpose.
+	mounted string
 }
 
 func newLifecycle(t *testing.T) *lifecycle {
@@ -182,8 +184,14 @@ func (l *lifecycle) create(p api.VMCreateParams, mode string) (api.VM, string) {
 	if p.DiskSize == "" {
 		p.DiskSize = "64M"
 	}
+	return l.follow("vm.create.begin", p)
+}
+
+// follow begins a create-like operation and waits for its end.
+func (l *lifecycle) follow(method string, p any) (api.VM, string) {
+	l.t.Helper()
 	var begin api.VMCreateBeginResult
-	l.must("vm.create.begin", p, &begin)
+	l.must(method, p, &begin)
 	deadline := time.Now().Add(90 * time.Second)
 	for time.Now().Before(deadline) {
 		var st api.VMCreateStatus
@@ -196,7 +204,7 @@ func (l *lifecycle) create(p api.VMCreateParams, mode string) (api.VM, string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	l.t.Fatalf("create of %s did not end within 90s", p.Name)
+	l.t.Fatalf("%s %s did not end within 90s", method, begin.Name)
 	return api.VM{}, ""
 }
 
@@ -223,6 +231,9 @@ func (l *lifecycle) noLeaks(when string) {
 	var res api.LeaksResult
 	l.must("daemon.leaks", nil, &res)
 	for _, lk := range res.Leaks {
+		if lk.Kind == "mount" && lk.Name == l.mounted {
+			continue // the test's own
+		}
 		l.t.Errorf("%s: leak %s %s: %s", when, lk.Kind, lk.Name, lk.Detail)
 	}
 }
@@ -412,4 +423,62 @@ func (l *lifecycle) restart() *lifecycle {
 	l2.stopFn = serveStoppable(l.t, d)
 	l.t.Cleanup(l2.killAll)
 	return l2
+}
+
+// TestCloneOnAFullDisk: a clone that runs out of space fails saying so,
+// leaves nothing of itself, and the source VM still starts.
+func TestCloneOnAFullDisk(t *testing.T) {
+	if !inOwnNetns(t) {
+		return
+	}
+	l := newLifecycle(t)
+	// The VMs' directory on a small filesystem of its own (the test's
+	// mount namespace is private).
+	vms := l.d.layout.VMsDir
+	if err := os.MkdirAll(vms, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("banger-test-full", vms, "tmpfs", 0, "size=160m"); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Unmount(vms, syscall.MNT_DETACH)
+	l.mounted = vms
+	src, errMsg := l.create(api.VMCreateParams{Name: "src", VCPU: 1, MemoryMiB: 256, NoStart: true}, "")
+	if errMsg != "" {
+		t.Fatalf("create src: %s", errMsg)
+	}
+	// Fill it but for half of what the source's disks hold (a sparse
+	// copy needs all of it).
+	var used int64
+	for _, f := range []string{"root.ext4", "work.ext4"} {
+		used += allocatedBytes(filepath.Join(l.d.pathsFor(src.ID).dir, f))
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(vms, &st); err != nil {
+		t.Fatal(err)
+	}
+	filler := filepath.Join(vms, "filler")
+	if err := os.WriteFile(filler, make([]byte, int64(st.Bavail)*st.Bsize-used/2), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadDir(vms)
+	_, errMsg = l.follow("vm.clone.begin", api.VMCloneParams{Source: "src", Name: "dst", NoStart: true})
+	t.Logf("clone on a full disk: %s", errMsg)
+	if !strings.Contains(errMsg, "no space left on") || !strings.Contains(errMsg, "MB free") {
+		t.Errorf("clone on a full disk: %q, want it to say no space left and how much is free", errMsg)
+	}
+	if _, err := l.d.store.GetVM(context.Background(), "dst"); err == nil {
+		t.Error("the failed clone left its VM row")
+	}
+	if after, _ := os.ReadDir(vms); len(after) != len(before) {
+		t.Errorf("the failed clone left files: %d entries in vms/, were %d", len(after), len(before))
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	l.noLeaks("after a clone on a full disk")
+	l.must("vm.start", api.VMRef{Name: "src"}, nil)
+	l.running("src")
+	l.must("vm.delete", api.VMRef{Name: "src"}, nil)
+	l.noLeaks("after delete")
 }
