@@ -309,9 +309,38 @@ func (e *env) cleanup() {
 		}
 		e.stopDaemon()
 	}
+	// A VMM no record names (a leak the checker reported, or one a daemon
+	// lost) must not outlive the test either: its command line names the
+	// test's own directory.
+	for _, pid := range processesUnder(e.root) {
+		e.t.Errorf("cleanup: killing pid %d, still running from %s", pid, e.root)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
 	if e.t.Failed() {
 		e.t.Logf("bangerd log tail:\n%s", e.daemonLog())
 	}
+}
+
+// processesUnder lists the processes (not zombies) whose command line
+// names a path under dir.
+func processesUnder(dir string) []int {
+	var out []int
+	ents, _ := os.ReadDir("/proc")
+	for _, ent := range ents {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmd, err := os.ReadFile("/proc/" + ent.Name() + "/cmdline")
+		if err != nil || !strings.Contains(string(cmd), dir+"/") {
+			continue
+		}
+		if st, err := os.ReadFile("/proc/" + ent.Name() + "/stat"); err == nil && strings.Contains(string(st), ") Z ") {
+			continue
+		}
+		out = append(out, pid)
+	}
+	return out
 }
 
 // assertNoLeaks fails the test when banger doctor --leaks finds host

@@ -300,6 +300,7 @@ func (d *Daemon) boot(ctx context.Context, v *store.VM) error {
 	if err != nil {
 		v.State = store.StateStopped
 		v.LastError = err.Error()
+		v.PID, v.PIDStartTime, v.APISocket = 0, 0, "" // the undo ended it
 		if uerr := d.store.UpdateVM(context.WithoutCancel(ctx), *v); uerr != nil {
 			d.log.Error("record failed boot", "vm", v.Name, "err", uerr)
 		}

@@ -35,8 +35,11 @@ const (
 	stageTap      = "claim tap"
 	stageAttach   = "attach disks"
 	stageStartVMM = "start VMM"
-	stageWaitSSH  = "wait for SSH"
-	stageAgent    = "wait for agent"
+	// stageVMMLaunched is no step of its own: the fault-injection tests
+	// break the start at the moment the VMM process exists.
+	stageVMMLaunched = "start VMM: launched"
+	stageWaitSSH     = "wait for SSH"
+	stageAgent       = "wait for agent"
 )
 
 // vmCreateOp is one vm.create operation: the VM being made, the stage it
@@ -590,6 +593,20 @@ func (d *Daemon) bootStepsFrom(v *store.VM, rs *restoreSpec) []step {
 			spec.ID = shortID(v.ID)
 			if err := d.giveTapToJailedVMM(drv, spec); err != nil {
 				return nil, err
+			}
+			// The VMM is recorded the moment it exists, before the driver
+			// waits for it: a daemon that dies in the middle of Start
+			// leaves a VMM the next one identifies (pid, start time,
+			// socket) and kills. The row stays creating or starting.
+			spec.Launched = func(h vmm.Handle) error {
+				v.PID, v.PIDStartTime, v.APISocket = h.PID, h.StartTime, h.APISocket
+				if v.State != store.StateCreating {
+					v.State = store.StateStarting
+				}
+				if err := d.store.UpdateVM(context.WithoutCancel(ctx), *v); err != nil {
+					return err
+				}
+				return faultAfter(stageVMMLaunched)
 			}
 			handle, err = drv.Start(ctx, spec)
 			if err != nil {

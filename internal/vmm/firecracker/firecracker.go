@@ -322,6 +322,9 @@ func (d *Driver) Start(ctx context.Context, spec vmmcore.Spec) (vmmcore.Handle, 
 	if h.StartTime, err = vmmcore.ProcStartTime(pid); err != nil {
 		return fail(vmmcore.ErrExited)
 	}
+	if err := spec.ReportLaunch(h); err != nil {
+		return fail(err)
+	}
 	ctx, cancel := context.WithTimeout(ctx, d.cfg.StartTimeout)
 	defer cancel()
 	if err := vmmcore.WaitSocket(ctx, l.apiHost, func() bool { return Alive(h) }); err != nil {

@@ -606,3 +606,45 @@ func TestStartRefusesQCOW2(t *testing.T) {
 		t.Fatal("Firecracker was started for a qcow2 root")
 	}
 }
+
+// TestLaunchedIsReportedBeforeConfiguration: the VMM is reported the
+// moment it exists (before a request reaches it), and a caller that
+// cannot record it stops the start, with nothing left running.
+func TestLaunchedIsReportedBeforeConfiguration(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	spec := testSpec(t)
+	d := New(Config{})
+	fv := installFake(t, d)
+	var got []vmmcore.Handle
+	var requestsThen []string
+	spec.Launched = func(h vmmcore.Handle) error {
+		got = append(got, h)
+		requestsThen, _ = fv.api.Seen()
+		return nil
+	}
+	h, err := d.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || got[0] != h {
+		t.Fatalf("Launched got %+v, want once with the handle Start returned (%+v)", got, h)
+	}
+	if len(requestsThen) != 0 {
+		t.Errorf("Launched was called after %q reached the VMM", requestsThen)
+	}
+
+	spec2 := testSpec(t)
+	spec2.Launched = func(vmmcore.Handle) error { return errors.New("the database is gone") }
+	d2 := New(Config{})
+	fv2 := installFake(t, d2)
+	if _, err := d2.Start(ctx, spec2); err == nil || !strings.Contains(err.Error(), "the database is gone") {
+		t.Fatalf("Start with a failing Launched = %v", err)
+	}
+	if !fv2.gone() {
+		t.Error("the VMM still runs after Launched failed")
+	}
+	if _, err := os.Lstat(filepath.Join(spec2.RuntimeDir, APISocketName)); err == nil {
+		t.Error("the API socket is left after Launched failed")
+	}
+}

@@ -434,6 +434,9 @@ func (d *Driver) launchAndWait(ctx context.Context, spec vmmcore.Spec, console *
 	if h.StartTime, err = vmmcore.ProcStartTime(pid); err != nil {
 		return fail(vmmcore.ErrExited)
 	}
+	if err := spec.ReportLaunch(h); err != nil {
+		return fail(err)
+	}
 	wctx, cancel := context.WithTimeout(ctx, d.cfg.StartTimeout)
 	defer cancel()
 	if spec.IncomingState != "" {

@@ -502,3 +502,33 @@ func TestKVMVerdictIsPerHostKernel(t *testing.T) {
 		t.Fatal("a verdict for another host kernel was trusted")
 	}
 }
+
+// TestLaunchedFailureStopsTheStart: QEMU is reported the moment its
+// process exists; a caller that cannot record it stops the start, with
+// no QEMU left running.
+func TestLaunchedFailureStopsTheStart(t *testing.T) {
+	bin := qemuBinary(t)
+	spec := testSpec(t, []byte("this is not a kernel image\n"))
+	var got []vmmcore.Handle
+	spec.Launched = func(h vmmcore.Handle) error {
+		got = append(got, h)
+		return errors.New("the database is gone")
+	}
+	d := New(Config{Binary: bin})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	h, err := d.Start(ctx, spec)
+	if err == nil {
+		_ = d.Kill(h)
+		t.Fatal("Start succeeded although Launched failed")
+	}
+	if !strings.Contains(err.Error(), "the database is gone") {
+		t.Errorf("Start = %v, want Launched's error", err)
+	}
+	if len(got) != 1 || got[0].PID == 0 || got[0].StartTime == 0 || got[0].APISocket != filepath.Join(spec.RuntimeDir, QMPSocketName) {
+		t.Errorf("Launched got %+v, want one handle naming the QMP socket", got)
+	}
+	if pids := processesMentioning(spec.RuntimeDir); len(pids) != 0 {
+		t.Errorf("processes still running for the VM: %v", pids)
+	}
+}

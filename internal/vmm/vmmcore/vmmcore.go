@@ -64,6 +64,13 @@ type Spec struct {
 	// the snapshot left it. The machine (vCPUs, memory, devices) must be
 	// the one that was saved.
 	IncomingState string
+	// Launched, when set, is called with the VMM's Handle the moment its
+	// process exists, before Start waits for it or configures it, so that
+	// the caller can record what a new daemon must find if this one dies
+	// in the middle of Start. An error from it fails Start (the VMM is
+	// killed). A driver that relaunches (QEMU's KVM fallback) calls it
+	// again with the new Handle.
+	Launched func(Handle) error
 	// RunAs, when set ("UID:GID"), is the unprivileged identity the VMM
 	// takes once its devices and files are open (QEMU -runas), so a guest
 	// that escapes into the VMM holds no more than its own VM's open
@@ -194,4 +201,12 @@ func WaitSocket(ctx context.Context, path string, alive func() bool) error {
 		case <-time.After(poll):
 		}
 	}
+}
+
+// ReportLaunch calls spec.Launched, if set, with h.
+func (s Spec) ReportLaunch(h Handle) error {
+	if s.Launched == nil {
+		return nil
+	}
+	return s.Launched(h)
 }
