@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -66,11 +67,35 @@ func (d *Daemon) sweepScratch() {
 		if hasAnyPrefix(p, busy) {
 			continue
 		}
+		if restoreReplaced(p) {
+			d.log.Warn("put back an image or kernel a previous daemon died replacing", "path", p)
+			continue
+		}
 		d.log.Warn("removing what a pull or build a previous daemon ran left", "path", p)
 		if err := os.RemoveAll(p); err != nil {
 			d.log.Error("remove pull or build leftovers", "path", p, "err", err)
 		}
 	}
+}
+
+// restoreReplaced puts back an artifact whose replacement died between
+// its two renames (artifact.Staging.Publish): ".NAME.old-*/old" is then
+// the only copy and NAME is missing. It reports whether it did.
+func restoreReplaced(p string) bool {
+	base := filepath.Base(p)
+	if !strings.HasPrefix(base, ".") || !strings.Contains(base, ".old-") {
+		return false
+	}
+	name := strings.TrimPrefix(base[:strings.LastIndex(base, ".old-")], ".")
+	dest := filepath.Join(filepath.Dir(p), name)
+	if _, err := os.Lstat(dest); !errors.Is(err, os.ErrNotExist) {
+		return false
+	}
+	if err := os.Rename(filepath.Join(p, "old"), dest); err != nil {
+		return false
+	}
+	_ = os.Remove(p)
+	return true
 }
 
 // busyScratch returns the path prefixes running pulls and imports write.

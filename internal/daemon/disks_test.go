@@ -4,11 +4,13 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"banger/internal/rootdisk"
 	"banger/internal/store"
 	"banger/internal/system"
+	"banger/internal/vmm/firecracker"
 )
 
 // TestGCLayersKeepsALayerADiskStandsOn: a clone interrupted between
@@ -100,5 +102,32 @@ func TestFreezeCopy(t *testing.T) {
 	}
 	if _, err := os.Lstat(filepath.Join(d.layersDir(), "snap2-root-0123456789ab.raw")); err == nil {
 		t.Fatal("a refused freeze left a layer")
+	}
+}
+
+// TestSnapshotMismatchJailer: a Firecracker snapshot names its disks by
+// jail paths or by descriptor; one saved jailed restores only jailed, and
+// the other way round.
+func TestSnapshotMismatchJailer(t *testing.T) {
+	unjailed := firecracker.New(firecracker.Config{Binary: "/usr/bin/firecracker"})
+	jailedDrv := firecracker.New(firecracker.Config{Binary: "/usr/bin/firecracker", Jailer: &firecracker.JailerConfig{}})
+	snap := func(j bool) store.Snapshot {
+		meta := `{"jailed":false}`
+		if j {
+			meta = `{"jailed":true}`
+		}
+		return store.Snapshot{Name: "s", VMM: "firecracker", Accel: "kvm", Meta: meta}
+	}
+	if why := snapshotMismatch(snap(true), unjailed); !strings.Contains(why, "saved by a Firecracker under its jailer and this one runs unjailed") {
+		t.Errorf("jailed snapshot, unjailed driver: %q", why)
+	}
+	if why := snapshotMismatch(snap(false), jailedDrv); !strings.Contains(why, "saved by a Firecracker unjailed and this one runs under its jailer") {
+		t.Errorf("unjailed snapshot, jailed driver: %q", why)
+	}
+	if why := snapshotMismatch(snap(true), jailedDrv); why != "" {
+		t.Errorf("jailed snapshot, jailed driver: %q", why)
+	}
+	if why := snapshotMismatch(snap(false), unjailed); why != "" {
+		t.Errorf("unjailed snapshot, unjailed driver: %q", why)
 	}
 }

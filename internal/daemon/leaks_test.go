@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -191,16 +192,37 @@ func TestScratchLeftovers(t *testing.T) {
 		filepath.Join(d.layout.CacheDir, "build", "oci-tiny"),
 		filepath.Join(d.layout.ImagesDir, ".tiny.pulling"),
 		filepath.Join(d.layout.KernelsDir, "k1.importing"),
+		// A replacement that died between its renames: the old copy is
+		// the only one and goes back, not away.
+		filepath.Join(d.layout.KernelsDir, ".k2.old-123"),
+		// One whose new copy was published: the old one is scratch.
+		filepath.Join(d.layout.ImagesDir, ".img3.old-456"),
 	}
 	for _, p := range left {
-		if err := os.MkdirAll(filepath.Join(p, "sub"), 0o700); err != nil {
+		if err := os.MkdirAll(filepath.Join(p, "old"), 0o700); err != nil {
 			t.Fatal(err)
 		}
+	}
+	// Kernel k2 is recorded; its directory was moved aside and the daemon
+	// died before the new one took its place.
+	importTestKernel(t, d, "k2", kernelSpec{version: "6.1.0-k2"})
+	if err := os.RemoveAll(filepath.Join(d.layout.KernelsDir, ".k2.old-123")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(d.layout.KernelsDir, ".k2.old-123"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(d.layout.KernelsDir, "k2"), filepath.Join(d.layout.KernelsDir, ".k2.old-123", "old")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(d.layout.ImagesDir, "img3"), 0o755); err != nil {
+		t.Fatal(err)
 	}
 	var want []string
 	for _, p := range left {
 		want = append(want, "file "+p)
 	}
+	want = append(want, "file "+filepath.Join(d.layout.ImagesDir, "img3")) // no row names it
 	slices.Sort(want)
 	if got := leakNames(t, d); !slices.Equal(got, want) {
 		t.Fatalf("leaks = %q\nwant %q", got, want)
@@ -219,7 +241,7 @@ func TestScratchLeftovers(t *testing.T) {
 			t.Errorf("%s survived the start-up sweep", p)
 		}
 	}
-	if got := leakNames(t, d2); len(got) != 0 {
-		t.Errorf("leaks after the sweep: %q", got)
+	if b, err := os.ReadFile(filepath.Join(d.layout.KernelsDir, "k2", "vmlinux")); err != nil || !strings.Contains(string(b), "6.1.0-k2") {
+		t.Errorf("the only copy of kernel k2 was not put back: %q %v", b, err)
 	}
 }

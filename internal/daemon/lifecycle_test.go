@@ -327,7 +327,7 @@ func TestLifecycleWithStandInFirecracker(t *testing.T) {
 	l.stopped("a", a2)
 
 	// A guest that will not power off is killed after stopTimeout.
-	stopTimeout = 2 * time.Second
+	setTimeout(t, &stopTimeout, 2*time.Second)
 	l.t.Setenv(fakeModeEnv, modeDeaf)
 	l.must("vm.start", api.VMRef{Name: "a"}, nil)
 	a3 := l.running("a")
@@ -366,7 +366,8 @@ func TestLifecycleWithStandInFirecracker(t *testing.T) {
 	l2.noLeaks("after the watch loop")
 
 	// Creates that fail roll back to nothing, each with its reason.
-	sshWaitTimeout, agentWaitTimeout = 3*time.Second, 3*time.Second
+	setTimeout(t, &sshWaitTimeout, 3*time.Second)
+	setTimeout(t, &agentWaitTimeout, 3*time.Second)
 	for _, tc := range []struct{ mode, want string }{
 		{modeExitAtLaunch, "exiting at launch"},
 		{modeDieAtBoot, "Kernel panic - not syncing: the test asked for it"},
@@ -384,7 +385,7 @@ func TestLifecycleWithStandInFirecracker(t *testing.T) {
 	}
 
 	// prune deletes the stopped VMs; delete the rest; nothing is left.
-	sshWaitTimeout, agentWaitTimeout = 60*time.Second, 60*time.Second
+	sshWaitTimeout, agentWaitTimeout = 60*time.Second, 60*time.Second // back to waiting for a guest that answers
 	l2.t.Setenv(fakeModeEnv, "")
 	if _, errMsg := l2.create(api.VMCreateParams{Name: "b", VCPU: 1, MemoryMiB: 256}, ""); errMsg != "" {
 		t.Fatalf("create b: %s", errMsg)
@@ -408,6 +409,14 @@ func TestLifecycleWithStandInFirecracker(t *testing.T) {
 	if left := l2.standins(); len(left) != 0 {
 		t.Errorf("stand-in VMMs still run after every VM is gone: pids %v", left)
 	}
+}
+
+// setTimeout sets one of the lifecycle's timeouts for the rest of the
+// test.
+func setTimeout(t *testing.T, v *time.Duration, d time.Duration) {
+	old := *v
+	*v = d
+	t.Cleanup(func() { *v = old })
 }
 
 // restart stops this daemon and serves a new one on the same state.

@@ -27,10 +27,12 @@ import (
 )
 
 // inOwnNetns re-runs the calling test in a child process that
-// `unshare --net --mount` puts in network and mount namespaces of its own,
-// so every thread of the daemon under test — not just one — works there,
-// and the namespace, its bridge, taps, rules and any mount the test makes
-// vanish with the child. In the
+// `unshare --net --mount --pid --fork --kill-child --mount-proc` puts in
+// network, mount and pid namespaces of its own, so every thread of the
+// daemon under test — not just one — works there, and the namespace, its
+// bridge, taps, rules, any mount the test makes and every process it
+// started (stand-in VMMs included, even when the child is killed on a
+// timeout) vanish with the child. In the
 // child it brings loopback up and returns true: the caller then runs the
 // test body. In the parent it waits for the child and returns false.
 func inOwnNetns(t *testing.T) bool {
@@ -54,7 +56,7 @@ func inOwnNetns(t *testing.T) bool {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, unshare, "--net", "--mount", "--", os.Args[0], "-test.run", "^"+t.Name()+"$", "-test.v", "-test.count=1")
+	cmd := exec.CommandContext(ctx, unshare, "--net", "--mount", "--pid", "--fork", "--kill-child", "--mount-proc", "--", os.Args[0], "-test.run", "^"+t.Name()+"$", "-test.v", "-test.count=1")
 	cmd.Env = append(os.Environ(), "BANGER_TEST_NETNS_CHILD="+t.Name())
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "--- PASS: "+t.Name()) {

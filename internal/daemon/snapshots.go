@@ -55,6 +55,10 @@ type snapshotMeta struct {
 	KernelID    string `json:"kernel_id"`
 	StateBytes  int64  `json:"state_bytes"`
 	SaveMS      int64  `json:"save_ms"`
+	// Jailed says the VMM ran under Firecracker's jailer: the saved
+	// state names its disks by jail paths, which only a jailed VMM can
+	// restore (an unjailed one names them by descriptor).
+	Jailed bool `json:"jailed,omitempty"`
 }
 
 // stateFiles lists every file of the saved state.
@@ -142,7 +146,23 @@ func snapshotMismatch(sn store.Snapshot, drv vmm.Driver) string {
 	if _, ok := drv.(vmm.Snapshotter); !ok {
 		return fmt.Sprintf("the %s driver cannot restore snapshots", drv.Name())
 	}
+	if m, err := decodeSnapshotMeta(sn); err == nil && m.Jailed != jailed(drv) {
+		return fmt.Sprintf("it was saved by a Firecracker %s and this one runs %s (firecracker_jailer, or whether bangerd runs as root and finds the jailer, changed)", jailWord(m.Jailed), jailWord(jailed(drv)))
+	}
 	return ""
+}
+
+// jailed reports whether drv runs its VMMs under a jailer.
+func jailed(drv vmm.Driver) bool {
+	j, ok := drv.(interface{ Jailed() bool })
+	return ok && j.Jailed()
+}
+
+func jailWord(j bool) string {
+	if j {
+		return "under its jailer"
+	}
+	return "unjailed"
 }
 
 // pickSnapshot chooses how a create starts: the named snapshot (refused
@@ -400,7 +420,8 @@ func (d *Daemon) snapshotVM(ctx context.Context, v *store.VM, name, kind string)
 		}
 	}()
 	var frozenRoot, frozenWork rootdisk.Disk
-	if layerer, live := snap.(vmm.DiskLayerer); live {
+	layerer, live := snap.(vmm.DiskLayerer)
+	if live {
 		var newRoot, newWork rootdisk.Disk
 		if frozenRoot, newRoot, err = d.freezeLive(ctx, layerer, h, *v, "root", rd, name); err != nil {
 			return store.Snapshot{}, err
@@ -416,7 +437,17 @@ func (d *Daemon) snapshotVM(ctx context.Context, v *store.VM, name, kind string)
 		if err := d.store.UpdateVM(context.WithoutCancel(ctx), *v); err != nil {
 			return store.Snapshot{}, err
 		}
-	} else {
+	}
+	state := filepath.Join(dir, "state.bin")
+	start := time.Now()
+	if err := snap.SaveState(ctx, h, state); err != nil {
+		return store.Snapshot{}, fmt.Errorf("save the state of %s: %w; last console lines:\n%s", v.Name, err, tailFile(d.pathsFor(v.ID).console, 5))
+	}
+	if !live {
+		// Copied after the state is saved, the guest still paused: a
+		// disk request the VMM finished after the pause is then in the
+		// copy and, at worst, done again on restore; copied before, the
+		// saved state could show a write the copy lacks.
 		if frozenRoot, err = d.freezeCopy(ctx, *v, "root", rd, name); err != nil {
 			return store.Snapshot{}, err
 		}
@@ -431,11 +462,6 @@ func (d *Daemon) snapshotVM(ctx context.Context, v *store.VM, name, kind string)
 			}
 		}()
 	}
-	state := filepath.Join(dir, "state.bin")
-	start := time.Now()
-	if err := snap.SaveState(ctx, h, state); err != nil {
-		return store.Snapshot{}, fmt.Errorf("save the state of %s: %w; last console lines:\n%s", v.Name, err, tailFile(d.pathsFor(v.ID).console, 5))
-	}
 	saveMS := time.Since(start).Milliseconds()
 	var stateBytes int64
 	for _, f := range snap.StateFiles(state) {
@@ -446,7 +472,7 @@ func (d *Daemon) snapshotVM(ctx context.Context, v *store.VM, name, kind string)
 		_ = os.Chmod(l, 0o444)
 	}
 	m := snapshotMeta{Root: frozenRoot, Work: frozenWork, State: state, StateFiles: snap.StateFiles(state), MAC: v.MAC, IP: v.IP, ImageSHA256: im.SHA256,
-		KernelID: kid, StateBytes: stateBytes, SaveMS: saveMS}
+		KernelID: kid, StateBytes: stateBytes, SaveMS: saveMS, Jailed: vmm.JailedHandle(h)}
 	mj, err := json.Marshal(m)
 	if err != nil {
 		return store.Snapshot{}, err

@@ -622,6 +622,11 @@ func (d *Daemon) bootStepsFrom(v *store.VM, rs *restoreSpec) []step {
 				if err := vmm.WaitExit(wctx, handle, 50*time.Millisecond); err != nil {
 					return fmt.Errorf("%w: pid %d still runs 10s after SIGKILL", errVMMStillRunning, handle.PID)
 				}
+				// What the VMM keeps outside the runtime dir (a jail and
+				// its cgroups) goes with it.
+				if err := vmm.Cleanup(handle); err != nil {
+					return err
+				}
 				return os.RemoveAll(paths.run)
 			}
 			// Recorded before the guest answers, so that a daemon that dies

@@ -169,6 +169,12 @@ func WaitExit(ctx context.Context, h Handle, poll time.Duration) error {
 	return vmmcore.WaitGone(ctx, func() bool { return Alive(h) }, poll)
 }
 
+// JailedHandle reports whether the VMM h names runs under Firecracker's
+// jailer.
+func JailedHandle(h Handle) bool {
+	return h.Driver == firecracker.DriverName && firecracker.JailedHandle(h)
+}
+
 // AgentSocket returns the host unix socket that reaches the guest agent of
 // the VM h names: with Firecracker the hybrid-vsock socket (send
 // "CONNECT <port>\n", read "OK ...", then the stream is the guest port);

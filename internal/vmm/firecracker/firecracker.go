@@ -395,6 +395,9 @@ func (d *Driver) abort(h vmmcore.Handle, l layout) {
 	defer cancel()
 	_ = vmmcore.WaitGone(ctx, func() bool { return Alive(h) }, 20*time.Millisecond)
 	d.removeFiles(l)
+	if l.jailDir != "" {
+		_ = removeCgroups(d.cgroupRoot(), d.parentCgroup(), l.id)
+	}
 }
 
 // cgroupRoot and parentCgroup are where the jailer puts VMs' cgroups

@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -99,7 +100,7 @@ func (d *Driver) jailLayout(l layout, spec vmmcore.Spec) (layout, error) {
 	l.memMiB = spec.MemoryMiB
 	l.guestPaths = vmPaths{kernel: "/kernel", root: "/root.img", vsock: jailVsock}
 	if spec.IncomingState != "" {
-		l.guestPaths.state, l.guestPaths.mem = jailState, jailState+MemFileSuffix
+		l.guestPaths.state, l.guestPaths.mem = jailIncoming, jailIncoming+MemFileSuffix
 	}
 	if spec.InitrdPath != "" {
 		l.guestPaths.initrd = "/initrd"
@@ -113,9 +114,15 @@ func (d *Driver) jailLayout(l layout, spec vmmcore.Spec) (layout, error) {
 	return l, nil
 }
 
-// jailState is where a jailed restore finds the snapshot it loads, and a
-// jailed save writes one before it is moved out.
-const jailState = "/snapshot.state"
+// jailIncoming is where a jailed restore finds its copy of the snapshot
+// it loads (removed once loaded: Firecracker maps the memory privately
+// and keeps the mapping); jailSave is where a jailed save writes one
+// before it is moved out. They differ so that a save of a restored VM
+// never truncates a file its guest memory is mapped from.
+const (
+	jailIncoming = "/incoming.state"
+	jailSave     = "/save.state"
+)
 
 // parseRunAs parses Spec.RunAs, "UID:GID".
 func parseRunAs(s string) (uid, gid int, err error) {
@@ -131,8 +138,14 @@ func parseRunAs(s string) (uid, gid int, err error) {
 	return uid, gid, nil
 }
 
-// prepareJail creates the chroot and puts the VM's files into it.
+// prepareJail creates the chroot and puts the VM's files into it. What a
+// VMM that died left there (the jailer refuses to make its device nodes
+// and pid file over old ones) is removed first: Start runs only for a VM
+// whose VMM does not run.
 func (d *Driver) prepareJail(l layout, spec vmmcore.Spec) error {
+	if err := os.RemoveAll(l.jailDir); err != nil {
+		return fmt.Errorf("remove a stale jail: %w", err)
+	}
 	root := filepath.Join(l.jailDir, "root")
 	run := filepath.Join(root, "run")
 	if err := os.MkdirAll(run, 0o755); err != nil {
@@ -250,11 +263,24 @@ func cgroupDirs(root, parent, id string) []string {
 func removeCgroups(root, parent, id string) error {
 	var errs []error
 	for _, dir := range cgroupDirs(root, parent, id) {
-		if err := unix.Rmdir(dir); err != nil && !errors.Is(err, unix.ENOENT) {
+		err := unix.Rmdir(dir)
+		// A cgroup whose last task just exited can be busy for a moment.
+		for i := 0; i < 20 && errors.Is(err, unix.EBUSY); i++ {
+			time.Sleep(10 * time.Millisecond)
+			err = unix.Rmdir(dir)
+		}
+		if err != nil && !errors.Is(err, unix.ENOENT) {
 			errs = append(errs, fmt.Errorf("remove cgroup %s: %w", dir, err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// JailedHandle reports whether h is a jailed Firecracker's (its API
+// socket is inside a jail).
+func JailedHandle(h vmmcore.Handle) bool {
+	_, _, ok := jailOf(h.APISocket)
+	return ok
 }
 
 // jailOf recognises the API socket of a jailed Firecracker

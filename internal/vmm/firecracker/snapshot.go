@@ -78,8 +78,13 @@ func (d *Driver) SaveState(ctx context.Context, h vmmcore.Handle, path string) e
 	req := snapshotCreate{SnapshotType: "Full", SnapshotPath: files[0], MemFilePath: files[1]}
 	if jailed {
 		root := filepath.Join(jailDir, "root")
-		req.SnapshotPath, req.MemFilePath = jailState, jailState+MemFileSuffix
-		written = []string{filepath.Join(root, jailState), filepath.Join(root, jailState+MemFileSuffix)}
+		req.SnapshotPath, req.MemFilePath = jailSave, jailSave+MemFileSuffix
+		written = []string{filepath.Join(root, jailSave), filepath.Join(root, jailSave+MemFileSuffix)}
+		for _, f := range written {
+			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("save state: %w", err)
+			}
+		}
 	}
 	err := newClient(h.APISocket).put(ctx, "/snapshot/create", req)
 	if err == nil && jailed {
@@ -151,10 +156,21 @@ func (d *Driver) restore(ctx context.Context, c *client, spec vmmcore.Spec, l la
 		load.NetworkOverrides = []networkOverride{{IfaceID: ifaceID, HostDevName: spec.Tap}}
 	}
 	if err := c.put(ctx, "/snapshot/load", load); err != nil {
+		var apiErr *APIError
+		if errors.As(err, &apiErr) && strings.Contains(apiErr.FaultMessage, "unknown field") {
+			return fmt.Errorf("%w (restoring a snapshot needs a Firecracker whose /snapshot/load takes network_overrides and vsock_override: a recent release)", err)
+		}
 		return err
 	}
 	if err := expectState(ctx, c, "Paused", "after /snapshot/load"); err != nil {
 		return err
+	}
+	if l.jailDir != "" {
+		// The jail's copy is mapped now; its blocks go back to the
+		// filesystem when the VMM exits.
+		for _, f := range []string{l.guestPaths.state, l.guestPaths.mem} {
+			_ = os.Remove(filepath.Join(l.jailDir, "root", f))
+		}
 	}
 	if err := c.patch(ctx, "/vm", vmState{State: "Resumed"}); err != nil {
 		return err

@@ -224,12 +224,12 @@ func TestJailedSnapshot(t *testing.T) {
 	loaded, opened := f.Loaded, f.Opened
 	tap, vsock := *f.Ifaces["eth0"].HostDevName, *f.Vsock.UDSPath
 	f.Unlock()
-	if loaded != "/snapshot.state" {
-		t.Errorf("the jailed restore loaded %q, want its jail's /snapshot.state", loaded)
+	if loaded != "/incoming.state" {
+		t.Errorf("the jailed restore loaded %q, want its jail's /incoming.state", loaded)
 	}
-	for _, f := range []string{"snapshot.state", "snapshot.state.mem"} {
-		if uid, _ := owner(t, filepath.Join(forkRoot, f)); uid != 5002 {
-			t.Errorf("the fork's copy of %s belongs to uid %d, want 5002", f, uid)
+	for _, f := range []string{"incoming.state", "incoming.state.mem"} {
+		if _, err := os.Lstat(filepath.Join(forkRoot, f)); err == nil {
+			t.Errorf("the fork's copy %s stays in its jail after the load", f)
 		}
 	}
 	for id, want := range map[string]string{"rootfs": fork.RootDisk, "work": fork.WorkDisk, "config": fork.ConfigDisk} {
@@ -247,6 +247,18 @@ func TestJailedSnapshot(t *testing.T) {
 	}
 	if st, _ := os.Stat(fork.WorkDisk); st.Size() != 1<<20 {
 		t.Errorf("the fork's work disk is %d bytes after ResizeDisk, want %d", st.Size(), 1<<20)
+	}
+	// The restored VM saves a snapshot of its own (a fork of a fork):
+	// written beside, never over, what its memory came from.
+	state2 := filepath.Join(t.TempDir(), "state2.bin")
+	if err := d2.Pause(ctx, h2); err != nil {
+		t.Fatal(err)
+	}
+	if err := d2.SaveState(ctx, h2, state2); err != nil {
+		t.Fatalf("save of a restored jailed VM: %v", err)
+	}
+	if err := d2.Resume(ctx, h2); err != nil {
+		t.Fatal(err)
 	}
 
 	// Cleanup takes the jail and the cgroups the jailer made.
@@ -306,5 +318,71 @@ func TestBlockDeviceInJail(t *testing.T) {
 	}
 	if err := placeInJail("/dev/null", filepath.Join(dir, "null.img"), dir); err == nil {
 		t.Fatal("a character device was accepted as a disk")
+	}
+}
+
+// TestJailedStartFailureLeavesNothing: a jailed start that fails takes
+// its jail and the cgroups the jailer made with it; a stale jail of the
+// same VM is replaced, not refused.
+func TestJailedStartFailureLeavesNothing(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Skip("the jailed layout hands files to other uids, which needs root")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	base := filepath.Join(t.TempDir(), "jail")
+	cgroots := t.TempDir()
+	spec := testSpec(t)
+	spec.RunAs = "5000:5000"
+	if err := os.WriteFile(spec.KernelPath, []byte("not an ELF kernel"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	stale := filepath.Join(base, "firecracker", "fctest", "root", "dev", "kvm")
+	if err := os.MkdirAll(filepath.Dir(stale), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(stale, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d := New(Config{Binary: "/opt/fc/firecracker", Jailer: &JailerConfig{ChrootBase: base, CgroupVersion: 1, CgroupRoot: cgroots}})
+	fv := installFake(t, d)
+	// The jailer makes the VM's cgroups as it starts.
+	for _, dir := range cgroupDirs(cgroots, "banger", "fctest")[1:] {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := d.Start(ctx, spec); err == nil || !strings.Contains(err.Error(), "failed to load ELF kernel") {
+		t.Fatalf("jailed start with a bad kernel = %v", err)
+	}
+	if !fv.gone() {
+		t.Error("the VMM still runs")
+	}
+	for _, p := range append(cgroupDirs(cgroots, "banger", "fctest"), filepath.Join(base, "firecracker", "fctest")) {
+		if _, err := os.Lstat(p); err == nil {
+			t.Errorf("%s left after a failed jailed start", p)
+		}
+	}
+
+	// A jail a dead VMM left (the jailer would refuse its old device
+	// nodes) is replaced by the next start.
+	if err := os.WriteFile(spec.KernelPath, []byte("\x7fELF\x02\x01\x01 vmlinux"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(stale), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(stale, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d2 := New(Config{Binary: "/opt/fc/firecracker", Jailer: &JailerConfig{ChrootBase: base, CgroupVersion: 1, CgroupRoot: cgroots}})
+	installFake(t, d2)
+	h, err := d2.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = d2.Kill(h) })
+	if _, err := os.Lstat(stale); err == nil {
+		t.Error("the stale jail's files survived a new start")
 	}
 }

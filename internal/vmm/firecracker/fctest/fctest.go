@@ -118,6 +118,7 @@ type Server struct {
 
 	loggerSet bool
 	ran       bool
+	mapped    os.FileInfo // the memory file a loaded snapshot mapped
 	vsockLn   net.Listener
 }
 
@@ -615,6 +616,11 @@ func (f *Server) snapshotCreate(r *http.Request) (int, any, error) {
 		return 0, nil, fmt.Errorf("Create snapshot error: Cannot write the microVM state: %v", err)
 	}
 	mem := fmt.Sprintf("fake guest memory of %d MiB\n", *f.Machine.MemSizeMib)
+	// Firecracker truncates the memory file it writes: were it the file
+	// the guest's memory is mapped from, the guest would lose its memory.
+	if st, err := os.Stat(f.hostPath(*c.MemFilePath)); err == nil && f.mapped != nil && os.SameFile(st, f.mapped) {
+		return 0, nil, errors.New("Create snapshot error: the memory file is the one this guest's memory is mapped from; writing it would truncate the guest's memory (the fake refuses what would corrupt a real guest)")
+	}
 	if err := os.WriteFile(f.hostPath(*c.MemFilePath), []byte(mem), 0o600); err != nil {
 		return 0, nil, fmt.Errorf("Create snapshot error: Cannot write the memory file: %v", err)
 	}
@@ -738,6 +744,11 @@ func (f *Server) snapshotLoad(r *http.Request) (int, any, error) {
 	}
 	f.Drives, f.Ifaces, f.Machine = saved.Drives, saved.Ifaces, saved.Machine
 	f.Loaded = *l.SnapshotPath
+	// Firecracker maps the memory file privately: the guest's memory is
+	// that file's pages until it writes them.
+	if st, err := os.Stat(f.hostPath(mem)); err == nil {
+		f.mapped = st
+	}
 	f.Started = true
 	f.Paused = l.ResumeVM == nil || !*l.ResumeVM
 	if !f.Paused {
