@@ -46,6 +46,12 @@ func newDoctorCommand(app *App) *cobra.Command {
 					var res api.PingResult
 					err := (&rpc.Client{SocketPath: layout.SocketPath}).Call(ctx, "ping", nil, &res)
 					return res.Version, err
+				},
+				DaemonUID: func(ctx context.Context) (int, error) {
+					if err := checkSocketDir(layout.SocketPath); err != nil {
+						return 0, err
+					}
+					return (&rpc.Client{SocketPath: layout.SocketPath}).PeerUID(ctx)
 				}}
 			checks := doctor.Run(cmd.Context(), env)
 			if asJSON {

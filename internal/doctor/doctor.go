@@ -64,6 +64,12 @@ type Env struct {
 	// why Firecracker would not be jailed (vmm.JailerChoice).
 	SelectVMM    func(o vmm.Options) (vmm.Driver, error)
 	JailerChoice func(o vmm.Options, fcPath string) (bool, string, error)
+	// DaemonUID is the uid bangerd runs as (what decides whether it can
+	// jail Firecracker); an error when it does not answer, and then the
+	// checks judge for the user running doctor.
+	DaemonUID func(ctx context.Context) (int, error)
+
+	daemonUID int // -1: unknown (bangerd does not answer)
 }
 
 func (e *Env) defaults() {
@@ -123,6 +129,12 @@ var tools = []tool{
 // Run performs every check, in a stable order.
 func Run(ctx context.Context, e Env) []Check {
 	e.defaults()
+	e.daemonUID = -1
+	if e.DaemonUID != nil {
+		if uid, err := e.DaemonUID(ctx); err == nil {
+			e.daemonUID = uid
+		}
+	}
 	var out []Check
 	vc, drv := e.vmmChoice(ctx)
 	out = append(out, e.kvm(), vc)
@@ -160,10 +172,16 @@ func (e *Env) kvm() Check {
 	return Check{Name: "kvm", Status: Pass, Detail: "/dev/kvm runs guests"}
 }
 
-// vmmOptions are the driver options config.toml gives.
+// vmmOptions are the driver options config.toml gives, for bangerd's
+// uid when it answers.
 func (e *Env) vmmOptions() vmm.Options {
-	return vmm.Options{Pref: e.Config.VMM, FirecrackerBin: e.Config.FirecrackerBin, QEMUBin: e.Config.QEMUBin, QEMUAccel: e.Config.QEMUAccel,
+	o := vmm.Options{Pref: e.Config.VMM, FirecrackerBin: e.Config.FirecrackerBin, QEMUBin: e.Config.QEMUBin, QEMUAccel: e.Config.QEMUAccel,
 		Jailer: e.Config.Jailer, JailerBin: e.Config.JailerBin, JailBase: filepath.Join(e.Layout.StateDir, "jail")}
+	if e.daemonUID >= 0 {
+		root := e.daemonUID == 0
+		o.AsRoot = &root
+	}
+	return o
 }
 
 // vmmChoice also returns the chosen driver (nil when none works).
@@ -199,6 +217,9 @@ func (e *Env) vmmChoice(ctx context.Context) (Check, vmm.Driver) {
 func (e *Env) sandbox(d vmm.Driver) Check {
 	c := Check{Name: "vmm sandbox", Status: Pass}
 	root := os.Geteuid() == 0
+	if e.daemonUID >= 0 {
+		root = e.daemonUID == 0
+	}
 	switch j, ok := d.(interface{ Jailed() bool }); {
 	case ok && j.Jailed():
 		c.Detail = "each VM's Firecracker runs under the jailer: its own chroot, uid and cgroup"
@@ -210,6 +231,9 @@ func (e *Env) sandbox(d vmm.Driver) Check {
 		_, why, _ := e.JailerChoice(e.vmmOptions(), bin)
 		c.Status = Warn
 		c.Detail = "Firecracker runs unjailed, as bangerd's user: " + why
+		if e.daemonUID < 0 {
+			c.Detail += " (judged for the user running doctor: bangerd does not answer)"
+		}
 		c.Fix = "install the jailer from Firecracker's release next to firecracker and run bangerd as root (firecracker_jailer = \"auto\")"
 	case root:
 		c.Detail = "QEMU runs under its seccomp sandbox and drops to a uid of its VM's own (-runas)"

@@ -212,3 +212,47 @@ func TestSandboxJailed(t *testing.T) {
 		t.Fatalf("vmm sandbox = %s %q", c.Status, c.Detail)
 	}
 }
+
+// TestSandboxJudgedForTheDaemon: whether Firecracker can be jailed
+// depends on bangerd's uid, not on the user running doctor.
+func TestSandboxJudgedForTheDaemon(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		uid      func(context.Context) (int, error)
+		wantRoot *bool
+		suffix   bool
+	}{
+		{"root daemon", func(context.Context) (int, error) { return 0, nil }, ptr(true), false},
+		{"user daemon", func(context.Context) (int, error) { return 1000, nil }, ptr(false), false},
+		{"no daemon", func(context.Context) (int, error) { return 0, errors.New("no answer") }, nil, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := testEnv(t)
+			e.DaemonUID = tc.uid
+			var asked *bool
+			e.SelectVMM = func(vmm.Options) (vmm.Driver, error) {
+				return firecracker.New(firecracker.Config{Binary: "/usr/bin/firecracker"}), nil
+			}
+			e.JailerChoice = func(o vmm.Options, _ string) (bool, string, error) {
+				asked = o.AsRoot
+				return false, "why not", nil
+			}
+			c := find(t, Run(context.Background(), e), "vmm sandbox")
+			if (asked == nil) != (tc.wantRoot == nil) || (asked != nil && *asked != *tc.wantRoot) {
+				t.Errorf("the jailer was judged with AsRoot %v, want %v", deref(asked), deref(tc.wantRoot))
+			}
+			if got := strings.Contains(c.Detail, "judged for the user running doctor"); got != tc.suffix {
+				t.Errorf("detail %q: says it judged for the doctor's user: %v, want %v", c.Detail, got, tc.suffix)
+			}
+		})
+	}
+}
+
+func ptr(b bool) *bool { return &b }
+
+func deref(b *bool) string {
+	if b == nil {
+		return "nil"
+	}
+	return fmt.Sprint(*b)
+}

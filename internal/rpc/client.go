@@ -40,6 +40,25 @@ func (c *Client) trusted(uid int) bool {
 	return uid == 0 || uid == os.Getuid()
 }
 
+// PeerUID reports the uid of the daemon answering on the socket (one the
+// client trusts: root or its own), without sending it anything.
+func (c *Client) PeerUID(ctx context.Context) (int, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.SocketPath)
+	if err != nil {
+		return 0, fmt.Errorf("connect to bangerd at %s: %w", c.SocketPath, err)
+	}
+	defer conn.Close()
+	uid, err := peerUID(conn)
+	if err != nil {
+		return 0, err
+	}
+	if !c.trusted(int(uid)) {
+		return 0, fmt.Errorf("%w: %s is served by uid %d", ErrUntrustedDaemon, c.SocketPath, uid)
+	}
+	return int(uid), nil
+}
+
 // Call invokes method with params and decodes the result into result (which
 // may be nil). A daemon error comes back as *api.Error. Cancelling ctx
 // closes the connection, which cancels the request in the daemon.

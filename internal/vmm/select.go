@@ -47,6 +47,10 @@ type Options struct {
 	Jailer    string
 	JailerBin string
 	JailBase  string
+	// AsRoot, when set, says whether bangerd runs as root (the jailer
+	// needs it); nil: this process's own uid decides. banger doctor sets
+	// it from the daemon it asks.
+	AsRoot *bool
 	// KVMVerdictFile, when set, remembers across daemon restarts that this
 	// host's KVM stalled a guest (see qemu.Config.VerdictFile), so "auto"
 	// goes straight to TCG instead of probing again.
@@ -190,8 +194,12 @@ func jailerChoice(o Options, p probe, fcPath string) (*firecracker.JailerConfig,
 		bin = firecracker.DefaultJailerBinary
 	}
 	jpath, err := p.lookPath(bin)
+	root := p.root()
+	if o.AsRoot != nil {
+		root = *o.AsRoot
+	}
 	switch {
-	case !p.root():
+	case !root:
 		why = "bangerd does not run as root, and the jailer must"
 	case err != nil:
 		why = fmt.Sprintf("the jailer binary %q was not found (%v); it ships with Firecracker's release", bin, err)

@@ -260,6 +260,7 @@ func TestJailerChoice(t *testing.T) {
 		{"on: no jailer", Options{Jailer: "on", JailerBin: "/opt/jl"}, fakeHost(nil), fcPath, false, "", `firecracker_jailer = "on" but the jailer binary "/opt/jl" was not found`},
 		{"on: not root", Options{Jailer: "on"}, notRoot, fcPath, false, "", `firecracker_jailer = "on" but bangerd does not run as root`},
 		{"bad value", Options{Jailer: "yes"}, fakeHost(nil, "jailer"), fcPath, false, "", `"yes" is not one of auto, on, off`},
+		{"a daemon that is not root, asked of by root", Options{AsRoot: new(bool)}, fakeHost(nil, "jailer"), fcPath, false, "does not run as root", ""},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
