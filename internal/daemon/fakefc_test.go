@@ -49,11 +49,102 @@ const (
 // fakeModeEnv selects a mode for the stand-in processes started from now on.
 const fakeModeEnv = "BANGER_FAKEFC_MODE"
 
+// fakeRootEnv tells a stand-in firecracker started by the stand-in
+// jailer where its jail is: it then reads every path it is given inside it
+// (it does not chroot: its binary and libraries are not in the jail).
+const fakeRootEnv = "BANGER_FAKEFC_ROOT"
+
 func TestMain(m *testing.M) {
-	if filepath.Base(os.Args[0]) == "firecracker" {
+	switch filepath.Base(os.Args[0]) {
+	case "firecracker":
 		os.Exit(fakeFirecrackerMain(os.Args[1:]))
+	case "jailer":
+		os.Exit(fakeJailerMain(os.Args[1:]))
 	}
 	os.Exit(m.Run())
+}
+
+// cgroupValues is where the stand-in jailer writes the settings of VM
+// id's cgroup.
+func cgroupValues(id string) string { return "/sys/fs/cgroup/.banger-test-" + id }
+
+// fakeJailerMain plays Firecracker's jailer (docs/jailer.md): it makes
+// <chroot-base>/<exec name>/<id>/root owned by --uid/--gid with the
+// device nodes a jailed Firecracker needs (failing, as the jailer does,
+// when they exist), makes the VM's cgroup under /sys/fs/cgroup/<parent>
+// writing each --cgroup value and its pid, and execs the firecracker
+// (same pid) with --id=<id> and the arguments after --. Unlike the real
+// jailer it neither chroots nor drops privileges.
+func fakeJailerMain(args []string) int {
+	flags := map[string]string{}
+	var cgroups, extra []string
+	for i := 0; i < len(args); i++ {
+		a := args[i]
+		if a == "--" {
+			extra = args[i+1:]
+			break
+		}
+		if i+1 >= len(args) {
+			fmt.Printf("fake jailer: %s has no value\n", a)
+			return 2
+		}
+		if a == "--cgroup" {
+			cgroups = append(cgroups, args[i+1])
+		} else {
+			flags[a] = args[i+1]
+		}
+		i++
+	}
+	exe, id := flags["--exec-file"], flags["--id"]
+	if !strings.Contains(filepath.Base(exe), "firecracker") || id == "" || flags["--chroot-base-dir"] == "" {
+		fmt.Printf("fake jailer: bad arguments %q\n", args)
+		return 2
+	}
+	var uid, gid int
+	if _, err := fmt.Sscan(flags["--uid"], &uid); err != nil {
+		return 2
+	}
+	if _, err := fmt.Sscan(flags["--gid"], &gid); err != nil {
+		return 2
+	}
+	root := filepath.Join(flags["--chroot-base-dir"], filepath.Base(exe), id, "root")
+	if err := os.MkdirAll(filepath.Join(root, "dev", "net"), 0o755); err != nil {
+		fmt.Println("fake jailer:", err)
+		return 1
+	}
+	for _, n := range []struct {
+		path       string
+		major, min uint32
+	}{{"dev/net/tun", 10, 200}, {"dev/kvm", 10, 232}} {
+		if err := syscall.Mknod(filepath.Join(root, n.path), syscall.S_IFCHR|0o600, int(n.major<<8|n.min)); err != nil {
+			fmt.Printf("fake jailer: mknod %s: %v\n", n.path, err)
+			return 1
+		}
+		_ = os.Chown(filepath.Join(root, n.path), uid, gid)
+	}
+	if err := os.Chown(root, uid, gid); err != nil {
+		return 1
+	}
+	if len(cgroups) > 0 {
+		// The cgroup directory is made where the real jailer makes it;
+		// its settings go beside, in cgroupValues: on the tmpfs that
+		// stands for cgroupfs a directory holding files could not be
+		// removed with rmdir, as an empty cgroup is.
+		parent := flags["--parent-cgroup"]
+		if err := os.MkdirAll(filepath.Join("/sys/fs/cgroup", parent, id), 0o755); err != nil {
+			fmt.Println("fake jailer:", err)
+			return 1
+		}
+		values := strings.Join(append(cgroups, "cgroup.procs="+fmt.Sprint(os.Getpid())), "\n") + "\n"
+		if err := os.WriteFile(cgroupValues(id), []byte(values), 0o644); err != nil {
+			fmt.Println("fake jailer:", err)
+			return 1
+		}
+	}
+	argv := append([]string{exe, "--id=" + id, "--start-time-us=0", "--start-time-cpu-us=0"}, extra...)
+	err := syscall.Exec(exe, argv, append(os.Environ(), fakeRootEnv+"="+root))
+	fmt.Println("fake jailer: exec:", err)
+	return 1
 }
 
 // fakeFirecrackerMain is the stand-in's main: firecracker --api-sock SOCK
@@ -66,13 +157,15 @@ func fakeFirecrackerMain(args []string) int {
 		}
 	}
 	mode := os.Getenv(fakeModeEnv)
-	fmt.Printf("fake firecracker %s: mode %q\n", apiSock, mode)
+	root := os.Getenv(fakeRootEnv)
+	fmt.Printf("fake firecracker %s: mode %q, jail %q\n", apiSock, mode, root)
 	if apiSock == "" || mode == modeExitAtLaunch {
 		fmt.Println("fake firecracker: exiting at launch")
 		return 3
 	}
-	g := &standinGuest{mode: mode, off: make(chan struct{})}
+	g := &standinGuest{mode: mode, root: root, off: make(chan struct{})}
 	srv := fctest.New()
+	srv.Root = root
 	srv.TapExists = func(name string) bool {
 		l, err := netlink.LinkByName(name)
 		return err == nil && l.Type() == "tuntap"
@@ -80,7 +173,7 @@ func fakeFirecrackerMain(args []string) int {
 	srv.OnRun = g.boot
 	srv.OnVsock = g.serveVsock
 	srv.OnCtrlAltDel = g.powerOff
-	ln, err := net.Listen("unix", apiSock)
+	ln, err := net.Listen("unix", filepath.Join(root, apiSock))
 	if err != nil {
 		fmt.Println("fake firecracker:", err)
 		return 1
@@ -98,6 +191,7 @@ func fakeFirecrackerMain(args []string) int {
 // standinGuest is what the stand-in plays once the VM "boots".
 type standinGuest struct {
 	mode string
+	root string // the jail, when jailed: paths it is given are inside
 	off  chan struct{}
 
 	mu     sync.Mutex
@@ -137,7 +231,7 @@ func (g *standinGuest) run(bootArgs, configDisk, tap string) {
 		fmt.Println("fake guest:", err)
 		return
 	}
-	files, err := readConfigDisk(configDisk)
+	files, err := readConfigDisk(filepath.Join(g.root, configDisk))
 	if err != nil {
 		fmt.Println("fake guest: config disk:", err)
 		return

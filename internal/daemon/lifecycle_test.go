@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -48,10 +49,25 @@ type lifecycle struct {
 	mounted string
 }
 
-func newLifecycle(t *testing.T) *lifecycle {
+func newLifecycle(t *testing.T) *lifecycle { return newLifecycleWith(t, false) }
+
+// newLifecycleWith is newLifecycle whose Firecracker runs under the
+// stand-in jailer when jailed.
+func newLifecycleWith(t *testing.T, jailed bool) *lifecycle {
 	t.Helper()
 	dns := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
-	d := netDaemon(t, `vmm = "firecracker"
+	root := t.TempDir()
+	if jailed {
+		// A jail's socket path (state/jail/firecracker/ID/root/run/
+		// firecracker.socket) must fit a unix socket's 107 bytes: a
+		// short state directory, as a real one is.
+		var err error
+		if root, err = os.MkdirTemp("/tmp", "bgj"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = os.RemoveAll(root) })
+	}
+	d := netDaemonIn(t, root, `vmm = "firecracker"
 forward_ports = "none"
 tap_pool_size = 2
 dns_listen = "`+dns+`"`)
@@ -69,7 +85,15 @@ dns_listen = "`+dns+`"`)
 		t.Fatal(err)
 	}
 	t.Setenv("PATH", bin+":"+os.Getenv("PATH"))
-	d.driverOverride = firecracker.New(firecracker.Config{Binary: fc, StartTimeout: 10 * time.Second})
+	cfg := firecracker.Config{Binary: fc, StartTimeout: 10 * time.Second}
+	if jailed {
+		jl := filepath.Join(bin, "jailer")
+		if err := os.Symlink(exe, jl); err != nil {
+			t.Fatal(err)
+		}
+		cfg.Jailer = &firecracker.JailerConfig{Binary: jl, ChrootBase: d.jailBase(), CgroupVersion: 2}
+	}
+	d.driverOverride = firecracker.New(cfg)
 	importTestKernel(t, d, "k1", kernelSpec{version: "6.1.0-test", features: []string{kernel.FeatureConfigDisk}})
 	registerTestImage(t, d, "base", "k1")
 	l := &lifecycle{t: t, d: d, c: &rpc.Client{SocketPath: d.layout.SocketPath}, fc: fc, dnsAt: dns}
@@ -490,4 +514,116 @@ func TestCloneOnAFullDisk(t *testing.T) {
 	l.running("src")
 	l.must("vm.delete", api.VMRef{Name: "src"}, nil)
 	l.noLeaks("after delete")
+}
+
+// TestJailedLifecycle: with the jailer (the stand-in of fakefc_test.go,
+// which lays out the jail and the cgroup as the real one does), each VM's
+// VMM gets a jail holding its disks and a tap given to the VM's own uid,
+// and a cgroup bounding its memory; a stop, a failed create and a delete
+// take the jail and the cgroup with them, and a VM starts again over
+// what a dead VMM left.
+func TestJailedLifecycle(t *testing.T) {
+	if !inOwnNetns(t) {
+		return
+	}
+	// The jailer makes cgroups under /sys/fs/cgroup: a tmpfs of the
+	// test's own (its mount namespace is private) stands for it.
+	if err := syscall.Mount("banger-test-cgroup", "/sys/fs/cgroup", "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Unmount("/sys/fs/cgroup", syscall.MNT_DETACH)
+	l := newLifecycleWith(t, true)
+	if _, errMsg := l.create(api.VMCreateParams{Name: "j", VCPU: 1, MemoryMiB: 256}, ""); errMsg != "" {
+		t.Fatalf("create j: %s", errMsg)
+	}
+	v := l.running("j")
+	runAs, err := l.d.vmmIdentity(v.IP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var uid, gid int
+	if _, err := fmt.Sscanf(runAs, "%d:%d", &uid, &gid); err != nil {
+		t.Fatal(err)
+	}
+	id := shortID(v.ID)
+	jail := filepath.Join(l.d.jailBase(), "firecracker", id)
+	if !strings.HasPrefix(v.APISocket, jail+"/") {
+		t.Errorf("the VMM's socket %s is not in its jail %s", v.APISocket, jail)
+	}
+	for _, f := range []string{"root.img", "work.img", "config.img"} {
+		st, err := os.Stat(filepath.Join(jail, "root", f))
+		if err != nil {
+			t.Errorf("jail: %v", err)
+			continue
+		}
+		if sys := st.Sys().(*syscall.Stat_t); int(sys.Uid) != uid || int(sys.Gid) != gid {
+			t.Errorf("jail/%s belongs to %d:%d, want the VM's %d:%d", f, sys.Uid, sys.Gid, uid, gid)
+		}
+	}
+	if tap, ok := mustTap(t, v.Tap); ok && (int(tap.Owner) != uid || int(tap.Group) != gid) {
+		t.Errorf("tap %s belongs to %d:%d, want the VM's %d:%d", v.Tap, tap.Owner, tap.Group, uid, gid)
+	}
+	cg := filepath.Join("/sys/fs/cgroup", "banger", id)
+	if _, err := os.Stat(cg); err != nil {
+		t.Errorf("the VM's cgroup: %v", err)
+	}
+	if b, err := os.ReadFile(cgroupValues(id)); err != nil || !strings.Contains(string(b), "memory.max="+strconv.Itoa((256+256)<<20)+"\n") || !strings.Contains(string(b), "pids.max=256\n") {
+		t.Errorf("cgroup settings %q (%v), want memory.max=%d and pids.max=256", b, err, (256+256)<<20)
+	}
+	l.noLeaks("jailed, running")
+
+	l.must("vm.stop", api.VMRef{Name: "j"}, nil)
+	l.stopped("j", v)
+	for _, p := range []string{jail, cg} {
+		if _, err := os.Lstat(p); err == nil {
+			t.Errorf("%s left after the stop", p)
+		}
+	}
+	l.noLeaks("jailed, stopped")
+
+	// A create whose guest dies at boot takes its jail and cgroup along.
+	if _, errMsg := l.create(api.VMCreateParams{Name: "f", VCPU: 1, MemoryMiB: 256}, modeDieAtBoot); !strings.Contains(errMsg, "Kernel panic") {
+		t.Errorf("jailed create that dies at boot: %q", errMsg)
+	}
+	if left, _ := os.ReadDir(filepath.Join(l.d.jailBase(), "firecracker")); len(left) != 0 {
+		t.Errorf("jails left after a failed create: %v", left)
+	}
+	if left, _ := os.ReadDir(filepath.Join("/sys/fs/cgroup", "banger")); len(left) != 0 {
+		t.Errorf("cgroups left after a failed create: %v", left)
+	}
+	l.noLeaks("after a failed jailed create")
+
+	// What a VMM killed behind banger's back leaves does not stop the
+	// next start (the jailer refuses old device nodes).
+	l.t.Setenv(fakeModeEnv, "")
+	l.must("vm.start", api.VMRef{Name: "j"}, nil)
+	v2 := l.running("j")
+	if err := syscall.Kill(v2.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for l.row("j").State != store.StateStopped && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	l.must("vm.start", api.VMRef{Name: "j"}, nil)
+	l.running("j")
+	l.must("vm.delete", api.VMRef{Name: "j"}, nil)
+	if left, _ := os.ReadDir(filepath.Join(l.d.jailBase(), "firecracker")); len(left) != 0 {
+		t.Errorf("jails left after delete: %v", left)
+	}
+	l.noLeaks("after delete")
+}
+
+func mustTap(t *testing.T, name string) (*netlink.Tuntap, bool) {
+	t.Helper()
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		t.Errorf("tap %s: %v", name, err)
+		return nil, false
+	}
+	tap, ok := l.(*netlink.Tuntap)
+	if !ok {
+		t.Errorf("%s is a %s", name, l.Type())
+	}
+	return tap, ok
 }

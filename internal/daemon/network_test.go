@@ -79,7 +79,12 @@ func freePort(t *testing.T) int {
 // 10.201.0.1/24 and the given extra config lines.
 func netDaemon(t *testing.T, extra string) *Daemon {
 	t.Helper()
-	root := t.TempDir()
+	return netDaemonIn(t, t.TempDir(), extra)
+}
+
+// netDaemonIn is netDaemon with its files under root.
+func netDaemonIn(t *testing.T, root, extra string) *Daemon {
+	t.Helper()
 	env := map[string]string{
 		"HOME": root, "XDG_RUNTIME_DIR": filepath.Join(root, "run"), "XDG_STATE_HOME": filepath.Join(root, "state"),
 		"XDG_CONFIG_HOME": filepath.Join(root, "config"), "XDG_CACHE_HOME": filepath.Join(root, "cache"),
