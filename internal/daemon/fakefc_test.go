@@ -18,8 +18,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -195,10 +197,54 @@ type standinGuest struct {
 	off  chan struct{}
 
 	mu     sync.Mutex
+	tap    string
+	files  map[string][]byte // the guest's /etc as banger gave it
 	ssh    net.Listener
 	ip     net.IP
 	br     netlink.Link
 	offOne sync.Once
+}
+
+// The stand-in guest is the agent's RestoreHost: a restore gives it its
+// own files (host keys among them) and, last, its own address, on which
+// it then answers SSH.
+
+func (g *standinGuest) AddEntropy(b []byte) error {
+	if len(b) < 32 {
+		return fmt.Errorf("%d bytes of entropy", len(b))
+	}
+	return nil
+}
+
+func (g *standinGuest) SetClock(int64) error { return nil }
+
+func (g *standinGuest) WriteFile(p string, data []byte, _ fs.FileMode) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.files == nil {
+		g.files = map[string][]byte{}
+	}
+	g.files[p] = data
+	return nil
+}
+
+func (g *standinGuest) SetHostname(string) error { return nil }
+func (g *standinGuest) GrowWork() error          { return nil }
+
+// ReloadSSHD takes the new host key at once when SSH already answers.
+func (g *standinGuest) ReloadSSHD() error {
+	g.mu.Lock()
+	ip := g.ip
+	g.mu.Unlock()
+	if ip == nil {
+		return nil
+	}
+	return g.serveSSH(ip)
+}
+
+func (g *standinGuest) SetNetwork(_, _ net.HardwareAddr, addr netip.Prefix, _ netip.Addr) error {
+	fmt.Printf("fake guest: restored as %s\n", addr)
+	return g.serveSSH(net.IP(addr.Addr().AsSlice()))
 }
 
 // boot runs at InstanceStart (with the API server's lock held: it only
@@ -215,6 +261,16 @@ func (g *standinGuest) boot(s *fctest.Server) {
 	tap := ""
 	if n, ok := s.Ifaces["eth0"]; ok && n.HostDevName != nil {
 		tap = *n.HostDevName
+	}
+	g.mu.Lock()
+	g.tap = tap
+	g.mu.Unlock()
+	if s.Loaded != "" {
+		// A restored guest runs on from where it was saved: it reads no
+		// configuration disk and answers SSH only once the agent's
+		// restore has given it its own address and keys.
+		fmt.Println("fake guest: resumed from", s.Loaded)
+		return
 	}
 	go g.run(args, config, tap)
 }
@@ -240,7 +296,10 @@ func (g *standinGuest) run(bootArgs, configDisk, tap string) {
 		fmt.Println("fake guest: not answering SSH")
 		return
 	}
-	if err := g.serveSSH(ip, tap, files); err != nil {
+	g.mu.Lock()
+	g.files = files
+	g.mu.Unlock()
+	if err := g.serveSSH(ip); err != nil {
 		fmt.Println("fake guest: ssh:", err)
 		return
 	}
@@ -288,16 +347,20 @@ func readConfigDisk(path string) (map[string][]byte, error) {
 	}
 }
 
-// serveSSH answers SSH on ip:22 with the VM's host key, accepting only
-// the authorized key of its configuration disk; it opens no channels.
-// The address goes on the bridge the VM's tap is on (where the guest is
-// reached): the daemon's dial is then delivered locally.
-func (g *standinGuest) serveSSH(ip net.IP, tap string, files map[string][]byte) error {
-	hostKey, err := ssh.ParsePrivateKey(files["/etc/ssh/ssh_host_ed25519_key"])
+// serveSSH answers SSH on ip:22 (in place of any earlier listener) with
+// the guest's host key, accepting only its authorized key (both from its
+// files). It runs only what banger itself runs in a guest (the quiesce
+// before a snapshot). The address goes on the bridge the VM's tap is on
+// (where the guest is reached): the daemon's dial is then delivered
+// locally.
+func (g *standinGuest) serveSSH(ip net.IP) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	hostKey, err := ssh.ParsePrivateKey(g.files["/etc/ssh/ssh_host_ed25519_key"])
 	if err != nil {
 		return fmt.Errorf("host key: %w", err)
 	}
-	authorized, _, _, _, err := ssh.ParseAuthorizedKey(files["/etc/ssh/banger_authorized_keys"])
+	authorized, _, _, _, err := ssh.ParseAuthorizedKey(g.files["/etc/ssh/banger_authorized_keys"])
 	if err != nil {
 		return fmt.Errorf("authorized key: %w", err)
 	}
@@ -308,7 +371,8 @@ func (g *standinGuest) serveSSH(ip net.IP, tap string, files map[string][]byte) 
 		return nil, errors.New("unknown key")
 	}}
 	cfg.AddHostKey(hostKey)
-	br, err := bridgeOf(tap)
+	g.stopSSHLocked()
+	br, err := bridgeOf(g.tap)
 	if err != nil {
 		return err
 	}
@@ -320,31 +384,72 @@ func (g *standinGuest) serveSSH(ip net.IP, tap string, files map[string][]byte) 
 	if err != nil {
 		return err
 	}
-	g.mu.Lock()
 	g.ssh, g.ip, g.br = ln, ip, br
-	g.mu.Unlock()
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-				sc, chans, reqs, err := ssh.NewServerConn(c, cfg)
-				if err != nil {
-					return
-				}
-				defer sc.Close()
-				go ssh.DiscardRequests(reqs)
-				for ch := range chans {
-					_ = ch.Reject(ssh.Prohibited, "the fake guest runs nothing")
-				}
-			}()
+			go serveSSHConn(c, cfg)
 		}
 	}()
 	return nil
+}
+
+// stopSSHLocked stops answering SSH and takes the guest's address away.
+func (g *standinGuest) stopSSHLocked() {
+	if g.ssh != nil {
+		_ = g.ssh.Close()
+		g.ssh = nil
+	}
+	if g.ip != nil {
+		_ = netlink.AddrDel(g.br, &netlink.Addr{IPNet: &net.IPNet{IP: g.ip, Mask: net.CIDRMask(32, 32)}})
+		g.ip = nil
+	}
+}
+
+// guestCommands are what the stand-in guest runs: banger's own.
+var guestCommands = map[string]bool{"sync && echo 3 > /proc/sys/vm/drop_caches && sync": true}
+
+func serveSSHConn(c net.Conn, cfg *ssh.ServerConfig) {
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	sc, chans, reqs, err := ssh.NewServerConn(c, cfg)
+	if err != nil {
+		return
+	}
+	defer sc.Close()
+	go ssh.DiscardRequests(reqs)
+	for nc := range chans {
+		if nc.ChannelType() != "session" {
+			_ = nc.Reject(ssh.UnknownChannelType, "sessions only")
+			continue
+		}
+		ch, creqs, err := nc.Accept()
+		if err != nil {
+			continue
+		}
+		go func() {
+			defer ch.Close()
+			for r := range creqs {
+				if r.Type != "exec" {
+					_ = r.Reply(false, nil)
+					continue
+				}
+				var cmd struct{ Command string }
+				_ = ssh.Unmarshal(r.Payload, &cmd)
+				_ = r.Reply(true, nil)
+				code := uint32(0)
+				if !guestCommands[cmd.Command] {
+					fmt.Fprintf(ch.Stderr(), "the stand-in guest does not run %q\n", cmd.Command)
+					code = 127
+				}
+				_, _ = ch.SendRequest("exit-status", false, ssh.Marshal(struct{ Status uint32 }{code}))
+				return
+			}
+		}()
+	}
 }
 
 // serveVsock plays the guest end of Firecracker's hybrid vsock: CONNECT
@@ -369,7 +474,7 @@ func (g *standinGuest) serveVsock(ln net.Listener) {
 				if _, err := io.WriteString(c, "OK 1073741824\n"); err != nil {
 					return
 				}
-				_ = (&agent.Server{AgentVersion: version.Version}).ServeConn(context.Background(), c)
+				_ = (&agent.Server{AgentVersion: version.Version, Host: g}).ServeConn(context.Background(), c)
 			}()
 		}
 	}()
@@ -401,10 +506,5 @@ func bridgeOf(tap string) (netlink.Link, error) {
 func (g *standinGuest) shutdown() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.ssh != nil {
-		_ = g.ssh.Close()
-	}
-	if g.ip != nil {
-		_ = netlink.AddrDel(g.br, &netlink.Addr{IPNet: &net.IPNet{IP: g.ip, Mask: net.CIDRMask(32, 32)}})
-	}
+	g.stopSSHLocked()
 }
