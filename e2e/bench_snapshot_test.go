@@ -176,6 +176,8 @@ func benchRawRestore(t *testing.T, e *env, km kernel.Manifest, kernelDir string,
 		if argv[i] == "-incoming" {
 			argv[i+1] = "exec:cat " + filepath.Join(state, "snapshots", snap.Name, "state.bin")
 		}
+	}
+	for i := range argv {
 		if argv[i] == "-sandbox" {
 			argv = append(argv[:i], argv[i+2:]...)
 			break
@@ -183,6 +185,13 @@ func benchRawRestore(t *testing.T, e *env, km kernel.Manifest, kernelDir string,
 	}
 	start := time.Now()
 	cmd := exec.Command("ip", append([]string{"netns", "exec", e.ns}, argv...)...)
+	var qemuOut strings.Builder
+	cmd.Stdout, cmd.Stderr = &qemuOut, &qemuOut
+	defer func() {
+		if t.Failed() {
+			t.Logf("raw qemu said: %s; QMP last: %s", qemuOut.String(), lastQMP)
+		}
+	}()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -233,9 +242,13 @@ func benchRawRestore(t *testing.T, e *env, km kernel.Manifest, kernelDir string,
 
 // qmpContIfPaused continues the guest behind the QMP socket once it is
 // loaded and paused; it reports whether the guest runs.
+// lastQMP is what qmpContIfPaused last saw, for a failure's report.
+var lastQMP string
+
 func qmpContIfPaused(path string) bool {
 	conn, err := net.DialTimeout("unix", path, time.Second)
 	if err != nil {
+		lastQMP = "dial: " + err.Error()
 		return false
 	}
 	defer conn.Close()
@@ -262,7 +275,9 @@ func qmpContIfPaused(path string) bool {
 			Status string `json:"status"`
 		} `json:"return"`
 	}
-	if json.Unmarshal([]byte(call("query-status")), &st) != nil {
+	line := call("query-status")
+	lastQMP = "query-status: " + line
+	if json.Unmarshal([]byte(line), &st) != nil {
 		return false
 	}
 	switch st.Return.Status {
