@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -49,14 +50,20 @@ type lifecycle struct {
 	mounted string
 }
 
-func newLifecycle(t *testing.T) *lifecycle { return newLifecycleWith(t, false) }
+func newLifecycle(t *testing.T) *lifecycle { return newLifecycleIn(t, "", false) }
 
 // newLifecycleWith is newLifecycle whose Firecracker runs under the
 // stand-in jailer when jailed.
-func newLifecycleWith(t *testing.T, jailed bool) *lifecycle {
+func newLifecycleWith(t *testing.T, jailed bool) *lifecycle { return newLifecycleIn(t, "", jailed) }
+
+// newLifecycleIn is newLifecycleWith with banger's files under root
+// (empty: a directory of the test's).
+func newLifecycleIn(t *testing.T, root string, jailed bool) *lifecycle {
 	t.Helper()
 	dns := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort(t)))
-	root := t.TempDir()
+	if root == "" {
+		root = t.TempDir()
+	}
 	if jailed {
 		// A jail's socket path (state/jail/firecracker/ID/root/run/
 		// firecracker.socket) must fit a unix socket's 107 bytes: a
@@ -702,4 +709,44 @@ func testStandInSnapshots(t *testing.T, l *lifecycle) {
 	if left := l.standins(); len(left) != 0 {
 		t.Errorf("stand-in VMMs still run: %v", left)
 	}
+}
+
+// TestDatabaseOnAFullDisk: when the filesystem of banger's database is
+// full, a create is refused naming the database, the filesystem and what
+// is free, and leaves nothing; with space again it works.
+func TestDatabaseOnAFullDisk(t *testing.T) {
+	if !inOwnNetns(t) {
+		return
+	}
+	root := t.TempDir()
+	if err := syscall.Mount("banger-test-full", root, "tmpfs", 0, "size=96m"); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Unmount(root, syscall.MNT_DETACH)
+	l := newLifecycleIn(t, root, false)
+	l.mounted = root
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(root, &st); err != nil {
+		t.Fatal(err)
+	}
+	filler := filepath.Join(root, "filler")
+	if err := os.WriteFile(filler, make([]byte, int64(st.Bavail)*st.Bsize), 0o600); err != nil && !errors.Is(err, syscall.ENOSPC) {
+		t.Fatal(err)
+	}
+	var begin api.VMCreateBeginResult
+	err := l.call("vm.create.begin", api.VMCreateParams{Name: "x", Image: "base", NoStart: true}, &begin)
+	if err == nil || !strings.Contains(err.Error(), "banger's database") || !strings.Contains(err.Error(), "no space left on "+root) || !strings.Contains(err.Error(), "MB free") {
+		t.Fatalf("create with the database's filesystem full: %v", err)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.d.store.GetVM(context.Background(), "x"); err == nil {
+		t.Error("the refused create left its row")
+	}
+	if _, errMsg := l.create(api.VMCreateParams{Name: "x", NoStart: true}, ""); errMsg != "" {
+		t.Fatalf("create with space again: %s", errMsg)
+	}
+	l.must("vm.delete", api.VMRef{Name: "x"}, nil)
+	l.noLeaks("after a full database")
 }

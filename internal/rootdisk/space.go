@@ -31,7 +31,20 @@ type NoSpaceError struct {
 }
 
 func (e *NoSpaceError) Error() string {
+	if e.Need <= 0 {
+		return fmt.Sprintf("no space left on %s (%d MB free)", e.Device, e.Free/mb)
+	}
 	return fmt.Sprintf("no space left on %s (needs ~%d MB, %d MB free)", e.Device, (e.Need+mb-1)/mb, e.Free/mb)
+}
+
+// SpaceError is the *NoSpaceError of cause, a write into dir that found
+// its filesystem full (how much more it needed is not known).
+func SpaceError(dir string, cause error) *NoSpaceError {
+	free, err := freeBytes(dir)
+	if err != nil {
+		free = 0
+	}
+	return &NoSpaceError{Device: deviceOf(dir), Free: free, Err: cause}
 }
 
 // Is makes errors.Is(err, ErrNoSpace) true.

@@ -172,6 +172,6 @@ func (s *Store) SetDefaultImage(ctx context.Context, name string) error {
 // DeleteImage removes the image record called name. Callers check
 // VMsUsingImage first; the store does not refuse an image in use.
 func (s *Store) DeleteImage(ctx context.Context, name string) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM images WHERE name = ?`, name)
+	res, err := s.exec(ctx, `DELETE FROM images WHERE name = ?`, name)
 	return rowsChanged(res, err, "image", name, "delete")
 }

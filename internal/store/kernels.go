@@ -45,7 +45,7 @@ func (s *Store) CreateKernel(ctx context.Context, k *Kernel) error {
 		row.CreatedAt = s.timestamp()
 	}
 	row.CreatedAt = row.CreatedAt.UTC()
-	_, err := s.db.ExecContext(ctx, `INSERT INTO kernels (`+kernelColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+	_, err := s.exec(ctx, `INSERT INTO kernels (`+kernelColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?)`,
 		row.Name, row.Arch, row.Source, row.Dir, row.Version, row.Files, formatTime(row.CreatedAt))
 	if uniqueViolation(err) != "" {
 		return alreadyExists("kernel", row.Name)
@@ -106,13 +106,13 @@ func (s *Store) UpdateKernel(ctx context.Context, k Kernel) error {
 	if err := validateKernel(&k); err != nil {
 		return err
 	}
-	res, err := s.db.ExecContext(ctx, `UPDATE kernels SET arch = ?, source = ?, dir = ?, version = ?, files = ?
+	res, err := s.exec(ctx, `UPDATE kernels SET arch = ?, source = ?, dir = ?, version = ?, files = ?
 		WHERE name = ?`, k.Arch, k.Source, k.Dir, k.Version, k.Files, k.Name)
 	return rowsChanged(res, err, "kernel", k.Name, "update")
 }
 
 // DeleteKernel removes the kernel record called name.
 func (s *Store) DeleteKernel(ctx context.Context, name string) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM kernels WHERE name = ?`, name)
+	res, err := s.exec(ctx, `DELETE FROM kernels WHERE name = ?`, name)
 	return rowsChanged(res, err, "kernel", name, "delete")
 }

@@ -203,7 +203,7 @@ func newerError(path string, st MigrationStatus) error {
 // Migrate applies every pending migration, each in its own transaction with
 // its schema_migrations row. It refuses a database newer than this binary.
 func (s *Store) Migrate(ctx context.Context) error {
-	_, err := s.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+	_, err := s.exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
 	id         INTEGER PRIMARY KEY,
 	name       TEXT NOT NULL,
 	applied_at TEXT NOT NULL

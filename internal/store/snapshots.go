@@ -53,7 +53,7 @@ func (s *Store) CreateSnapshot(ctx context.Context, sn *Snapshot) error {
 		row.CreatedAt = s.timestamp()
 	}
 	row.CreatedAt = row.CreatedAt.UTC()
-	_, err := s.db.ExecContext(ctx, `INSERT INTO snapshots (`+snapshotColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+	_, err := s.exec(ctx, `INSERT INTO snapshots (`+snapshotColumns+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		row.Name, row.Kind, row.Image, row.Kernel, row.VMM, row.Accel, row.VCPU, row.MemoryMiB, row.WorkSizeBytes,
 		row.BangerVersion, row.SourceVM, row.Dir, row.Meta, formatTime(row.CreatedAt))
 	if uniqueViolation(err) != "" {
@@ -110,6 +110,6 @@ func (s *Store) ListSnapshots(ctx context.Context) ([]Snapshot, error) {
 
 // DeleteSnapshot removes the snapshot called name.
 func (s *Store) DeleteSnapshot(ctx context.Context, name string) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM snapshots WHERE name = ?`, name)
+	res, err := s.exec(ctx, `DELETE FROM snapshots WHERE name = ?`, name)
 	return rowsChanged(res, err, "snapshot", name, "delete")
 }

@@ -17,6 +17,7 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 
 	"banger/internal/api"
+	"banger/internal/rootdisk"
 )
 
 // busyTimeoutMS is how long a connection waits for another writer's lock
@@ -163,14 +164,31 @@ type scanner interface{ Scan(dest ...any) error }
 func (s *Store) withTx(ctx context.Context, fn func(*sql.Tx) error) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return fmt.Errorf("begin transaction: %w", err)
+		return s.full(fmt.Errorf("begin transaction: %w", err))
 	}
 	if err := fn(tx); err != nil {
 		tx.Rollback()
-		return err
+		return s.full(err)
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit transaction: %w", err)
+		return s.full(fmt.Errorf("commit transaction: %w", err))
 	}
 	return nil
+}
+
+// exec runs a write outside a transaction.
+func (s *Store) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	res, err := s.db.ExecContext(ctx, query, args...)
+	return res, s.full(err)
+}
+
+// full turns SQLite's "database or disk is full" into an error that
+// names the filesystem of the database and what is free on it (a
+// *rootdisk.NoSpaceError: errors.Is(err, rootdisk.ErrNoSpace)).
+func (s *Store) full(err error) error {
+	var se *sqlite.Error
+	if err == nil || !errors.As(err, &se) || se.Code()&0xff != sqlite3.SQLITE_FULL {
+		return err
+	}
+	return fmt.Errorf("banger's database %s cannot grow: %w; free some space there", s.path, rootdisk.SpaceError(filepath.Dir(s.path), err))
 }

@@ -119,7 +119,7 @@ func (s *Store) CreateVM(ctx context.Context, v *VM) error {
 	}
 	row.CreatedAt = row.CreatedAt.UTC()
 	row.UpdatedAt = now
-	_, err := s.db.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`)
+	_, err := s.exec(ctx, `INSERT INTO vms (`+vmColumns+`)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
 		row.ID, row.Name, row.Image, row.Kernel, row.State, row.VCPU, row.MemoryMiB, row.DiskSizeBytes,
 		row.IP, row.MAC, row.Tap, row.NAT, row.VMM, row.PID, int64(row.PIDStartTime),
@@ -203,7 +203,7 @@ func (s *Store) UpdateVM(ctx context.Context, v VM) error {
 	if err := validateVM(&v); err != nil {
 		return err
 	}
-	res, err := s.db.ExecContext(ctx, `UPDATE vms SET name = ?, image = ?, kernel = ?, state = ?, vcpu = ?,
+	res, err := s.exec(ctx, `UPDATE vms SET name = ?, image = ?, kernel = ?, state = ?, vcpu = ?,
 		memory_mib = ?, disk_size_bytes = ?, ip = ?, mac = ?, tap = ?, nat = ?, vmm = ?, pid = ?,
 		pid_start_time = ?, api_socket = ?, dir = ?, root_disk = ?, work_disk = ?, forward_ports = ?, purpose = ?, started_from = ?, last_error = ?, updated_at = ? WHERE id = ?`,
 		v.Name, v.Image, v.Kernel, v.State, v.VCPU, v.MemoryMiB, v.DiskSizeBytes, v.IP, v.MAC, v.Tap,
@@ -217,7 +217,7 @@ func (s *Store) UpdateVM(ctx context.Context, v VM) error {
 
 // DeleteVM removes the VM called name.
 func (s *Store) DeleteVM(ctx context.Context, name string) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM vms WHERE name = ?`, name)
+	res, err := s.exec(ctx, `DELETE FROM vms WHERE name = ?`, name)
 	return rowsChanged(res, err, "vm", name, "delete")
 }
 
