@@ -371,8 +371,8 @@ func TestLifecycleWithStandInFirecracker(t *testing.T) {
 	if v := l.stopped("a", a3); !strings.Contains(v.LastError, "did not power off within 2s; killed") {
 		t.Errorf("stop of a deaf guest: last error %q", v.LastError)
 	}
-	if took := time.Since(start); took < 2*time.Second || took > 10*time.Second {
-		t.Errorf("stop of a deaf guest took %s, want about stopTimeout (2s)", took)
+	if took := time.Since(start); took < 2*time.Second || took > 30*time.Second {
+		t.Errorf("stop of a deaf guest took %s, want about stopTimeout (2s), far below the default 60s", took)
 	}
 	l.noLeaks("after the deaf stop")
 
