@@ -47,6 +47,14 @@ func newDoctorCommand(app *App) *cobra.Command {
 					err := (&rpc.Client{SocketPath: layout.SocketPath}).Call(ctx, "ping", nil, &res)
 					return res.Version, err
 				},
+				Snapshots: func(ctx context.Context) ([]api.Snapshot, error) {
+					if err := checkSocketDir(layout.SocketPath); err != nil {
+						return nil, err
+					}
+					var res api.SnapshotListResult
+					err := (&rpc.Client{SocketPath: layout.SocketPath}).Call(ctx, "snapshot.list", nil, &res)
+					return res.Snapshots, err
+				},
 				DaemonUID: func(ctx context.Context) (int, error) {
 					if err := checkSocketDir(layout.SocketPath); err != nil {
 						return 0, err

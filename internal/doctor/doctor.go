@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"banger/internal/api"
 	"banger/internal/config"
 	"banger/internal/hostnat"
 	"banger/internal/rootdisk"
@@ -64,6 +65,9 @@ type Env struct {
 	// why Firecracker would not be jailed (vmm.JailerChoice).
 	SelectVMM    func(o vmm.Options) (vmm.Driver, error)
 	JailerChoice func(o vmm.Options, fcPath string) (bool, string, error)
+	// Snapshots lists the daemon's snapshots (snapshot.list); an error
+	// when it does not answer, and then no row is made.
+	Snapshots func(ctx context.Context) ([]api.Snapshot, error)
 	// DaemonUID is the uid bangerd runs as (what decides whether it can
 	// jail Firecracker); an error when it does not answer, and then the
 	// checks judge for the user running doctor.
@@ -150,6 +154,9 @@ func Run(ctx context.Context, e Env) []Check {
 	out = append(out, e.deviceMapper(), e.ipForward(), e.dnsRouting(), e.bridge(), e.firewall())
 	out = append(out, e.dirs()...)
 	out = append(out, e.socket(ctx), e.lock(), e.versions(ctx))
+	if c, ok := e.snapshots(ctx); ok {
+		out = append(out, c)
+	}
 	out = append(out, e.space("state", e.Layout.StateDir), e.space("cache", e.Layout.CacheDir))
 	return out
 }
@@ -404,6 +411,31 @@ func (e *Env) versions(ctx context.Context) Check {
 			Fix: "restart bangerd (it keeps VMs running) so both are the same build"}
 	}
 	return Check{Name: "versions", Status: Pass, Detail: "banger and bangerd " + v}
+}
+
+// snapshots marks the snapshots that can no longer be restored (their
+// image, kernel or banger changed, a file is gone), with why.
+func (e *Env) snapshots(ctx context.Context) (Check, bool) {
+	if e.Snapshots == nil {
+		return Check{}, false
+	}
+	all, err := e.Snapshots(ctx)
+	if err != nil {
+		return Check{}, false
+	}
+	var stale, names []string
+	for _, sn := range all {
+		if sn.Stale != "" {
+			stale = append(stale, sn.Name+": "+sn.Stale)
+			names = append(names, sn.Name)
+		}
+	}
+	if len(stale) == 0 {
+		return Check{Name: "snapshots", Status: Pass, Detail: fmt.Sprintf("%d, none stale", len(all))}, true
+	}
+	return Check{Name: "snapshots", Status: Warn,
+		Detail: fmt.Sprintf("%d of %d stale (refused by vm create): %s", len(stale), len(all), strings.Join(stale, "; ")),
+		Fix:    "banger snapshot rm " + strings.Join(names, " ") + " (and banger image warm IMAGE to make a warm one again)"}, true
 }
 
 // Free-space thresholds: a VM's disks start small, but images and builds

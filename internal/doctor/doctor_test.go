@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"banger/internal/api"
 	"banger/internal/config"
 	"banger/internal/hostnat"
 	"banger/internal/vmm"
@@ -255,4 +256,28 @@ func deref(b *bool) string {
 		return "nil"
 	}
 	return fmt.Sprint(*b)
+}
+
+// TestSnapshotsRow: stale snapshots are marked with why and how to
+// remove them; none stale passes; no daemon, no row.
+func TestSnapshotsRow(t *testing.T) {
+	e := testEnv(t)
+	e.Snapshots = func(context.Context) ([]api.Snapshot, error) {
+		return []api.Snapshot{{Name: "debian.2c-1024m"}, {Name: "old", Stale: "its image debian changed since it was saved"}}, nil
+	}
+	c := find(t, Run(context.Background(), e), "snapshots")
+	if c.Status != Warn || c.Detail != "1 of 2 stale (refused by vm create): old: its image debian changed since it was saved" ||
+		!strings.HasPrefix(c.Fix, "banger snapshot rm old ") {
+		t.Errorf("snapshots = %s %q (fix %q)", c.Status, c.Detail, c.Fix)
+	}
+	e.Snapshots = func(context.Context) ([]api.Snapshot, error) { return []api.Snapshot{{Name: "a"}}, nil }
+	if c := find(t, Run(context.Background(), e), "snapshots"); c.Status != Pass || c.Detail != "1, none stale" {
+		t.Errorf("snapshots = %s %q", c.Status, c.Detail)
+	}
+	e.Snapshots = func(context.Context) ([]api.Snapshot, error) { return nil, errors.New("no answer") }
+	for _, c := range Run(context.Background(), e) {
+		if c.Name == "snapshots" {
+			t.Errorf("a snapshots row without a daemon: %+v", c)
+		}
+	}
 }
