@@ -207,8 +207,7 @@ func (d *Daemon) vmmIdentity(ip string) (string, error) {
 // can attach only to a tap it owns). The tap is deleted when the VM
 // stops, and its ownership with it.
 func (d *Daemon) giveTapToJailedVMM(drv vmm.Driver, spec vmm.Spec) error {
-	j, ok := drv.(interface{ Jailed() bool })
-	if !ok || !j.Jailed() || spec.Tap == "" {
+	if !jailed(drv) || spec.Tap == "" {
 		return nil
 	}
 	var uid, gid int
