@@ -377,7 +377,7 @@ func (d *Daemon) imageBuildBegin(ctx context.Context, p api.ImageBuildParams) (a
 			return api.ImageBuildBeginResult{}, api.Errorf(api.CodeAlreadyExists, "image %q is being built by operation %s", plan.name, other.ID())
 		}
 	}
-	vm, err := d.reserveVM(ctx, cplan, drv.Name())
+	vm, err := d.reserveVM(ctx, cplan, drv.Name(), nil)
 	if err == nil {
 		d.ops.imageBuild.Insert(op)
 	}
@@ -442,10 +442,10 @@ func (d *Daemon) runBuild(ctx context.Context, op *imageBuildOp, plan buildPlan,
 	}()
 
 	steps := []step{
-		{stageBuildRoot, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageBuildRoot, nil, func(ctx context.Context) (func(context.Context) error, error) {
 			return func(context.Context) error { return os.RemoveAll(buildDir) }, d.prepareBuildDisks(ctx, op, plan, &vm, buildDir, root, work)
 		}},
-		{stageBuildIdentity, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageBuildIdentity, nil, func(ctx context.Context) (func(context.Context) error, error) {
 			undo := func(context.Context) error { return sshx.RemoveHost(d.layout.KnownHosts, vm.IP, vm.Name+".vm") }
 			return undo, d.makeIdentity(vm)
 		}},
@@ -454,7 +454,7 @@ func (d *Daemon) runBuild(ctx context.Context, op *imageBuildOp, plan buildPlan,
 		s.name = "boot: " + s.name
 		steps = append(steps, s)
 	}
-	steps = append(steps, step{stageBuildConnect, func(ctx context.Context) (func(context.Context) error, error) {
+	steps = append(steps, step{stageBuildConnect, nil, func(ctx context.Context) (func(context.Context) error, error) {
 		signer, err := sshx.EnsureKey(d.layout.SSHKey)
 		if err != nil {
 			return nil, err
@@ -467,28 +467,28 @@ func (d *Daemon) runBuild(ctx context.Context, op *imageBuildOp, plan buildPlan,
 		return nil, err
 	}})
 	if plan.size > 0 {
-		steps = append(steps, step{stageBuildGrow, func(ctx context.Context) (func(context.Context) error, error) {
+		steps = append(steps, step{stageBuildGrow, nil, func(ctx context.Context) (func(context.Context) error, error) {
 			return nil, op.guest(ctx, client, "grow the root filesystem", "resize2fs /dev/vda", nil)
 		}})
 	}
 	if len(plan.packages) > 0 {
-		steps = append(steps, step{stagePackages, func(ctx context.Context) (func(context.Context) error, error) {
+		steps = append(steps, step{stagePackages, nil, func(ctx context.Context) (func(context.Context) error, error) {
 			op.note("installing %s", strings.Join(plan.packages, " "))
 			return nil, op.guest(ctx, client, "installing packages", installScript(plan.packages), nil)
 		}})
 	}
 	if len(plan.copies) > 0 {
-		steps = append(steps, step{stageCopy, func(ctx context.Context) (func(context.Context) error, error) {
+		steps = append(steps, step{stageCopy, nil, func(ctx context.Context) (func(context.Context) error, error) {
 			return nil, op.copyIn(ctx, client, vm.Name, plan.copies)
 		}})
 	}
 	for i, sc := range plan.scripts {
 		name := fmt.Sprintf("script %d (%s)", i+1, sc.name)
-		steps = append(steps, step{name, func(ctx context.Context) (func(context.Context) error, error) {
+		steps = append(steps, step{name, nil, func(ctx context.Context) (func(context.Context) error, error) {
 			return nil, op.runScript(ctx, client, i+1, sc)
 		}})
 	}
-	steps = append(steps, step{stageShutdown, func(ctx context.Context) (func(context.Context) error, error) {
+	steps = append(steps, step{stageShutdown, nil, func(ctx context.Context) (func(context.Context) error, error) {
 		if err := op.guest(ctx, client, "clean the guest before saving it", scrubScript(plan.keepWork), nil); err != nil {
 			return nil, err
 		}
@@ -502,16 +502,16 @@ func (d *Daemon) runBuild(ctx context.Context, op *imageBuildOp, plan buildPlan,
 		}
 		return nil, nil
 	}})
-	if err := runSteps(ctx, log, op.vmCreateOp, steps); err != nil {
+	if err := runSteps(ctx, log, op.vmCreateOp, nil, steps); err != nil {
 		return err
 	}
 
 	// The VM is off: check and record what it left.
 	final := []step{
-		{stageFlatten, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageFlatten, nil, func(ctx context.Context) (func(context.Context) error, error) {
 			return nil, d.checkBuiltDisks(ctx, op, root, work, plan)
 		}},
-		{stageRecord, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageRecord, nil, func(ctx context.Context) (func(context.Context) error, error) {
 			im, err := d.recordBuild(ctx, plan, buildDir, root, work)
 			if err != nil {
 				return nil, err
@@ -523,7 +523,7 @@ func (d *Daemon) runBuild(ctx context.Context, op *imageBuildOp, plan buildPlan,
 			return nil, nil
 		}},
 	}
-	return runSteps(ctx, log, op.vmCreateOp, final)
+	return runSteps(ctx, log, op.vmCreateOp, nil, final)
 }
 
 // prepareBuildDisks makes the build VM's disks: its root, a flat copy of

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -455,10 +456,13 @@ func setTimeout(t *testing.T, v *time.Duration, d time.Duration) {
 }
 
 // restart stops this daemon and serves a new one on the same state.
-func (l *lifecycle) restart() *lifecycle {
+func (l *lifecycle) restart() *lifecycle { return l.restartLogging(l.d.log) }
+
+// restartLogging is restart whose new daemon logs to log.
+func (l *lifecycle) restartLogging(log *slog.Logger) *lifecycle {
 	l.t.Helper()
 	l.stopFn()
-	d, err := Open(context.Background(), Options{Layout: l.d.layout, Config: l.d.cfg, Logger: l.d.log})
+	d, err := Open(context.Background(), Options{Layout: l.d.layout, Config: l.d.cfg, Logger: log})
 	if err != nil {
 		l.t.Fatal(err)
 	}

@@ -120,6 +120,9 @@ type pullSpec struct {
 	anyName bool
 	kernel  string
 	scratch []string
+	// publish is where the pull moves what it made once complete; a
+	// crash before the artifact's row is recorded removes it.
+	publish string
 	reg     interface{ Insert(*pullOp) }
 	work    func(ctx context.Context, op *pullOp) error
 }
@@ -159,7 +162,21 @@ func (d *Daemon) startPull(spec pullSpec) (*pullOp, bool, error) {
 		defer d.bgWG.Done()
 		defer cancel()
 		log.Info("pull begun", "source", spec.key)
-		err := spec.work(ctx, op)
+		// A crash mid-pull leaves its scratch and perhaps a published
+		// directory no row names: the journal removes them.
+		j := d.beginJournal(opID, spec.kind, spec.name)
+		var acts []journalAct
+		if spec.publish != "" {
+			acts = append(acts, journalAct{Do: actRemovePath, Path: spec.publish})
+		}
+		for _, p := range spec.scratch {
+			acts = append(acts, journalAct{Do: actRemovePath, Path: p, Prefix: strings.HasSuffix(p, ".")})
+		}
+		err := j.record(ctx, "begin", acts...)
+		if err == nil {
+			err = spec.work(ctx, op)
+		}
+		j.finish(ctx)
 		if err != nil {
 			log.Warn("pull failed", "err", err)
 		} else {
@@ -192,6 +209,7 @@ func (d *Daemon) startKernelPull(name string) (*pullOp, bool, error) {
 	return d.startPull(pullSpec{
 		kind: api.OpKindKernelPull, key: name, name: name, kernel: name,
 		scratch: []string{d.kernelBuildDir(name), filepath.Join(d.layout.KernelsDir, "."+name+".")},
+		publish: filepath.Join(d.layout.KernelsDir, name),
 		reg:     d.ops.kernelPull,
 		work: func(ctx context.Context, op *pullOp) error {
 			return d.buildKernel(ctx, name, op.setStage)
@@ -320,6 +338,7 @@ func (d *Daemon) startCatalogImagePull(name string) (*pullOp, bool, error) {
 	return d.startPull(pullSpec{
 		kind: api.OpKindImagePull, key: name, name: name, kernel: entry.kernel,
 		scratch: []string{work, filepath.Join(d.layout.ImagesDir, "."+name+".")},
+		publish: filepath.Join(d.layout.ImagesDir, name),
 		reg:     d.ops.imagePull,
 		work: func(ctx context.Context, op *pullOp) error {
 			return d.buildCatalogImage(ctx, op, name, entry.kernel, work)

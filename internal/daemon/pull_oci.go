@@ -97,6 +97,7 @@ func (d *Daemon) pullOCIImage(ctx context.Context, p api.ImagePullParams) (api.P
 	op, joined, err := d.startPull(pullSpec{
 		kind: api.OpKindImagePull, key: plan.ref, name: plan.name, anyName: !plan.named, kernel: plan.kernel,
 		scratch: []string{d.ociWorkDir(plan.name), d.ociStagingDir(plan.name)},
+		publish: filepath.Join(d.layout.ImagesDir, plan.name),
 		reg:     d.ops.imagePull,
 		work: func(ctx context.Context, op *pullOp) error {
 			return d.convertOCIImage(ctx, op, plan)

@@ -238,7 +238,7 @@ func (d *Daemon) pickSnapshot(ctx context.Context, p api.VMCreateParams, plan *c
 // restores sn: each disk a new qcow2 overlay over the snapshot's frozen
 // layer (the work disk grows to its size after the restore).
 func (d *Daemon) layerDisksStep(plan createPlan, vm *store.VM) step {
-	return step{stageLayerDisks, func(ctx context.Context) (func(context.Context) error, error) {
+	return step{stageLayerDisks, []journalAct{{Do: actRemovePath, Path: d.pathsFor(vm.ID).dir}}, func(ctx context.Context) (func(context.Context) error, error) {
 		m, err := decodeSnapshotMeta(*plan.snapshot)
 		if err != nil {
 			return nil, err
@@ -705,14 +705,14 @@ func (d *Daemon) imageWarm(ctx context.Context, p api.ImageWarmParams) (api.Snap
 		return api.Snapshot{}, err
 	}
 	d.allocMu.Lock()
-	vm, err := d.reserveVM(ctx, plan, drv.Name())
+	vm, err := d.reserveVM(ctx, plan, drv.Name(), nil)
 	d.allocMu.Unlock()
 	if err != nil {
 		return api.Snapshot{}, err
 	}
 	snapName := warmName(plan.image.Name, plan.vcpu, plan.memoryMiB)
 	var result store.Snapshot
-	begin := d.beginVMOp(ctx, api.OpKindImageWarm, vm, d.log.With("image", plan.image.Name), func(ctx context.Context, op *vmCreateOp) error {
+	begin := d.beginVMOp(ctx, api.OpKindImageWarm, nil, vm, d.log.With("image", plan.image.Name), func(ctx context.Context, op *vmCreateOp) error {
 		if err := d.runCreate(ctx, op, plan, vm); err != nil {
 			return err
 		}

@@ -12,7 +12,11 @@ import (
 // returns how to undo exactly what it changed (nil when there is nothing).
 type step struct {
 	name string
-	do   func(ctx context.Context) (undo func(context.Context) error, err error)
+	// rec is how the journal undoes the step after a crash, recorded
+	// before do runs (nothing when the step makes nothing, or what it
+	// makes goes with an earlier step's undo).
+	rec []journalAct
+	do  func(ctx context.Context) (undo func(context.Context) error, err error)
 }
 
 // errVMMStillRunning is wrapped by an undo that could not end a VMM. The
@@ -24,16 +28,22 @@ var errVMMStillRunning = errors.New("the VMM could not be stopped")
 // undoTimeout bounds the rollback of a failed pipeline.
 const undoTimeout = 90 * time.Second
 
-// runSteps runs steps in order, reporting each stage to op (when non-nil).
-// When one fails — or ctx is cancelled — the completed steps are undone in
-// reverse with a fresh context, so a cancelled create still cleans up.
-func runSteps(ctx context.Context, log *slog.Logger, op *vmCreateOp, steps []step) error {
+// runSteps runs steps in order, reporting each stage to op (when non-nil)
+// and recording each step's undo in the journal j (when non-nil) before it
+// acts. When one fails — or ctx is cancelled — the completed steps are
+// undone in reverse with a fresh context, so a cancelled create still
+// cleans up. The caller finishes j once the outcome is recorded.
+func runSteps(ctx context.Context, log *slog.Logger, op *vmCreateOp, j *journalOp, steps []step) error {
 	var undos []func(context.Context) error
 	var names []string
 	var failed error
 	for _, s := range steps {
 		if err := ctx.Err(); err != nil {
 			failed = fmt.Errorf("cancelled before %s: %w", s.name, err)
+			break
+		}
+		if err := j.record(ctx, s.name, s.rec...); err != nil {
+			failed = err
 			break
 		}
 		if op != nil {

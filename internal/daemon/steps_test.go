@@ -53,7 +53,7 @@ func TestRunStepsUndoesInReverse(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var calls []string
 			op := &vmCreateOp{opCore: newOpCore("op-1", api.OpKindVMCreate, "vm", func() {}, time.Now)}
-			err := runSteps(context.Background(), log, op, recordingSteps(3, tc.failAt, tc.stuckAt, &calls))
+			err := runSteps(context.Background(), log, op, nil, recordingSteps(3, tc.failAt, tc.stuckAt, &calls))
 			if got := strings.Join(calls, " "); got != tc.want {
 				t.Fatalf("calls = %q, want %q", got, tc.want)
 			}
@@ -80,7 +80,7 @@ func TestRunStepsCancelledBeforeAnyStep(t *testing.T) {
 	var calls []string
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	err := runSteps(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), nil, recordingSteps(2, -1, -1, &calls))
+	err := runSteps(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), nil, nil, recordingSteps(2, -1, -1, &calls))
 	if !errors.Is(err, context.Canceled) || len(calls) != 0 {
 		t.Fatalf("err = %v, calls = %v", err, calls)
 	}

@@ -291,8 +291,24 @@ func (d *Daemon) vmStart(ctx context.Context, p api.VMRef) (api.VM, error) {
 // in op when one is given. On failure everything it made is undone and the
 // VM is left stopped with the reason in LastError.
 func (d *Daemon) boot(ctx context.Context, v *store.VM) error {
+	// The VM is starting from the first step on, and a crash before the
+	// last leaves it stopped (the boot steps record the rest).
+	j := d.beginJournal("", journalVMStart, v.Name)
+	err := d.bootJournaled(ctx, v, j)
+	j.finish(ctx) // not deferred: see runVMPipelineFrom
+	return err
+}
+
+func (d *Daemon) bootJournaled(ctx context.Context, v *store.VM, j *journalOp) error {
+	if err := j.record(ctx, "begin", journalAct{Do: actMarkStopped, VM: v.Name}); err != nil {
+		return err
+	}
 	v.StartedFrom = ""
-	err := runSteps(ctx, d.log.With("vm", v.Name), nil, d.bootSteps(v))
+	v.State = store.StateStarting
+	if err := d.store.UpdateVM(context.WithoutCancel(ctx), *v); err != nil {
+		return err
+	}
+	err := runSteps(ctx, d.log.With("vm", v.Name), nil, j, d.bootSteps(v))
 	if errors.Is(err, errVMMStillRunning) {
 		d.keepUnstoppableVM(ctx, v, err)
 		return err
@@ -442,25 +458,37 @@ func (d *Daemon) deleteVM(ctx context.Context, name string, onlyStopped bool) (a
 	if onlyStopped && v.State == store.StateRunning {
 		return toAPIVM(v), false, nil
 	}
+	// Once begun, a delete is finished by the next daemon if this one
+	// dies on the way; a delete that fails here is over (the VM stays).
+	j := d.beginJournal("", journalVMDelete, v.Name)
+	av, err := d.deleteJournaled(ctx, v, j)
+	j.finish(ctx) // not deferred: see runVMPipelineFrom
+	return av, err == nil, err
+}
+
+func (d *Daemon) deleteJournaled(ctx context.Context, v store.VM, j *journalOp) (api.VM, error) {
+	if err := j.record(ctx, "begin", journalAct{Do: actFinishDelete, VM: v.Name}); err != nil {
+		return api.VM{}, err
+	}
 	if v.State == store.StateRunning {
 		if err := d.stop(ctx, &v, false); err != nil {
-			return api.VM{}, false, err
+			return api.VM{}, err
 		}
 	}
 	if err := faultAfter(stageDeleteStop); err != nil {
-		return api.VM{}, false, err
+		return api.VM{}, err
 	}
 	if err := d.removeVMFiles(v); err != nil {
-		return api.VM{}, false, err
+		return api.VM{}, err
 	}
 	if err := faultAfter(stageDeleteFiles); err != nil {
-		return api.VM{}, false, err
+		return api.VM{}, err
 	}
 	if err := d.store.DeleteVM(context.WithoutCancel(ctx), v.Name); err != nil {
-		return api.VM{}, false, err
+		return api.VM{}, err
 	}
 	if err := faultAfter(stageDeleteRow); err != nil {
-		return api.VM{}, false, err
+		return api.VM{}, err
 	}
 	d.syncNetwork(ctx)
 	// Layers it shared with clones stay until the last of them goes.
@@ -468,7 +496,7 @@ func (d *Daemon) deleteVM(ctx context.Context, name string, onlyStopped bool) (a
 	d.gcLayers(context.WithoutCancel(ctx))
 	d.layersMu.Unlock()
 	v.State = "deleted"
-	return toAPIVM(v), true, nil
+	return toAPIVM(v), nil
 }
 
 // removeVMFiles deletes a VM's disks, logs, runtime dir and pinned host keys.
@@ -532,6 +560,13 @@ func (d *Daemon) vmSet(ctx context.Context, p api.VMSetParams) (api.VM, error) {
 			return api.VM{}, api.Errorf(api.CodeBadRequest, "disk size %s is smaller than the current %d bytes; work disks only grow", p.DiskSize, v.DiskSizeBytes)
 		}
 		if size > v.DiskSizeBytes {
+			// A crash between growing the disk and recording it records
+			// it at the next start-up.
+			j := d.beginJournal("", journalVMSet, v.Name)
+			defer j.finish(ctx)
+			if err := j.record(ctx, "grow work disk", journalAct{Do: actSetDiskSize, VM: v.Name, Size: size}); err != nil {
+				return api.VM{}, err
+			}
 			if err := d.growWorkDisk(ctx, v, size); err != nil {
 				return api.VM{}, err
 			}
@@ -685,9 +720,12 @@ func parseDiskSize(s string) (int64, error) {
 	return n, nil
 }
 
-// adoptVMs runs at daemon start: VMs whose VMM survived the previous
-// daemon keep running; the others are marked stopped and cleaned up.
+// adoptVMs runs at daemon start: first the journal's undos of operations
+// the previous daemon left unfinished, then every VM is reconciled with
+// the host: VMs whose VMM survived keep running; the others are marked
+// stopped and cleaned up.
 func (d *Daemon) adoptVMs(ctx context.Context) {
+	d.replayJournal(ctx)
 	vms, err := d.store.ListVMs(ctx)
 	if err != nil {
 		d.log.Error("list VMs for adoption", "err", err)
@@ -709,7 +747,9 @@ func (d *Daemon) adoptVMs(ctx context.Context) {
 				d.log.Info("re-adopted running VM", "vm", v.Name, "pid", v.PID)
 			}
 		case store.StateCreating:
-			// The daemon died mid-create: undo what the record says exists.
+			// Left half-created, and no journal accounted for it (one
+			// written by a daemon from before the journal): undo what the
+			// record says exists.
 			d.log.Warn("removing VM left half-created by a previous daemon", "vm", v.Name)
 			d.removeOrphanVM(ctx, v)
 		case store.StateStarting:

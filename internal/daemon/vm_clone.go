@@ -43,14 +43,16 @@ func (d *Daemon) vmCloneBegin(ctx context.Context, p api.VMCloneParams) (api.VMC
 	}
 	plan := createPlan{name: p.Name, image: store.Image{Name: src.Image}, kernel: store.Kernel{Name: src.Kernel},
 		vcpu: src.VCPU, memoryMiB: src.MemoryMiB, diskSize: src.DiskSizeBytes, noStart: p.NoStart, nat: src.NAT, forwardPorts: src.ForwardPorts}
+	j := d.beginJournal("", api.OpKindVMClone, plan.name)
 	d.allocMu.Lock()
-	vm, err := d.reserveVM(ctx, plan, src.VMM)
+	vm, err := d.reserveVM(ctx, plan, src.VMM, j)
 	d.allocMu.Unlock()
 	if err != nil {
+		j.finish(ctx)
 		return api.VMCreateBeginResult{}, err
 	}
 
-	return d.beginVMOp(ctx, api.OpKindVMClone, vm, d.log.With("source", src.Name), func(ctx context.Context, op *vmCreateOp) error {
+	return d.beginVMOp(ctx, api.OpKindVMClone, j, vm, d.log.With("source", src.Name), func(ctx context.Context, op *vmCreateOp) error {
 		return d.runClone(ctx, op, src.Name, vm, p.NoStart)
 	}), nil
 }
@@ -97,7 +99,7 @@ func (d *Daemon) runClone(ctx context.Context, op *vmCreateOp, srcName string, v
 		return dst, d.store.UpdateVM(context.WithoutCancel(ctx), src)
 	}
 	steps := []step{
-		{stageCheckSource, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageCheckSource, []journalAct{{Do: actRemovePath, Path: paths.dir}}, func(ctx context.Context) (func(context.Context) error, error) {
 			undo := func(ctx context.Context) error { return d.store.DeleteVM(ctx, vm.Name) }
 			srcMu.Lock()
 			srcLocked = true
@@ -116,7 +118,7 @@ func (d *Daemon) runClone(ctx context.Context, op *vmCreateOp, srcName string, v
 			}
 			return undo, os.MkdirAll(paths.dir, 0o700)
 		}},
-		{stageCloneRoot, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageCloneRoot, nil, func(ctx context.Context) (func(context.Context) error, error) {
 			undo := func(ctx context.Context) error { return os.RemoveAll(paths.dir) }
 			dst, err := cloneDisk(ctx, "root", srcRoot, rootDiskPath(paths, srcRoot.Strategy))
 			if err != nil {
@@ -125,7 +127,7 @@ func (d *Daemon) runClone(ctx context.Context, op *vmCreateOp, srcName string, v
 			vm.RootDisk = encodeDisk(dst)
 			return undo, d.store.UpdateVM(context.WithoutCancel(ctx), vm)
 		}},
-		{stageCloneWork, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageCloneWork, nil, func(ctx context.Context) (func(context.Context) error, error) {
 			dst, err := cloneDisk(ctx, "work", srcWork, cloneWorkPath(paths, srcWork))
 			if err != nil {
 				return nil, err
@@ -134,7 +136,7 @@ func (d *Daemon) runClone(ctx context.Context, op *vmCreateOp, srcName string, v
 			unlockSrc() // the source is free to start again
 			return nil, d.store.UpdateVM(context.WithoutCancel(ctx), vm)
 		}},
-		{stageIdentity, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageIdentity, []journalAct{{Do: actUnpinHosts, Hosts: []string{vm.IP, vm.Name + ".vm"}}}, func(ctx context.Context) (func(context.Context) error, error) {
 			undo := func(context.Context) error { return sshx.RemoveHost(d.layout.KnownHosts, vm.IP, vm.Name+".vm") }
 			return undo, d.makeIdentity(vm)
 		}},

@@ -47,6 +47,9 @@ const (
 type vmCreateOp struct {
 	opCore
 	vmName string
+	// journal records how to undo each step (nil: the start-up sweeps
+	// own what the operation makes, as for an image warm's template).
+	journal *journalOp
 
 	stagesMu sync.Mutex
 	stages   []api.StageTiming
@@ -218,14 +221,16 @@ func (d *Daemon) vmCreateBegin(ctx context.Context, p api.VMCreateParams) (api.V
 	}
 
 	// Reserve the name and an IP atomically with respect to other creates.
+	j := d.beginJournal("", api.OpKindVMCreate, plan.name)
 	d.allocMu.Lock()
-	vm, err := d.reserveVM(ctx, plan, drv.Name())
+	vm, err := d.reserveVM(ctx, plan, drv.Name(), j)
 	d.allocMu.Unlock()
 	if err != nil {
+		j.finish(ctx)
 		return api.VMCreateBeginResult{}, err
 	}
 
-	return d.beginVMOp(ctx, api.OpKindVMCreate, vm, d.log, func(ctx context.Context, op *vmCreateOp) error {
+	return d.beginVMOp(ctx, api.OpKindVMCreate, j, vm, d.log, func(ctx context.Context, op *vmCreateOp) error {
 		if accelOf(drv) == "tcg" && !plan.noStart {
 			op.warn("this host has no usable KVM: the guest runs under QEMU's TCG emulation, which QEMU does not count as a security boundary (see SECURITY.md)")
 		}
@@ -239,12 +244,16 @@ func (d *Daemon) vmCreateBegin(ctx context.Context, p api.VMCreateParams) (api.V
 
 // beginVMOp registers an operation of kind (vm.create, vm.clone) making
 // vm and runs it in the background under the daemon's context; the caller
-// follows it with vm.create.status.
-func (d *Daemon) beginVMOp(ctx context.Context, kind string, vm store.VM, log *slog.Logger, run func(context.Context, *vmCreateOp) error) api.VMCreateBeginResult {
+// follows it with vm.create.status. The operation takes j's id and
+// records its steps' undos there (j may be nil).
+func (d *Daemon) beginVMOp(ctx context.Context, kind string, j *journalOp, vm store.VM, log *slog.Logger, run func(context.Context, *vmCreateOp) error) api.VMCreateBeginResult {
 	opID := rpc.NewOpID()
+	if j != nil {
+		opID = j.id
+	}
 	log = log.With("op_id", opID, "vm", vm.Name)
 	bg, cancel := context.WithCancel(rpc.WithLogger(rpc.WithOpID(d.bgCtx, opID), log))
-	op := &vmCreateOp{opCore: newOpCore(opID, kind, vm.Name, cancel, d.now), vmName: vm.Name}
+	op := &vmCreateOp{opCore: newOpCore(opID, kind, vm.Name, cancel, d.now), vmName: vm.Name, journal: j}
 	d.ops.vmCreate.Insert(op)
 	log.Info(kind+" begun", "request_op_id", rpc.OpID(ctx))
 	d.bgWG.Add(1)
@@ -303,8 +312,9 @@ func (d *Daemon) pullForCreate(ctx context.Context, op *vmCreateOp, plan *create
 	return err2
 }
 
-// reserveVM inserts the VM row in state "creating" with its IP and MAC.
-func (d *Daemon) reserveVM(ctx context.Context, plan createPlan, vmmName string) (store.VM, error) {
+// reserveVM inserts the VM row in state "creating" with its IP and MAC,
+// recording in j (when non-nil) that a crash drops it.
+func (d *Daemon) reserveVM(ctx context.Context, plan createPlan, vmmName string, j *journalOp) (store.VM, error) {
 	// Validated before allocMu was taken: make sure an image.delete or
 	// kernel.rm did not remove them since (both check for VMs under it).
 	if plan.pullImage == "" {
@@ -339,6 +349,9 @@ func (d *Daemon) reserveVM(ctx context.Context, plan createPlan, vmmName string)
 	if plan.snapshot != nil {
 		vm.StartedFrom = "snapshot " + plan.snapshot.Name
 	}
+	if err := j.record(ctx, "reserve", journalAct{Do: actDropRow, VM: vm.Name}); err != nil {
+		return store.VM{}, err
+	}
 	if err := d.store.CreateVM(ctx, &vm); err != nil {
 		return store.VM{}, err
 	}
@@ -360,7 +373,7 @@ func (d *Daemon) runCreate(ctx context.Context, op *vmCreateOp, plan createPlan,
 	defer mu.Unlock()
 	paths := d.pathsFor(vm.ID)
 	steps := []step{
-		{stageResolve, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageResolve, nil, func(ctx context.Context) (func(context.Context) error, error) {
 			// The row exists from reserveVM; undoing the create removes it.
 			undo := func(ctx context.Context) error { return d.store.DeleteVM(ctx, vm.Name) }
 			if plan.pullImage != "" {
@@ -373,11 +386,11 @@ func (d *Daemon) runCreate(ctx context.Context, op *vmCreateOp, plan createPlan,
 			}
 			return undo, nil
 		}},
-		{stageClaimIP, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageClaimIP, nil, func(ctx context.Context) (func(context.Context) error, error) {
 			// The IP was reserved with the row; pin nothing stale for it.
 			return nil, sshx.RemoveHost(d.layout.KnownHosts, vm.IP, vm.Name+".vm")
 		}},
-		{stageRootDisk, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageRootDisk, []journalAct{{Do: actRemovePath, Path: paths.dir}}, func(ctx context.Context) (func(context.Context) error, error) {
 			// Never a copy of the image where the host can do better: a
 			// copy-on-write layer over it, chosen by what the host can do.
 			base := plan.image.RootfsPath
@@ -412,7 +425,7 @@ func (d *Daemon) runCreate(ctx context.Context, op *vmCreateOp, plan createPlan,
 			rpc.Logger(ctx).Info("root disk ready", "strategy", strategy, "path", rd.Path)
 			return undo, d.store.UpdateVM(context.WithoutCancel(ctx), vm)
 		}},
-		{stageWorkDisk, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageWorkDisk, nil, func(ctx context.Context) (func(context.Context) error, error) {
 			if seed := workSeedOf(plan.image); seed != "" {
 				// The image carries a /root: the work disk starts as it.
 				wd, err := d.seedWorkDisk(ctx, vm, seed, plan.diskSize)
@@ -428,7 +441,7 @@ func (d *Daemon) runCreate(ctx context.Context, op *vmCreateOp, plan createPlan,
 			vm.WorkDisk = encodeDisk(rootdisk.NewRaw(paths.work))
 			return nil, d.store.UpdateVM(context.WithoutCancel(ctx), vm)
 		}},
-		{stageIdentity, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageIdentity, []journalAct{{Do: actUnpinHosts, Hosts: []string{vm.IP, vm.Name + ".vm"}}}, func(ctx context.Context) (func(context.Context) error, error) {
 			// The files go with the VM dir; the pinned key is undone here.
 			undo := func(context.Context) error { return sshx.RemoveHost(d.layout.KnownHosts, vm.IP, vm.Name+".vm") }
 			return undo, d.makeIdentity(vm)
@@ -461,11 +474,20 @@ func (d *Daemon) runVMPipeline(ctx context.Context, op *vmCreateOp, v *store.VM,
 // runVMPipelineFrom is runVMPipeline that restores rs instead of booting
 // when rs is set.
 func (d *Daemon) runVMPipelineFrom(ctx context.Context, op *vmCreateOp, v *store.VM, steps []step, noStart bool, rs *restoreSpec) error {
+	err := d.pipeline(ctx, op, v, steps, noStart, rs)
+	// Whatever the outcome, once it is recorded the journal has nothing
+	// left to undo. (Not deferred: a daemon that dies before this line
+	// leaves the journal to the next one, and so does the tests' crash.)
+	op.journal.finish(ctx)
+	return err
+}
+
+func (d *Daemon) pipeline(ctx context.Context, op *vmCreateOp, v *store.VM, steps []step, noStart bool, rs *restoreSpec) error {
 	vm := v
 	if !noStart {
 		steps = append(steps, d.bootStepsFrom(vm, rs)...)
 	}
-	if err := runSteps(ctx, rpc.Logger(ctx), op, steps); err != nil {
+	if err := runSteps(ctx, rpc.Logger(ctx), op, op.journal, steps); err != nil {
 		if errors.Is(err, errVMMStillRunning) {
 			d.keepUnstoppableVM(ctx, vm, err)
 			return err
@@ -506,14 +528,17 @@ func (d *Daemon) bootStepsFrom(v *store.VM, rs *restoreSpec) []step {
 	var handle vmm.Handle
 	var rootDev, rootFmt, workDev, workFmt string
 	steps := []step{
-		{stageConfig, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageConfig, nil, func(ctx context.Context) (func(context.Context) error, error) {
 			km, err := d.kernelFor(ctx, v.Kernel)
 			if err != nil {
 				return nil, err
 			}
 			return nil, d.writeConfigDisk(ctx, *v, km.manifest)
 		}},
-		{stageTap, func(ctx context.Context) (func(context.Context) error, error) {
+		// A crash after this releases what the row records of the VM's
+		// runtime: its taps (a cold one is named after the VM), a dm
+		// snapshot attach records as it makes it, its jail, its runtime dir.
+		{stageTap, []journalAct{{Do: actReleaseRuntime, VM: v.Name}}, func(ctx context.Context) (func(context.Context) error, error) {
 			tap, err := d.net.claimTap(hostnet.TapName(v.ID))
 			if err != nil {
 				return nil, err
@@ -541,7 +566,7 @@ func (d *Daemon) bootStepsFrom(v *store.VM, rs *restoreSpec) []step {
 			}
 			return undo, nil
 		}},
-		{stageAttach, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageAttach, nil, func(ctx context.Context) (func(context.Context) error, error) {
 			var err error
 			rootDev, rootFmt, workDev, workFmt, err = d.attachDisks(ctx, v)
 			if err != nil {
@@ -554,7 +579,8 @@ func (d *Daemon) bootStepsFrom(v *store.VM, rs *restoreSpec) []step {
 				return d.store.UpdateVM(ctx, *v)
 			}, nil
 		}},
-		{stageStartVMM, func(ctx context.Context) (func(context.Context) error, error) {
+		// The VMM is recorded on the row the moment it exists (Launched).
+		{stageStartVMM, []journalAct{{Do: actKillVMM, VM: v.Name}}, func(ctx context.Context) (func(context.Context) error, error) {
 			drv, err := d.driverFor(v.VMM)
 			if err != nil {
 				return nil, err
@@ -639,13 +665,13 @@ func (d *Daemon) bootStepsFrom(v *store.VM, rs *restoreSpec) []step {
 			}
 			return undo, nil
 		}},
-		{stageRestoreID, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageRestoreID, nil, func(ctx context.Context) (func(context.Context) error, error) {
 			if rs == nil {
 				return nil, nil
 			}
 			return nil, d.restoreIdentity(ctx, v, handle, rs)
 		}},
-		{stageWaitSSH, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageWaitSSH, nil, func(ctx context.Context) (func(context.Context) error, error) {
 			signer, err := sshx.EnsureKey(d.layout.SSHKey)
 			if err != nil {
 				return nil, err
@@ -678,7 +704,7 @@ func (d *Daemon) bootStepsFrom(v *store.VM, rs *restoreSpec) []step {
 			}
 			return nil, nil
 		}},
-		{stageAgent, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageAgent, nil, func(ctx context.Context) (func(context.Context) error, error) {
 			h, err := d.waitAgent(ctx, *v)
 			if err != nil {
 				if ctx.Err() != nil {

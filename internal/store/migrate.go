@@ -136,6 +136,18 @@ CREATE UNIQUE INDEX vms_ip ON vms (ip) WHERE ip <> '';
 CREATE UNIQUE INDEX vms_tap ON vms (tap) WHERE tap <> '';
 CREATE INDEX vms_image ON vms (image);
 `},
+	{7, "a journal of the undos of multi-step operations, replayed at start-up after a crash", `
+CREATE TABLE journal (
+	op_id      TEXT NOT NULL,
+	seq        INTEGER NOT NULL,
+	op_kind    TEXT NOT NULL,
+	target     TEXT NOT NULL,
+	step       TEXT NOT NULL,
+	action     TEXT NOT NULL,
+	created_at TEXT NOT NULL,
+	PRIMARY KEY (op_id, seq)
+);
+`},
 }
 
 // LatestSchemaVersion is the id of the newest migration this binary knows.

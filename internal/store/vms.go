@@ -14,8 +14,9 @@ import (
 // VM lifecycle states stored in VM.State.
 const (
 	StateCreating = "creating"
-	// StateStarting: vm start launched the VMM; the guest has not answered
-	// SSH yet. A daemon that dies then leaves a VMM a new one kills.
+	// StateStarting: a vm start is under way (from its first step until the
+	// guest's agent answers). A daemon that dies then leaves what the
+	// journal undoes.
 	StateStarting = "starting"
 	StateRunning  = "running"
 	StateStopped  = "stopped"
