@@ -38,6 +38,13 @@ type env struct {
 	// as its child (banger update restarts the daemon): stopped by pid.
 	detached int
 	logPath  string
+	// owner, when not 0, is the uid bangerd and the CLI run as (system
+	// mode): as drops to it, helper is banger's root helper (as root)
+	// that does what needs root for that daemon, on helperSock.
+	owner      int
+	as         []string
+	helper     *exec.Cmd
+	helperSock string
 }
 
 func repoRoot(t *testing.T) string {
@@ -147,21 +154,62 @@ func newEnv(t *testing.T, extraConfig ...string) *env {
 
 // newEnvAt is newEnv running the binaries installed in bin.
 func newEnvAt(t *testing.T, bin string, extraConfig ...string) *env {
+	return newEnvAs(t, bin, 0, extraConfig...)
+}
+
+// newSystemEnv is newEnv in system mode: bangerd and the CLI run as uid
+// owner, unprivileged, and banger's root helper (bangerd root-helper,
+// root) makes the bridge, taps, rules and the guests' DNS port for it.
+func newSystemEnv(t *testing.T, owner int, extraConfig ...string) *env {
+	return newEnvAs(t, filepath.Join(repoRoot(t), "bin"), owner, extraConfig...)
+}
+
+func newEnvAs(t *testing.T, bin string, owner int, extraConfig ...string) *env {
 	t.Helper()
 	if os.Getuid() != 0 {
 		t.Skip("e2e needs root (network namespaces, taps)")
 	}
 	root := t.TempDir()
-	e := &env{t: t, root: root, bin: bin,
+	if owner != 0 {
+		// The owner must reach its own trees: a root it may traverse, and
+		// its XDG directories its own.
+		var err error
+		if root, err = os.MkdirTemp("", "banger-sys-"); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = os.RemoveAll(root) })
+		if err := os.Chmod(root, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range []string{"home", "run", "state", "config", "config/banger", "cache"} {
+			p := filepath.Join(root, d)
+			if err := os.MkdirAll(p, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Chown(p, owner, owner); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	e := &env{t: t, root: root, bin: bin, owner: owner,
 		ns: fmt.Sprintf("banger-e2e-%d-%d", os.Getpid(), envCount.Add(1))}
+	if owner != 0 {
+		id := strconv.Itoa(owner)
+		e.as = []string{"setpriv", "--reuid", id, "--regid", id, "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"}
+		e.helperSock = filepath.Join(root, "helper", "helper.sock")
+	}
 	for _, b := range []string{"banger", "bangerd"} {
 		if _, err := os.Stat(filepath.Join(e.bin, b)); err != nil {
 			t.Fatalf("%s not built (run make build): %v", b, err)
 		}
 	}
 	e.sock = filepath.Join(root, "run", "banger", "bangerd.sock")
+	home := root
+	if owner != 0 {
+		home = filepath.Join(root, "home")
+	}
 	e.vars = []string{
-		"HOME=" + root,
+		"HOME=" + home,
 		"XDG_RUNTIME_DIR=" + filepath.Join(root, "run"),
 		"XDG_STATE_HOME=" + filepath.Join(root, "state"),
 		"XDG_CONFIG_HOME=" + filepath.Join(root, "config"),
@@ -179,6 +227,11 @@ func newEnvAt(t *testing.T, bin string, extraConfig ...string) *env {
 	if err := os.WriteFile(filepath.Join(cfgDir, "config.toml"), []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	if owner != 0 {
+		if err := os.Chown(filepath.Join(cfgDir, "config.toml"), owner, owner); err != nil {
+			t.Fatal(err)
+		}
+	}
 
 	// The namespace: loopback only; banger adds its bridge and taps.
 	_ = exec.Command("ip", "netns", "delete", e.ns).Run()
@@ -194,9 +247,72 @@ func newEnvAt(t *testing.T, bin string, extraConfig ...string) *env {
 		t.Fatalf("lo up: %v: %s", err, out)
 	}
 	e.logPath = filepath.Join(root, "bangerd.log")
+	if owner != 0 {
+		e.startHelper(filepath.Join(cfgDir, "config.toml"))
+	}
 	e.startDaemon()
 	t.Cleanup(e.cleanup)
 	return e
+}
+
+// startHelper runs banger's root helper (as root) in the namespace, for
+// the owner's daemon, and waits for its socket; it is stopped (SIGTERM)
+// after everything else when the test ends.
+func (e *env) startHelper(config string) {
+	e.t.Helper()
+	logf, err := os.OpenFile(filepath.Join(e.root, "helper.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	cmd := exec.Command("ip", "netns", "exec", e.ns, filepath.Join(e.bin, "bangerd"), "root-helper",
+		"--owner", strconv.Itoa(e.owner), "--socket", e.helperSock, "--config", config)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	logf.Close()
+	e.helper = cmd
+	e.t.Cleanup(e.stopHelper) // cleanup stops it first, when it runs
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if _, err := os.Stat(e.helperSock); err == nil {
+			return
+		}
+		if time.Now().After(deadline) || !pidAlive(cmd.Process.Pid) {
+			b, _ := os.ReadFile(filepath.Join(e.root, "helper.log"))
+			e.t.Fatalf("the root helper did not listen on %s; its log:\n%s", e.helperSock, b)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stopHelper ends the root helper (SIGTERM, then SIGKILL) and reaps it.
+func (e *env) stopHelper() {
+	if e.helper == nil {
+		return
+	}
+	cmd := e.helper
+	e.helper = nil
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		_ = cmd.Process.Kill()
+		<-done
+	}
+}
+
+// helperLog is what the root helper logged.
+func (e *env) helperLog() string {
+	b, _ := os.ReadFile(filepath.Join(e.root, "helper.log"))
+	return string(b)
+}
+
+// inNS is the command prefix that runs a banger binary in the namespace,
+// as the owner in system mode.
+func (e *env) inNS() []string {
+	return append([]string{"ip", "netns", "exec", e.ns}, e.as...)
 }
 
 // startDaemon runs bangerd in the namespace and waits until it answers.
@@ -206,7 +322,11 @@ func (e *env) startDaemon() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	cmd := exec.Command("ip", "netns", "exec", e.ns, filepath.Join(e.bin, "bangerd"), "--foreground")
+	argv := append(e.inNS(), filepath.Join(e.bin, "bangerd"), "--foreground")
+	if e.owner != 0 {
+		argv = append(argv, "--root-helper", e.helperSock)
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = e.vars
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -214,7 +334,7 @@ func (e *env) startDaemon() {
 	}
 	logf.Close()
 	e.daemon = cmd
-	e.waitForDaemon(cmd.Process.Pid, "ip", "netns", "exec", e.ns)
+	e.waitForDaemon(cmd.Process.Pid, e.inNS()...)
 }
 
 // waitForDaemon waits until the daemon with pid answers on the socket,
@@ -309,6 +429,7 @@ func (e *env) cleanup() {
 		}
 		e.stopDaemon()
 	}
+	e.stopHelper()
 	// A VMM no record names (a leak the checker reported, or one a daemon
 	// lost) must not outlive the test either: its command line names the
 	// test's own directory.
@@ -368,8 +489,8 @@ func (e *env) assertNoLeaks(when string) {
 func (e *env) banger(args ...string) (stdout, stderr string, code int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	argv := append([]string{"netns", "exec", e.ns, filepath.Join(e.bin, "banger"), "--no-autostart"}, args...)
-	cmd := exec.CommandContext(ctx, "ip", argv...)
+	argv := append(append(e.inNS(), filepath.Join(e.bin, "banger"), "--no-autostart"), args...)
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Env = e.vars
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb

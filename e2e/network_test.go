@@ -158,10 +158,16 @@ func (in *internet) seen() []string {
 // lookup asks banger's host-side DNS listener (in the daemon's namespace).
 func lookup(t *testing.T, e *env, name string, qtype uint16) *dns.Msg {
 	t.Helper()
+	return lookupAt(t, e, "127.0.0.1:42069", name, qtype)
+}
+
+// lookupAt asks the DNS server at server, from the daemon's namespace.
+func lookupAt(t *testing.T, e *env, server, name string, qtype uint16) *dns.Msg {
+	t.Helper()
 	var conn net.Conn
 	inNS(t, e.ns, func() error {
 		var err error
-		conn, err = net.Dial("udp", "127.0.0.1:42069")
+		conn, err = net.Dial("udp", server)
 		return err
 	})
 	defer conn.Close()

@@ -15,6 +15,7 @@ import (
 
 	"banger/internal/config"
 	"banger/internal/daemon"
+	"banger/internal/privops"
 	"banger/internal/store"
 	"banger/internal/version"
 )
@@ -30,6 +31,8 @@ func run(args []string) int {
 		checkMigrations bool
 		showVersion     bool
 		noNetwork       bool
+		system          bool
+		rootHelper      string
 		code            int
 	)
 	cmd := &cobra.Command{
@@ -44,6 +47,12 @@ func run(args []string) int {
 				return nil
 			}
 			layout, err := config.LayoutFromEnv(os.Getenv)
+			if system {
+				layout, err = config.SystemLayout(os.Getenv)
+				if rootHelper == "" && os.Geteuid() != 0 {
+					rootHelper = privops.DefaultSocket
+				}
+			}
 			if err != nil {
 				return err
 			}
@@ -77,7 +86,7 @@ func run(args []string) int {
 
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			d, err := daemon.Open(ctx, daemon.Options{Layout: layout, Config: cfg, Logger: logger, WithoutNetwork: noNetwork})
+			d, err := daemon.Open(ctx, daemon.Options{Layout: layout, Config: cfg, Logger: logger, WithoutNetwork: noNetwork, RootHelper: rootHelper})
 			if err != nil {
 				return err
 			}
@@ -90,6 +99,9 @@ func run(args []string) int {
 	cmd.Flags().BoolVar(&checkMigrations, "check-migrations", false, "exit 0 if the database is up to date, 1 if migrations are pending, 2 if it is newer than this binary")
 	cmd.Flags().BoolVar(&showVersion, "version", false, "print the version and exit")
 	cmd.Flags().BoolVar(&noNetwork, "no-network", false, "serve without the bridge, tap pool, rules and DNS server (pulls and artifacts only; VMs started this way get a tap the slow way and no DNS)")
+	cmd.Flags().BoolVar(&system, "system", false, "system mode (banger system install): config in /etc/banger, state in /var/lib/banger, cache in /var/cache/banger, socket in /run/banger; unprivileged, through the root helper")
+	cmd.Flags().StringVar(&rootHelper, "root-helper", "", "socket of banger's root helper (bangerd root-helper), which does what needs root for this unprivileged daemon (default with --system when not root: "+privops.DefaultSocket+")")
+	cmd.AddCommand(rootHelperCmd())
 	cmd.SetArgs(args)
 	if err := cmd.Execute(); err != nil {
 		fmt.Fprintf(os.Stderr, "bangerd: %v\n", err)

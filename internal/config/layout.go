@@ -99,6 +99,31 @@ func layoutFrom(getenv func(string) string, uid int, exists func(string) bool) (
 	}, nil
 }
 
+// System-mode paths (banger system install): the owner daemon's
+// configuration, state, cache and socket.
+const (
+	SystemConfigDir  = "/etc/banger"
+	SystemStateDir   = "/var/lib/banger"
+	SystemCacheDir   = "/var/cache/banger"
+	SystemRuntimeDir = "/run/banger"
+)
+
+// SystemLayout is the layout of a system install: config in /etc/banger,
+// state in /var/lib/banger, cache in /var/cache/banger, the socket in
+// /run/banger (what the units' ConfigurationDirectory, StateDirectory,
+// CacheDirectory and RuntimeDirectory make). $BANGER_SOCKET still
+// overrides the socket.
+func SystemLayout(getenv func(string) string) (Layout, error) {
+	env := map[string]string{
+		"XDG_CONFIG_HOME": filepath.Dir(SystemConfigDir),
+		"XDG_STATE_HOME":  filepath.Dir(SystemStateDir),
+		"XDG_CACHE_HOME":  filepath.Dir(SystemCacheDir),
+		"XDG_RUNTIME_DIR": filepath.Dir(SystemRuntimeDir),
+		SocketEnv:         getenv(SocketEnv),
+	}
+	return layoutFrom(func(k string) string { return env[k] }, os.Getuid(), dirExists)
+}
+
 // xdgDir returns $name when it holds an absolute path (the XDG spec says
 // relative values are to be ignored) and $HOME/fallback otherwise.
 func xdgDir(getenv func(string) string, name, fallback string) (string, error) {

@@ -266,3 +266,18 @@ func TestEnsureRefusesUntrustedTreesForRoot(t *testing.T) {
 		t.Errorf("a world-writable directory: %v", err)
 	}
 }
+
+func TestSystemLayout(t *testing.T) {
+	l, err := SystemLayout(func(string) string { return "" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"config": "/etc/banger/config.toml", "state": "/var/lib/banger", "db": "/var/lib/banger/banger.db",
+		"cache": "/var/cache/banger", "runtime": "/run/banger", "socket": "/run/banger/bangerd.sock"}
+	got := map[string]string{"config": l.ConfigFile, "state": l.StateDir, "db": l.DBPath, "cache": l.CacheDir, "runtime": l.RuntimeDir, "socket": l.SocketPath}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("system %s = %q, want %q", k, got[k], w)
+		}
+	}
+}

@@ -12,6 +12,7 @@ import (
 
 	"banger/internal/config"
 	"banger/internal/forward"
+	"banger/internal/privops"
 	"banger/internal/rpc"
 	"banger/internal/store"
 	"banger/internal/system"
@@ -31,6 +32,11 @@ type Options struct {
 	// server, for tests of the RPC surface that must not touch the host's
 	// network. bangerd never sets it.
 	WithoutNetwork bool
+	// RootHelper, when set, is the socket of banger's root helper
+	// (`bangerd root-helper`): the bridge, taps, rules and the guests' DNS
+	// port are asked of it (system mode: this daemon runs as its owner,
+	// unprivileged). Empty: done in this process, which must be root.
+	RootHelper string
 }
 
 // Daemon is the root every service hangs off.
@@ -60,7 +66,11 @@ type Daemon struct {
 
 	pulls pullOnce
 
-	net            *network
+	net *network
+	// priv does what needs root (privops.Local in this process, or the
+	// root helper's client); viaHelper says it is the helper.
+	priv           privops.Ops
+	viaHelper      bool
 	withoutNetwork bool
 	agents         agentLocks
 	fwd            *forward.Manager
@@ -121,7 +131,12 @@ func Open(ctx context.Context, opts Options) (*Daemon, error) {
 		stateLock:   stateLock,
 		cgroupRoot:  firecracker.DefaultCgroupRoot,
 	}
-	d.net, err = newNetwork(opts.Config, opts.Logger, st)
+	d.priv = privops.Ops(privops.Local{})
+	if opts.RootHelper != "" {
+		d.priv = &privops.Client{SocketPath: opts.RootHelper}
+		d.viaHelper = true
+	}
+	d.net, err = newNetwork(opts.Config, opts.Logger, st, d.priv)
 	if err != nil {
 		st.Close()
 		stateLock.Close()

@@ -10,7 +10,6 @@ import (
 	"strings"
 
 	"banger/internal/api"
-	"banger/internal/hostnat"
 	"banger/internal/hostnet"
 	"banger/internal/store"
 )
@@ -97,8 +96,8 @@ func (d *Daemon) findLeaks(ctx context.Context) (api.LeaksResult, error) {
 		}
 		// Firewall rules: what the kernel holds against what the rows ask.
 		if _, spec, _, err := d.net.desired(ctx); err == nil {
-			if obs, err := hostnat.State(); err == nil {
-				for _, line := range obs.Diff(spec) {
+			if diff, err := d.priv.NATDiff(spec); err == nil {
+				for _, line := range diff {
 					add("rule", "", "%s", line)
 				}
 			}

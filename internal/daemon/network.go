@@ -15,6 +15,7 @@ import (
 	"banger/internal/dns"
 	"banger/internal/hostnat"
 	"banger/internal/hostnet"
+	"banger/internal/privops"
 	"banger/internal/resolved"
 	"banger/internal/store"
 	"banger/internal/system"
@@ -32,6 +33,7 @@ type network struct {
 	cfg   config.Config
 	log   *slog.Logger
 	store *store.Store
+	priv  privops.Ops // the bridge, taps, rules and port 53 are its
 
 	gateway netip.Addr
 	subnet  netip.Prefix
@@ -56,13 +58,13 @@ type network struct {
 	natErr error
 }
 
-func newNetwork(cfg config.Config, log *slog.Logger, st *store.Store) (*network, error) {
+func newNetwork(cfg config.Config, log *slog.Logger, st *store.Store, priv privops.Ops) (*network, error) {
 	gw, bits, err := hostnet.Gateway(cfg.BridgeCIDR)
 	if err != nil {
 		return nil, err
 	}
 	gateway := netip.MustParseAddr(gw)
-	return &network{cfg: cfg, log: log, store: st, gateway: gateway,
+	return &network{cfg: cfg, log: log, store: st, priv: priv, gateway: gateway,
 		subnet: netip.PrefixFrom(gateway, bits).Masked(), zone: dns.NewZone()}, nil
 }
 
@@ -81,13 +83,14 @@ func (n *network) start(ctx context.Context) (err error) {
 	if err := hostnet.CheckCIDR(n.cfg.BridgeCIDR, n.cfg.BridgeName); err != nil {
 		return err
 	}
-	if err := hostnet.EnsureBridge(n.cfg.BridgeName, n.cfg.BridgeCIDR); err != nil {
+	if err := n.priv.EnsureBridge(n.cfg.BridgeName, n.cfg.BridgeCIDR); err != nil {
 		return err
 	}
 	pool, err := hostnet.NewPool(n.cfg.BridgeName, n.cfg.TapPoolSize, n.log)
 	if err != nil {
 		return err
 	}
+	pool.UseLinks(n.priv)
 	n.mu.Lock()
 	n.pool = pool
 	n.mu.Unlock()
@@ -119,7 +122,14 @@ func (n *network) start(ctx context.Context) (err error) {
 		return fmt.Errorf("dns_listen: %w", err)
 	}
 	guestAddr := netip.AddrPortFrom(n.gateway, 53).String()
-	if err := n.server.Listen(guestAddr, true); err != nil {
+	pc, ln, err := n.priv.ListenDNS(guestAddr)
+	if err == nil {
+		if err = n.server.ListenOn(pc, ln, true); err != nil {
+			pc.Close()
+			ln.Close()
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("DNS for guests on the bridge address %s: %w (bridge_cidr sets the address)", guestAddr, err)
 	}
 	n.mu.Lock()
@@ -178,10 +188,10 @@ func (n *network) claimTap(fallback string) (string, error) {
 	if pool == nil {
 		// The daemon runs without its network (tests of the RPC surface):
 		// make the tap the slow way.
-		if err := hostnet.EnsureBridge(n.cfg.BridgeName, n.cfg.BridgeCIDR); err != nil {
+		if err := n.priv.EnsureBridge(n.cfg.BridgeName, n.cfg.BridgeCIDR); err != nil {
 			return "", err
 		}
-		return fallback, hostnet.CreateTap(fallback, n.cfg.BridgeName)
+		return fallback, n.priv.CreateTap(fallback, n.cfg.BridgeName)
 	}
 	return pool.Claim(fallback)
 }
@@ -237,7 +247,7 @@ func (n *network) sync(ctx context.Context) error {
 		return nil
 	}
 	if needForward && n.ipForward == "" {
-		wasOn, err := hostnat.EnableIPForward()
+		wasOn, err := n.priv.EnableIPForward()
 		if err != nil {
 			n.natErr = err
 			return err
@@ -247,7 +257,7 @@ func (n *network) sync(ctx context.Context) error {
 			n.ipForward = "already on"
 		}
 	}
-	err = hostnat.Sync(spec)
+	err = n.priv.SyncNAT(spec)
 	n.natErr = err
 	return err
 }
@@ -267,7 +277,7 @@ func (n *network) ensureRules(ctx context.Context) {
 	if err != nil {
 		return
 	}
-	if obs, err := hostnat.State(); err == nil && len(obs.Diff(spec)) == 0 {
+	if diff, err := n.priv.NATDiff(spec); err == nil && len(diff) == 0 {
 		return
 	}
 	if err := n.sync(ctx); err != nil {

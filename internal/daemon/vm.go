@@ -131,7 +131,7 @@ func (d *Daemon) releaseRuntime(ctx context.Context, v *store.VM) {
 		if tap == "" {
 			continue
 		}
-		if err := hostnet.DeleteTap(tap); err != nil {
+		if err := d.priv.DeleteTap(tap); err != nil {
 			d.log.Warn("delete tap", "vm", v.Name, "tap", tap, "err", err)
 		}
 	}

@@ -21,6 +21,7 @@ import (
 	"banger/internal/sshx"
 	"banger/internal/store"
 	"banger/internal/vmm"
+	"banger/internal/vmm/qemu"
 	"banger/internal/vmm/vmmcore"
 )
 
@@ -545,7 +546,7 @@ func (d *Daemon) bootStepsFrom(v *store.VM, rs *restoreSpec) []step {
 			}
 			undo := func(ctx context.Context) error {
 				v.Tap = ""
-				err := hostnet.DeleteTap(tap)
+				err := d.priv.DeleteTap(tap)
 				if uerr := d.store.UpdateVM(ctx, *v); uerr != nil && !api.IsCode(uerr, api.CodeNotFound) {
 					err = errors.Join(err, uerr)
 				}
@@ -633,6 +634,16 @@ func (d *Daemon) bootStepsFrom(v *store.VM, rs *restoreSpec) []step {
 					return err
 				}
 				return faultAfter(stageVMMLaunched)
+			}
+			if d.viaHelper && v.Tap != "" && drv.Name() == qemu.DriverName {
+				// This daemon may not attach to a tap: the root helper
+				// does, and QEMU inherits the descriptor.
+				tf, err := d.priv.OpenTap(v.Tap)
+				if err != nil {
+					return nil, fmt.Errorf("open tap %s through the root helper: %w", v.Tap, err)
+				}
+				defer tf.Close()
+				spec.TapFile = tf
 			}
 			handle, err = drv.Start(ctx, spec)
 			if err != nil {

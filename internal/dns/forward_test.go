@@ -25,7 +25,7 @@ type stubCounts struct {
 // reply builds its answer to r; nil means stay silent.
 func startStub(t *testing.T, reply func(r *miekg.Msg, tcp bool) *miekg.Msg) (string, *stubCounts) {
 	t.Helper()
-	pc, ln, err := bindPair("127.0.0.1:0")
+	pc, ln, err := BindPair("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}

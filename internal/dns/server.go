@@ -100,15 +100,28 @@ func New(opts Options) *Server {
 // for UDP and TCP; Addrs tells which. With forward, names outside the zone
 // are forwarded to the upstreams; without, they are REFUSED.
 func (s *Server) Listen(addr string, forward bool) error {
+	pc, ln, err := BindPair(addr)
+	if err != nil {
+		return err
+	}
+	if err := s.ListenOn(pc, ln, forward); err != nil {
+		pc.Close()
+		ln.Close()
+		return err
+	}
+	return nil
+}
+
+// ListenOn serves UDP on pc and TCP on ln, both bound to the same address
+// by someone else (banger's root helper binds port 53 for a daemon that
+// may not). With forward, as Listen.
+func (s *Server) ListenOn(pc net.PacketConn, ln net.Listener, forward bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return errors.New("dns: server is closed")
 	}
-	pc, ln, err := bindPair(addr)
-	if err != nil {
-		return err
-	}
+	addr := pc.LocalAddr().String()
 	h := handler{s: s, forward: forward}
 	l := &listener{
 		addr: pc.LocalAddr().(*net.UDPAddr).AddrPort(),
@@ -218,9 +231,9 @@ func (l *listener) stop() error {
 	return errors.Join(errs...)
 }
 
-// bindPair binds UDP and TCP on addr. With port 0 the TCP socket takes the
+// BindPair binds UDP and TCP on addr. With port 0 the TCP socket takes the
 // port the kernel chose for UDP, retrying a few times should it be taken.
-func bindPair(addr string) (net.PacketConn, net.Listener, error) {
+func BindPair(addr string) (net.PacketConn, net.Listener, error) {
 	host, port, err := net.SplitHostPort(addr)
 	if err == nil && host != "" {
 		_, err = netip.ParseAddr(host) // a name could resolve differently for UDP and TCP

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"sort"
 	"strings"
 
@@ -297,7 +298,7 @@ func SetTapOwner(name string, uid, gid int) error {
 	if err != nil {
 		return fmt.Errorf("give tap %s to uid %d: %w", name, uid, err)
 	}
-	ifr.SetUint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	ifr.SetUint16(tapFlags)
 	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
 		return fmt.Errorf("give tap %s to uid %d: attach: %w", name, uid, err)
 	}
@@ -308,4 +309,40 @@ func SetTapOwner(name string, uid, gid int) error {
 		return fmt.Errorf("give tap %s to gid %d: %w", name, gid, err)
 	}
 	return nil
+}
+
+// tapFlags are the flags CreateTap makes taps with; attaching to one
+// (TUNSETIFF) must repeat them.
+const tapFlags = unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR
+
+// OpenTap attaches to the existing TAP device name through /dev/net/tun
+// and returns the descriptor, to hand to a VMM that cannot open the
+// device itself (QEMU's -netdev tap,fd=N). The tap stays persistent when
+// the descriptor closes.
+func OpenTap(name string) (*os.File, error) {
+	if err := validIfName("tap", name); err != nil {
+		return nil, err
+	}
+	// TUNSETIFF would create a missing tap (gone again on close).
+	link, err := lookupLink(name)
+	if err != nil {
+		return nil, err
+	}
+	if link == nil || link.Type() != "tuntap" {
+		return nil, fmt.Errorf("open tap %s: no such tap", name)
+	}
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open tap %s: open /dev/net/tun: %w", name, err)
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err == nil {
+		ifr.SetUint16(tapFlags)
+		err = unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
+	}
+	if err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("open tap %s: attach: %w", name, err)
+	}
+	return os.NewFile(uintptr(fd), "tap:"+name), nil
 }

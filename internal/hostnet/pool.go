@@ -104,7 +104,25 @@ type Pool struct {
 	done      chan struct{}     // closed by Close: wakes a refill that backs off
 	refills   sync.WaitGroup    // the refill goroutine in flight
 	ops       sync.WaitGroup    // Start and Claim calls in flight
+	links     LinkOps           // how taps are made and removed
 }
+
+// LinkOps make and remove taps: this process (HostLinks) or, for a daemon
+// without CAP_NET_ADMIN, banger's root helper.
+type LinkOps interface {
+	CreateTap(name, bridge string) error
+	DeleteTap(name string) error
+}
+
+// HostLinks are CreateTap and DeleteTap in this process.
+type HostLinks struct{}
+
+func (HostLinks) CreateTap(name, bridge string) error { return CreateTap(name, bridge) }
+func (HostLinks) DeleteTap(name string) error         { return DeleteTap(name) }
+
+// UseLinks makes the pool create and delete its taps through l; call it
+// before Start.
+func (p *Pool) UseLinks(l LinkOps) { p.links = l }
 
 // NewPool returns a pool that will keep size idle taps attached to bridge.
 // size must be 0 (no pool: every Claim creates its tap cold) to
@@ -120,11 +138,16 @@ func NewPool(bridge string, size int, log *slog.Logger) (*Pool, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	// The namespace and the socket are this thread's: a handle opened
+	// "at" a namespace would enter it first, which a daemon without
+	// CAP_SYS_ADMIN (system mode) may not do even for its own.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	ns, err := netns.Get()
 	if err != nil {
 		return nil, fmt.Errorf("tap pool: get the current network namespace: %w", err)
 	}
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
 	if err == nil {
 		if err = h.SetSocketTimeout(netlinkTimeout); err != nil {
 			h.Close()
@@ -142,6 +165,7 @@ func NewPool(bridge string, size int, log *slog.Logger) (*Pool, error) {
 		nl:     h,
 		owned:  make(map[string]bool),
 		done:   make(chan struct{}),
+		links:  HostLinks{},
 	}, nil
 }
 
@@ -223,7 +247,7 @@ func (p *Pool) reclaim(ctx context.Context) error {
 			continue
 		}
 		if adopted < p.size {
-			if err := CreateTap(name, p.bridge); err != nil { // repairs master and up
+			if err := p.links.CreateTap(name, p.bridge); err != nil { // repairs master and up
 				p.log.Warn("tap pool: cannot reuse a leftover pool tap; deleting it", "tap", name, "err", err)
 			} else {
 				adopted++
@@ -234,7 +258,7 @@ func (p *Pool) reclaim(ctx context.Context) error {
 				continue
 			}
 		}
-		if err := DeleteTap(name); err != nil {
+		if err := p.links.DeleteTap(name); err != nil {
 			p.log.Warn("tap pool: cannot delete a leftover pool tap", "tap", name, "err", err)
 		}
 	}
@@ -288,7 +312,7 @@ func (p *Pool) Claim(fallback string) (name string, err error) {
 	if name, ok := p.claimIdle(fallback); ok {
 		return name, nil
 	}
-	if err := p.inNetns(func() error { return CreateTap(fallback, p.bridge) }); err != nil {
+	if err := p.inNetns(func() error { return p.links.CreateTap(fallback, p.bridge) }); err != nil {
 		return "", err
 	}
 	return fallback, nil
@@ -477,7 +501,7 @@ func (p *Pool) refill() {
 		}
 		tried := err == nil
 		if tried {
-			err = CreateTap(name, p.bridge)
+			err = p.links.CreateTap(name, p.bridge)
 		}
 		p.mu.Lock()
 		keep := err == nil && !p.closed
@@ -492,7 +516,7 @@ func (p *Pool) refill() {
 		if tried {
 			// The name was free before the create, so what is there now
 			// is a half-made (or, closed meanwhile, unwanted) pool tap.
-			if derr := DeleteTap(name); derr != nil {
+			if derr := p.links.DeleteTap(name); derr != nil {
 				p.log.Warn("tap pool: cannot delete a pool tap", "tap", name, "err", derr)
 			}
 		}
@@ -562,7 +586,7 @@ func (p *Pool) Close() error {
 	err := p.inNetns(func() error {
 		var errs []error
 		for _, name := range idle {
-			if err := DeleteTap(name); err != nil {
+			if err := p.links.DeleteTap(name); err != nil {
 				errs = append(errs, fmt.Errorf("tap pool: %w", err))
 			}
 		}

@@ -252,10 +252,12 @@ func (d *Driver) command(spec vmmcore.Spec, fdSets bool) ([]string, error) {
 		if spec.MAC != "" {
 			nic += ",mac=" + spec.MAC
 		}
-		argv = append(argv,
-			"-netdev", "tap,id=net0,ifname="+escapeOpt(spec.Tap)+",script=no,downscript=no",
-			"-device", nic,
-		)
+		netdev := "tap,id=net0,ifname=" + escapeOpt(spec.Tap) + ",script=no,downscript=no"
+		if spec.TapFile != nil {
+			// Inherited after the disks' descriptors (launchAndWait).
+			netdev = "tap,id=net0,fd=" + strconv.Itoa(nextFD)
+		}
+		argv = append(argv, "-netdev", netdev, "-device", nic)
 	}
 	if spec.IncomingState != "" {
 		// The state file is handed over once QEMU's monitor answers
@@ -417,6 +419,10 @@ func (d *Driver) launchAndWait(ctx context.Context, spec vmmcore.Spec, console *
 			return started{}, fmt.Errorf("start vm %s: open disks: %w", spec.Name, err)
 		}
 		defer closeAll(extra)
+	}
+	if spec.TapFile != nil {
+		// The caller's: it closes it.
+		extra = append(extra, spec.TapFile)
 	}
 	qmp := filepath.Join(spec.RuntimeDir, QMPSocketName)
 	vmmcore.MarkBoot(console, DriverName, argv)

@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -210,5 +211,28 @@ func TestCommandFDSets(t *testing.T) {
 	defer closeAll(files)
 	if len(files) != 4 {
 		t.Fatalf("diskFiles opened %d files, want 4", len(files))
+	}
+}
+
+// A tap handed over as a descriptor is inherited after the disks'.
+func TestCommandTapFile(t *testing.T) {
+	f, err := os.Open(os.DevNull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	spec := testSpec(t, []byte("kernel"))
+	spec.Tap, spec.TapFile = "bg-x", f
+	for _, tc := range []struct {
+		fdSets bool
+		want   string
+	}{{false, "tap,id=net0,fd=3"}, {true, "tap,id=net0,fd=7"}} {
+		argv, err := New(Config{}).command(spec, tc.fdSets)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := valueAfter(argv, "-netdev"); !slices.Equal(got, []string{tc.want}) {
+			t.Errorf("fd sets %v: -netdev %q, want %q", tc.fdSets, got, tc.want)
+		}
 	}
 }

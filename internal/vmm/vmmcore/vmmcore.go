@@ -53,6 +53,12 @@ type Spec struct {
 	// network device. MAC is the guest's address (optional).
 	Tap string
 	MAC string
+	// TapFile, when set, is a descriptor attached to Tap (privops.OpenTap)
+	// that QEMU is handed instead of opening the tap by name: a daemon
+	// without CAP_NET_ADMIN gets it from banger's root helper. The caller
+	// closes it once Start returns. Firecracker always opens its tap by
+	// name and ignores it.
+	TapFile *os.File
 	// RuntimeDir is a per-VM directory the driver owns while the VM runs:
 	// its API socket, agent socket and pid file live here.
 	RuntimeDir string

@@ -1,0 +1,147 @@
+// Package privops is the boundary between bangerd and the host operations
+// that need root: the bridge, taps, the firewall rules, IPv4 forwarding and
+// the DNS port guests ask. The daemon asks an Ops for each one and never
+// does them itself. Local does them in-process, for a daemon that runs as
+// root (user mode, today's default). In system mode bangerd runs as its
+// owner, unprivileged, and Client asks banger's root helper (`bangerd
+// root-helper`, Serve), a small root process that does only these typed
+// operations, only on banger's own bridge, taps and tables, and answers
+// only root and the owner's uid.
+//
+// Why a hand-written protocol: one JSON request and one JSON answer per
+// connection, with descriptors (a tap, the DNS sockets) passed beside the
+// answer with SCM_RIGHTS — which JSON-RPC over net/rpc or gRPC would not
+// carry without wrapping the socket anyway.
+package privops
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"banger/internal/api"
+	"banger/internal/dns"
+	"banger/internal/hostnat"
+	"banger/internal/hostnet"
+)
+
+// Ops are the privileged host operations bangerd needs.
+type Ops interface {
+	// EnsureBridge makes the bridge name with the gateway address of cidr,
+	// up (idempotent).
+	EnsureBridge(name, cidr string) error
+	// CreateTap makes (or repairs) a persistent tap attached to bridge.
+	CreateTap(name, bridge string) error
+	// DeleteTap removes a tap (a missing one is fine).
+	DeleteTap(name string) error
+	// OpenTap attaches to an existing tap and returns the descriptor a VMM
+	// is handed (QEMU's -netdev tap,fd=N), so a VMM that may not open
+	// /dev/net/tun still gets its network.
+	OpenTap(name string) (*os.File, error)
+	// SyncNAT makes banger's firewall tables exactly spec.
+	SyncNAT(spec hostnat.Spec) error
+	// NATDiff lists how the kernel's banger tables differ from spec
+	// (nothing: in place).
+	NATDiff(spec hostnat.Spec) ([]string, error)
+	// EnableIPForward turns IPv4 forwarding on, saying whether it was.
+	EnableIPForward() (wasOn bool, err error)
+	// ListenDNS binds UDP and TCP on addr (the bridge's gateway, port 53).
+	ListenDNS(addr string) (net.PacketConn, net.Listener, error)
+}
+
+// Local does the operations in this process; it needs root (or
+// CAP_NET_ADMIN and CAP_NET_BIND_SERVICE).
+type Local struct{}
+
+func (Local) EnsureBridge(name, cidr string) error { return hostnet.EnsureBridge(name, cidr) }
+func (Local) CreateTap(name, bridge string) error  { return hostnet.CreateTap(name, bridge) }
+func (Local) DeleteTap(name string) error          { return hostnet.DeleteTap(name) }
+func (Local) SyncNAT(spec hostnat.Spec) error      { return hostnat.Sync(spec) }
+func (Local) EnableIPForward() (bool, error)       { return hostnat.EnableIPForward() }
+
+func (Local) NATDiff(spec hostnat.Spec) ([]string, error) {
+	obs, err := hostnat.State()
+	if err != nil {
+		return nil, err
+	}
+	return obs.Diff(spec), nil
+}
+
+func (Local) OpenTap(name string) (*os.File, error) { return hostnet.OpenTap(name) }
+
+func (Local) ListenDNS(addr string) (net.PacketConn, net.Listener, error) { return dns.BindPair(addr) }
+
+// Policy is what the root helper lets its callers touch: banger's bridge
+// (name and subnet from the configuration), taps named like banger's, its
+// own firewall tables (always), and the DNS port on the bridge's gateway.
+type Policy struct {
+	Bridge     string
+	BridgeCIDR string
+	gateway    netip.Addr
+	subnet     netip.Prefix
+}
+
+// NewPolicy checks bridge and cidr the way the daemon does.
+func NewPolicy(bridge, cidr string) (Policy, error) {
+	gw, bits, err := hostnet.Gateway(cidr)
+	if err != nil {
+		return Policy{}, err
+	}
+	if bridge == "" {
+		return Policy{}, fmt.Errorf("root helper: no bridge name configured")
+	}
+	g := netip.MustParseAddr(gw)
+	return Policy{Bridge: bridge, BridgeCIDR: cidr, gateway: g, subnet: netip.PrefixFrom(g, bits).Masked()}, nil
+}
+
+func refuse(format string, args ...any) error {
+	return api.Errorf(api.CodeBadRequest, "root helper refuses: "+format, args...)
+}
+
+func (p Policy) checkBridge(name string) error {
+	if name != p.Bridge {
+		return refuse("bridge %q is not banger's (%q, bridge_name)", name, p.Bridge)
+	}
+	return nil
+}
+
+// checkTap accepts only names banger gives taps (hostnet.TapPrefix and
+// a valid interface name): never the host's own interfaces.
+func (p Policy) checkTap(name string) error {
+	if !strings.HasPrefix(name, hostnet.TapPrefix) || len(name) <= len(hostnet.TapPrefix) || len(name) > unix.IFNAMSIZ-1 ||
+		strings.ContainsAny(name, "/: \t\n\x00") {
+		return refuse("%q is not a banger tap name (%sNAME, at most %d bytes)", name, hostnet.TapPrefix, unix.IFNAMSIZ-1)
+	}
+	return nil
+}
+
+func (p Policy) checkSpec(spec hostnat.Spec) error {
+	if err := p.checkBridge(spec.Bridge); err != nil {
+		return err
+	}
+	if spec.Subnet != p.subnet || spec.Gateway != p.gateway {
+		return refuse("rules for %s via %s: banger's subnet is %s via %s (bridge_cidr)", spec.Subnet, spec.Gateway, p.subnet, p.gateway)
+	}
+	for _, vm := range spec.VMs {
+		if err := p.checkTap(vm.Tap); err != nil {
+			return err
+		}
+	}
+	return spec.Validate()
+}
+
+func (p Policy) checkDNS(addr string) error {
+	want := netip.AddrPortFrom(p.gateway, 53)
+	if ap, err := netip.ParseAddrPort(addr); err != nil || ap != want {
+		return refuse("DNS listener %q: banger's is %s (the bridge's gateway, port 53)", addr, want)
+	}
+	return nil
+}
+
+// DefaultSocket is where the root helper of a system install listens
+// (bangerd-root.service's RuntimeDirectory).
+const DefaultSocket = "/run/banger-root/helper.sock"

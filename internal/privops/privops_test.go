@@ -1,0 +1,358 @@
+package privops
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"banger/internal/api"
+	"banger/internal/hostnat"
+	"banger/internal/hostnet"
+	"banger/internal/netnstest"
+)
+
+// recorder stands in for the kernel behind the helper: it records what
+// it was asked and hands out real descriptors (a pipe for a tap, loopback
+// sockets for DNS), so the wire and the policy are tested without
+// touching the host.
+type recorder struct {
+	mu    sync.Mutex
+	calls []string
+	pipeR *os.File
+}
+
+func (r *recorder) rec(s string) {
+	r.mu.Lock()
+	r.calls = append(r.calls, s)
+	r.mu.Unlock()
+}
+
+func (r *recorder) seen() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.calls)
+}
+
+func (r *recorder) EnsureBridge(name, cidr string) error { r.rec("bridge " + name); return nil }
+func (r *recorder) CreateTap(name, bridge string) error  { r.rec("create " + name); return nil }
+func (r *recorder) DeleteTap(name string) error          { r.rec("delete " + name); return nil }
+func (r *recorder) SyncNAT(spec hostnat.Spec) error      { r.rec("sync"); return nil }
+func (r *recorder) EnableIPForward() (bool, error)       { r.rec("forward"); return true, nil }
+func (r *recorder) NATDiff(spec hostnat.Spec) ([]string, error) {
+	r.rec("diff")
+	return []string{"table missing"}, nil
+}
+
+func (r *recorder) OpenTap(name string) (*os.File, error) {
+	r.rec("open " + name)
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		return nil, err
+	}
+	r.pipeR = pr
+	return pw, nil
+}
+
+func (r *recorder) ListenDNS(addr string) (net.PacketConn, net.Listener, error) {
+	r.rec("dns " + addr)
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		return nil, nil, err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		pc.Close()
+		return nil, nil, err
+	}
+	return pc, ln, nil
+}
+
+func testPolicy(t *testing.T) Policy {
+	t.Helper()
+	p, err := NewPolicy("bgt0", "10.203.0.1/24")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func goodSpec() hostnat.Spec {
+	return hostnat.Spec{Bridge: "bgt0", Subnet: netip.MustParsePrefix("10.203.0.0/24"), Gateway: netip.MustParseAddr("10.203.0.1"),
+		VMs: []hostnat.VM{{Name: "web", Tap: "bg-pool-0001", IP: netip.MustParseAddr("10.203.0.2"), MAC: net.HardwareAddr{0x02, 0xbb, 10, 203, 0, 2}, NAT: true}}}
+}
+
+// TestPolicyRefusesWhatIsNotBangers: every operation refuses names,
+// addresses and rules outside banger's, before anything reaches the
+// kernel, with bad_request and the reason.
+func TestPolicyRefusesWhatIsNotBangers(t *testing.T) {
+	rec := &recorder{}
+	s := &Server{Ops: rec, Policy: testPolicy(t)}
+	otherBridge, otherSubnet, hostTap, noTaps := goodSpec(), goodSpec(), goodSpec(), goodSpec()
+	otherBridge.Bridge = "docker0"
+	otherSubnet.Subnet, otherSubnet.Gateway = netip.MustParsePrefix("192.168.1.0/24"), netip.MustParseAddr("192.168.1.1")
+	hostTap.VMs[0].Tap = "eth0"
+	noTaps.VMs = nil
+	for _, req := range []request{
+		{Op: opEnsureBridge, Name: "docker0", CIDR: "10.203.0.1/24"},
+		{Op: opEnsureBridge, Name: "bgt0", CIDR: "10.0.0.1/8"},
+		{Op: opCreateTap, Name: "eth0", Bridge: "bgt0"},
+		{Op: opCreateTap, Name: "bg-x", Bridge: "docker0"},
+		{Op: opCreateTap, Name: "bg-", Bridge: "bgt0"},
+		{Op: opCreateTap, Name: "bg-0123456789abcd", Bridge: "bgt0"},
+		{Op: opDeleteTap, Name: "lo"},
+		{Op: opDeleteTap, Name: "bg-a/../b"},
+		{Op: opDeleteTap, Name: "vethbg-1"},
+		{Op: opOpenTap, Name: "wlan0"},
+		{Op: opSyncNAT},
+		{Op: opSyncNAT, Spec: &otherBridge},
+		{Op: opSyncNAT, Spec: &otherSubnet},
+		{Op: opSyncNAT, Spec: &hostTap},
+		{Op: opNATDiff, Spec: &otherBridge},
+		{Op: opListenDNS, Addr: "0.0.0.0:53"},
+		{Op: opListenDNS, Addr: "10.203.0.1:5353"},
+		{Op: opListenDNS, Addr: "127.0.0.1:53"},
+	} {
+		resp, files := s.do(req)
+		if len(files) != 0 || resp.Error == nil || resp.Error.Code != api.CodeBadRequest || !strings.Contains(resp.Error.Message, "root helper refuses") {
+			t.Errorf("%+v: %+v (%d files), want a bad_request refusal", req, resp.Error, len(files))
+		}
+	}
+	if resp, _ := s.do(request{Op: "mount", Name: "/"}); resp.Error == nil || resp.Error.Code != api.CodeUnknownMethod {
+		t.Errorf("an unknown operation: %+v, want unknown_method", resp.Error)
+	}
+	if len(rec.calls) != 0 {
+		t.Errorf("refused requests reached the kernel: %q", rec.calls)
+	}
+	// And banger's own are done.
+	for _, req := range []request{
+		{Op: opEnsureBridge, Name: "bgt0", CIDR: "10.203.0.1/24"},
+		{Op: opCreateTap, Name: "bg-pool-0001", Bridge: "bgt0"},
+		{Op: opCreateTap, Name: "bg-3f2a9c01d4e5", Bridge: "bgt0"},
+		{Op: opDeleteTap, Name: "bg-3f2a9c01d4e5"},
+		{Op: opSyncNAT, Spec: &noTaps},
+	} {
+		if resp, _ := s.do(req); resp.Error != nil {
+			t.Errorf("%+v: %v", req, resp.Error)
+		}
+	}
+	want := []string{"bridge bgt0", "create bg-pool-0001", "create bg-3f2a9c01d4e5", "delete bg-3f2a9c01d4e5", "sync"}
+	if !slices.Equal(rec.calls, want) {
+		t.Errorf("calls %q, want %q", rec.calls, want)
+	}
+}
+
+// serve runs a helper with rec on a socket in a directory others may
+// enter; it ends with the test.
+func serve(t *testing.T, rec Ops, owner int) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "privops")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "helper.sock")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	s := &Server{Ops: rec, Policy: testPolicy(t), Owner: owner}
+	go func() { done <- s.Serve(ctx, sock) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if _, err := os.Stat(sock); err == nil {
+			if fi, _ := os.Stat(sock); fi.Sys().(*syscall.Stat_t).Uid == uint32(owner) {
+				return sock
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the helper did not listen within 5s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestClientGetsDescriptors: answers and the descriptors beside them
+// cross the socket — a tap's, and DNS's UDP and TCP sockets.
+func TestClientGetsDescriptors(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (the helper gives its socket to its owner)")
+	}
+	rec := &recorder{}
+	c := &Client{SocketPath: serve(t, rec, 0)}
+	f, err := c.OpenTap("bg-pool-0001")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write([]byte("frame")); err != nil {
+		t.Fatalf("the tap descriptor the client got does not work: %v", err)
+	}
+	f.Close()
+	got, _ := io.ReadAll(rec.pipeR)
+	if string(got) != "frame" {
+		t.Errorf("through the passed descriptor: %q, want frame", got)
+	}
+	pc, ln, err := c.ListenDNS("10.203.0.1:53")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	defer ln.Close()
+	conn, err := net.Dial("udp", pc.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Write([]byte("q"))
+	conn.Close()
+	buf := make([]byte, 4)
+	_ = pc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, _, err := pc.ReadFrom(buf); err != nil || string(buf[:n]) != "q" {
+		t.Errorf("the passed UDP socket: %q, %v", buf[:n], err)
+	}
+	if wasOn, err := c.EnableIPForward(); err != nil || !wasOn {
+		t.Errorf("EnableIPForward = %v, %v; want true (the recorder's)", wasOn, err)
+	}
+	diff, err := c.NATDiff(goodSpec())
+	if err != nil || !slices.Equal(diff, []string{"table missing"}) {
+		t.Errorf("NATDiff = %q, %v", diff, err)
+	}
+	if err := c.DeleteTap("eth0"); !api.IsCode(err, api.CodeBadRequest) {
+		t.Errorf("a refusal crosses the wire as %v, want bad_request", err)
+	}
+}
+
+// TestHelperAnswersOnlyRootAndItsOwner: another uid is refused by the
+// socket's mode and, were that loosened, by the helper itself
+// (SO_PEERCRED), with unauthorized.
+func TestHelperAnswersOnlyRootAndItsOwner(t *testing.T) {
+	if sock := os.Getenv("BANGER_PRIVOPS_CLIENT"); sock != "" {
+		// The child, running as another uid.
+		err := (&Client{SocketPath: sock}).CreateTap("bg-pool-0001", "bgt0")
+		fmt.Printf("RESULT code=%s err=%v\n", api.CodeOf(err), err)
+		return
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (to run a client as other uids)")
+	}
+	const owner, other = 4242, 4343
+	rec := &recorder{}
+	sock := serve(t, rec, owner)
+	// The test binary, where other uids may run it.
+	bin := filepath.Join(filepath.Dir(sock), "privops.test")
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	as := func(uid int) string {
+		t.Helper()
+		cmd := exec.Command(bin, "-test.run", "^TestHelperAnswersOnlyRootAndItsOwner$", "-test.count=1")
+		cmd.Env = append(os.Environ(), "BANGER_PRIVOPS_CLIENT="+sock)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("client as uid %d: %v\n%s", uid, err, out)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(line, "RESULT ") {
+				return line
+			}
+		}
+		t.Fatalf("client as uid %d printed no result:\n%s", uid, out)
+		return ""
+	}
+	if got := as(owner); !strings.Contains(got, "code= ") && !strings.HasSuffix(got, "err=<nil>") {
+		t.Errorf("the owner (uid %d): %s, want success", owner, got)
+	}
+	if got := as(other); !strings.Contains(got, "permission denied") {
+		t.Errorf("uid %d through the 0600 socket: %s, want permission denied", other, got)
+	}
+	if err := os.Chmod(sock, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if got := as(other); !strings.Contains(got, "code="+string(api.CodeUnauthorized)) || !strings.Contains(got, "uid 4343 may not use banger's root helper") {
+		t.Errorf("uid %d through a loosened socket: %s, want unauthorized", other, got)
+	}
+	if got, want := rec.seen(), []string{"create bg-pool-0001"}; !slices.Equal(got, want) {
+		t.Errorf("calls %q, want only the owner's %q", got, want)
+	}
+}
+
+// TestLocalThroughThePolicy does banger's operations for real, through
+// the helper's checks, in a network namespace of the test's own: bridge,
+// tap, a descriptor attached to it, rules, DNS on the gateway's port 53.
+func TestLocalThroughThePolicy(t *testing.T) {
+	netnstest.Fresh(t)
+	s := &Server{Ops: Local{}, Policy: testPolicy(t)}
+	do := func(req request) (response, []*os.File) {
+		t.Helper()
+		resp, files := s.do(req)
+		if resp.Error != nil {
+			t.Fatalf("%+v: %v", req, resp.Error)
+		}
+		return resp, files
+	}
+	do(request{Op: opEnsureBridge, Name: "bgt0", CIDR: "10.203.0.1/24"})
+	do(request{Op: opCreateTap, Name: "bg-pool-0001", Bridge: "bgt0"})
+	_, files := do(request{Op: opOpenTap, Name: "bg-pool-0001"})
+	if len(files) != 1 {
+		t.Fatalf("open_tap gave %d descriptors", len(files))
+	}
+	ifr, err := unix.NewIfreq("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.IoctlIfreq(int(files[0].Fd()), unix.TUNGETIFF, ifr); err != nil || ifr.Name() != "bg-pool-0001" {
+		t.Errorf("the descriptor is attached to %q (%v), want bg-pool-0001", ifr.Name(), err)
+	}
+	files[0].Close()
+	if l, err := netlink.LinkByName("bg-pool-0001"); err != nil {
+		t.Errorf("the tap went when its descriptor closed: %v", err)
+	} else if l.Attrs().MasterIndex == 0 {
+		t.Error("the tap is on no bridge")
+	}
+	spec := goodSpec()
+	if resp, _ := do(request{Op: opNATDiff, Spec: &spec}); len(resp.Diff) == 0 {
+		t.Error("nat_diff found nothing to do before the rules exist")
+	}
+	do(request{Op: opSyncNAT, Spec: &spec})
+	if resp, _ := do(request{Op: opNATDiff, Spec: &spec}); len(resp.Diff) != 0 {
+		t.Errorf("after sync_nat the rules still differ: %q", resp.Diff)
+	}
+	_, files = do(request{Op: opListenDNS, Addr: "10.203.0.1:53"})
+	if len(files) != 2 {
+		t.Fatalf("listen_dns gave %d descriptors, want 2", len(files))
+	}
+	for _, f := range files {
+		sa, err := unix.Getsockname(int(f.Fd()))
+		if in4, ok := sa.(*unix.SockaddrInet4); err != nil || !ok || in4.Port != 53 || netip.AddrFrom4(in4.Addr).String() != "10.203.0.1" {
+			t.Errorf("a DNS socket is bound to %+v (%v), want 10.203.0.1:53", sa, err)
+		}
+		f.Close()
+	}
+	do(request{Op: opDeleteTap, Name: "bg-pool-0001"})
+	if taps, _ := hostnet.ListTaps(hostnet.TapPrefix); len(taps) != 0 {
+		t.Errorf("taps left: %v", taps)
+	}
+}

@@ -1,0 +1,410 @@
+package privops
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"banger/internal/api"
+	"banger/internal/hostnat"
+)
+
+// Operation names on the wire.
+const (
+	opEnsureBridge    = "ensure_bridge"
+	opCreateTap       = "create_tap"
+	opDeleteTap       = "delete_tap"
+	opOpenTap         = "open_tap"
+	opSyncNAT         = "sync_nat"
+	opNATDiff         = "nat_diff"
+	opEnableIPForward = "enable_ip_forward"
+	opListenDNS       = "listen_dns"
+)
+
+// maxRequest bounds what the helper reads from a caller.
+const maxRequest = 1 << 20
+
+// request is one operation and its arguments.
+type request struct {
+	Op     string        `json:"op"`
+	Name   string        `json:"name,omitempty"`
+	Bridge string        `json:"bridge,omitempty"`
+	CIDR   string        `json:"cidr,omitempty"`
+	Addr   string        `json:"addr,omitempty"`
+	Spec   *hostnat.Spec `json:"spec,omitempty"`
+}
+
+// response is its outcome; descriptors travel beside it (SCM_RIGHTS), in
+// the order the operation documents.
+type response struct {
+	Error *api.Error `json:"error,omitempty"`
+	WasOn bool       `json:"was_on,omitempty"`
+	Diff  []string   `json:"diff,omitempty"`
+	FDs   int        `json:"fds,omitempty"`
+}
+
+// Server is the root helper: it serves Ops on a Unix socket to root and
+// the owner's uid only, after checking each request against Policy.
+type Server struct {
+	Ops    Ops
+	Policy Policy
+	// Owner is the uid of the daemon the helper serves (besides root).
+	Owner int
+	Log   *slog.Logger
+}
+
+// Serve listens on path (replacing a stale socket), gives the socket to
+// the owner (mode 0600: the kernel's check before SO_PEERCRED's), and
+// serves until ctx ends.
+func (s *Server) Serve(ctx context.Context, path string) error {
+	if s.Log == nil {
+		s.Log = slog.New(slog.DiscardHandler)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("root helper: remove stale socket %s: %w", path, err)
+	}
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		return fmt.Errorf("root helper: listen on %s: %w", path, err)
+	}
+	defer os.Remove(path)
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return err
+	}
+	if err := os.Chown(path, s.Owner, -1); err != nil {
+		ln.Close()
+		return fmt.Errorf("root helper: give %s to uid %d: %w", path, s.Owner, err)
+	}
+	s.Log.Info("root helper listening", "socket", path, "owner_uid", s.Owner, "bridge", s.Policy.Bridge)
+	var wg sync.WaitGroup
+	go func() {
+		<-ctx.Done()
+		ln.Close()
+	}()
+	for {
+		conn, err := ln.AcceptUnix()
+		if err != nil {
+			wg.Wait()
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer conn.Close()
+			s.handle(conn)
+		}()
+	}
+}
+
+func (s *Server) handle(conn *net.UnixConn) {
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	// The request is read (bounded) before anything is answered: closing
+	// a connection with unread data would reset it, and the caller would
+	// see that instead of the answer.
+	var req request
+	derr := json.NewDecoder(io.LimitReader(conn, maxRequest)).Decode(&req)
+	uid, err := peerUID(conn)
+	if err != nil {
+		s.reply(conn, response{Error: api.Errorf(api.CodeUnauthorized, "root helper: cannot tell who is calling: %v", err)}, nil)
+		return
+	}
+	if uid != 0 && uid != s.Owner {
+		s.Log.Warn("refused a caller", "uid", uid)
+		s.reply(conn, response{Error: api.Errorf(api.CodeUnauthorized, "uid %d may not use banger's root helper; it answers root and uid %d (banger's owner)", uid, s.Owner)}, nil)
+		return
+	}
+	if derr != nil {
+		s.reply(conn, response{Error: api.Errorf(api.CodeBadRequest, "root helper: unreadable request: %v", derr)}, nil)
+		return
+	}
+	resp, files := s.do(req)
+	for _, f := range files {
+		defer f.Close()
+	}
+	if resp.Error != nil {
+		s.Log.Warn("operation refused or failed", "op", req.Op, "uid", uid, "err", resp.Error.Message)
+	} else {
+		s.Log.Info("operation done", "op", req.Op, "uid", uid, "name", req.Name)
+	}
+	s.reply(conn, resp, files)
+}
+
+// do checks req against the policy, then carries it out.
+func (s *Server) do(req request) (response, []*os.File) {
+	fail := func(err error) (response, []*os.File) {
+		var ae *api.Error
+		if !errors.As(err, &ae) {
+			ae = api.Errorf(api.CodeOperationFailed, "%v", err)
+		}
+		return response{Error: ae}, nil
+	}
+	p := s.Policy
+	switch req.Op {
+	case opEnsureBridge:
+		if err := p.checkBridge(req.Name); err != nil {
+			return fail(err)
+		}
+		if req.CIDR != p.BridgeCIDR {
+			return fail(refuse("bridge address %q: banger's is %q (bridge_cidr)", req.CIDR, p.BridgeCIDR))
+		}
+		if err := s.Ops.EnsureBridge(req.Name, req.CIDR); err != nil {
+			return fail(err)
+		}
+	case opCreateTap, opDeleteTap, opOpenTap:
+		if err := p.checkTap(req.Name); err != nil {
+			return fail(err)
+		}
+		switch req.Op {
+		case opCreateTap:
+			if err := p.checkBridge(req.Bridge); err != nil {
+				return fail(err)
+			}
+			if err := s.Ops.CreateTap(req.Name, req.Bridge); err != nil {
+				return fail(err)
+			}
+		case opDeleteTap:
+			if err := s.Ops.DeleteTap(req.Name); err != nil {
+				return fail(err)
+			}
+		case opOpenTap:
+			f, err := s.Ops.OpenTap(req.Name)
+			if err != nil {
+				return fail(err)
+			}
+			return response{FDs: 1}, []*os.File{f}
+		}
+	case opSyncNAT, opNATDiff:
+		if req.Spec == nil {
+			return fail(refuse("%s without rules", req.Op))
+		}
+		if err := p.checkSpec(*req.Spec); err != nil {
+			return fail(err)
+		}
+		if req.Op == opSyncNAT {
+			if err := s.Ops.SyncNAT(*req.Spec); err != nil {
+				return fail(err)
+			}
+			break
+		}
+		diff, err := s.Ops.NATDiff(*req.Spec)
+		if err != nil {
+			return fail(err)
+		}
+		return response{Diff: diff}, nil
+	case opEnableIPForward:
+		wasOn, err := s.Ops.EnableIPForward()
+		if err != nil {
+			return fail(err)
+		}
+		return response{WasOn: wasOn}, nil
+	case opListenDNS:
+		if err := p.checkDNS(req.Addr); err != nil {
+			return fail(err)
+		}
+		pc, ln, err := s.Ops.ListenDNS(req.Addr)
+		if err != nil {
+			return fail(err)
+		}
+		defer pc.Close()
+		defer ln.Close()
+		uf, err := pc.(*net.UDPConn).File()
+		if err != nil {
+			return fail(err)
+		}
+		tf, err := ln.(*net.TCPListener).File()
+		if err != nil {
+			uf.Close()
+			return fail(err)
+		}
+		return response{FDs: 2}, []*os.File{uf, tf}
+	default:
+		return fail(api.Errorf(api.CodeUnknownMethod, "root helper: unknown operation %q", req.Op))
+	}
+	return response{}, nil
+}
+
+func (s *Server) reply(conn *net.UnixConn, resp response, files []*os.File) {
+	b, err := json.Marshal(resp)
+	if err != nil {
+		return
+	}
+	var oob []byte
+	if len(files) > 0 {
+		fds := make([]int, len(files))
+		for i, f := range files {
+			fds[i] = int(f.Fd())
+		}
+		oob = unix.UnixRights(fds...)
+	}
+	if _, _, err := conn.WriteMsgUnix(b, oob, nil); err != nil {
+		s.Log.Warn("answer a caller", "err", err)
+	}
+}
+
+// peerUID is the uid of the process at the other end of conn.
+func peerUID(conn *net.UnixConn) (int, error) {
+	raw, err := conn.SyscallConn()
+	if err != nil {
+		return 0, err
+	}
+	var cred *unix.Ucred
+	var serr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return 0, err
+	}
+	if serr != nil {
+		return 0, serr
+	}
+	return int(cred.Uid), nil
+}
+
+// Client asks the root helper listening on SocketPath.
+type Client struct {
+	SocketPath string
+	// Timeout bounds one operation (0: 30 s).
+	Timeout time.Duration
+}
+
+func (c *Client) call(req request) (response, []*os.File, error) {
+	timeout := c.Timeout
+	if timeout == 0 {
+		timeout = 30 * time.Second
+	}
+	conn, err := net.DialTimeout("unix", c.SocketPath, timeout)
+	if err != nil {
+		return response{}, nil, fmt.Errorf("banger's root helper (%s) does not answer: %w; is bangerd-root.service running? (banger system status)", c.SocketPath, err)
+	}
+	uc := conn.(*net.UnixConn)
+	defer uc.Close()
+	_ = uc.SetDeadline(time.Now().Add(timeout))
+	b, err := json.Marshal(req)
+	if err != nil {
+		return response{}, nil, err
+	}
+	if _, err := uc.Write(b); err != nil {
+		return response{}, nil, fmt.Errorf("root helper: send %s: %w", req.Op, err)
+	}
+	_ = uc.CloseWrite()
+	// The descriptors come with the answer's first bytes.
+	buf := make([]byte, 64<<10)
+	oob := make([]byte, unix.CmsgSpace(4*4))
+	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+	if err != nil {
+		return response{}, nil, fmt.Errorf("root helper: read the answer to %s: %w", req.Op, err)
+	}
+	files, ferr := filesFrom(oob[:oobn])
+	rest, err := io.ReadAll(io.LimitReader(uc, maxRequest))
+	if err == nil {
+		err = ferr
+	}
+	var resp response
+	if err == nil {
+		err = json.Unmarshal(append(buf[:n], rest...), &resp)
+	}
+	if err == nil && resp.Error != nil {
+		err = resp.Error
+	}
+	if err == nil && len(files) != resp.FDs {
+		err = fmt.Errorf("root helper: %s answered %d descriptors, want %d", req.Op, len(files), resp.FDs)
+	}
+	if err != nil {
+		for _, f := range files {
+			f.Close()
+		}
+		return response{}, nil, err
+	}
+	return resp, files, nil
+}
+
+func filesFrom(oob []byte) ([]*os.File, error) {
+	if len(oob) == 0 {
+		return nil, nil
+	}
+	msgs, err := unix.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, fmt.Errorf("root helper: control message: %w", err)
+	}
+	var files []*os.File
+	for _, m := range msgs {
+		fds, err := unix.ParseUnixRights(&m)
+		if err != nil {
+			continue
+		}
+		for _, fd := range fds {
+			unix.CloseOnExec(fd)
+			files = append(files, os.NewFile(uintptr(fd), "root-helper"))
+		}
+	}
+	return files, nil
+}
+
+func (c *Client) simple(req request) error {
+	_, _, err := c.call(req)
+	return err
+}
+
+func (c *Client) EnsureBridge(name, cidr string) error {
+	return c.simple(request{Op: opEnsureBridge, Name: name, CIDR: cidr})
+}
+
+func (c *Client) CreateTap(name, bridge string) error {
+	return c.simple(request{Op: opCreateTap, Name: name, Bridge: bridge})
+}
+
+func (c *Client) DeleteTap(name string) error { return c.simple(request{Op: opDeleteTap, Name: name}) }
+
+func (c *Client) SyncNAT(spec hostnat.Spec) error {
+	return c.simple(request{Op: opSyncNAT, Spec: &spec})
+}
+
+func (c *Client) NATDiff(spec hostnat.Spec) ([]string, error) {
+	resp, _, err := c.call(request{Op: opNATDiff, Spec: &spec})
+	return resp.Diff, err
+}
+
+func (c *Client) EnableIPForward() (bool, error) {
+	resp, _, err := c.call(request{Op: opEnableIPForward})
+	return resp.WasOn, err
+}
+
+func (c *Client) OpenTap(name string) (*os.File, error) {
+	_, files, err := c.call(request{Op: opOpenTap, Name: name})
+	if err != nil {
+		return nil, err
+	}
+	return files[0], nil
+}
+
+func (c *Client) ListenDNS(addr string) (net.PacketConn, net.Listener, error) {
+	_, files, err := c.call(request{Op: opListenDNS, Addr: addr})
+	if err != nil {
+		return nil, nil, err
+	}
+	defer files[0].Close()
+	defer files[1].Close()
+	pc, err := net.FilePacketConn(files[0])
+	if err != nil {
+		return nil, nil, err
+	}
+	ln, err := net.FileListener(files[1])
+	if err != nil {
+		pc.Close()
+		return nil, nil, err
+	}
+	return pc, ln, nil
+}
