@@ -10,6 +10,7 @@ import (
 
 	"banger/internal/config"
 	"banger/internal/rpc"
+	"banger/internal/sysinstall"
 	"banger/internal/system"
 )
 
@@ -22,6 +23,19 @@ func (a *App) client(ctx context.Context) (*rpc.Client, error) {
 	layout, err := config.LayoutFromEnv(a.Getenv)
 	if err != nil {
 		return nil, err
+	}
+	if a.socket == "" && a.Getenv(config.SocketEnv) == "" && sysinstall.Installed("") {
+		// Installed as a system service: that daemon, never one started
+		// here.
+		o, err := sysinstall.InstalledOwner("")
+		if err != nil {
+			return nil, err
+		}
+		c := sysinstall.Client(sysinstall.SystemSocket, o.UID)
+		if err := c.Call(ctx, "ping", nil, nil); err != nil {
+			return nil, fmt.Errorf("banger is installed as a system service, but bangerd does not answer on %s: %w; see banger system status", sysinstall.SystemSocket, err)
+		}
+		return c, nil
 	}
 	sock := layout.SocketPath
 	if a.socket != "" {

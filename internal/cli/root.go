@@ -56,6 +56,7 @@ by name. The CLI talks to bangerd, which it starts on demand.`,
 		newSnapshotCommand(app),
 		newSSHConfigCommand(app),
 		newUpdateCommand(app),
+		newSystemCommand(app),
 	)
 	root.CompletionOptions.HiddenDefaultCmd = false
 	return root

@@ -16,6 +16,8 @@ import (
 	"banger/internal/api"
 	"banger/internal/config"
 	"banger/internal/rpc"
+	"banger/internal/sysinstall"
+	"banger/internal/system"
 	"banger/internal/update"
 	"banger/internal/version"
 )
@@ -63,7 +65,7 @@ everything is rolled back. --rollback swaps the .previous binaries back.`,
 			opts := update.Options{
 				ManifestURL: manifestURL, To: to, DryRun: dryRun, Force: force,
 				InstallDir: dir, CurrentVersion: version.Version, PublicKey: version.UpdateKey,
-				StallTimeout: stall, Daemon: &userDaemon{layout: layout},
+				StallTimeout: stall, Daemon: pickDaemon(app, layout),
 				DoctorArgs: []string{"--socket", layout.SocketPath}, Log: app.Stdout,
 			}
 			ctx := cmd.Context()
@@ -237,4 +239,55 @@ func waitExit(ctx context.Context, pid int, limit time.Duration) error {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+// pickDaemon is the daemon an update restarts: the system service when
+// banger is installed as one (and no socket was named), else the user
+// daemon.
+func pickDaemon(app *App, layout config.Layout) update.Daemon {
+	if app.socket == "" && app.Getenv(config.SocketEnv) == "" && sysinstall.Installed("") {
+		if o, err := sysinstall.InstalledOwner(""); err == nil {
+			return &systemDaemon{owner: o.UID}
+		}
+	}
+	return &userDaemon{layout: layout}
+}
+
+// systemDaemon is bangerd.service: restarted by systemctl, with its
+// root helper (whose binary the update replaced too).
+type systemDaemon struct{ owner int }
+
+func (s *systemDaemon) client() *rpc.Client {
+	return sysinstall.Client(sysinstall.SystemSocket, s.owner)
+}
+
+func (s *systemDaemon) Running(ctx context.Context) (string, bool, error) {
+	var res api.PingResult
+	err := s.client().Call(ctx, "ping", nil, &res)
+	if errors.Is(err, rpc.ErrDaemonUnreachable) {
+		return "", false, nil
+	}
+	return res.Version, err == nil, err
+}
+
+func (s *systemDaemon) Operations(ctx context.Context) ([]api.OperationSummary, error) {
+	var res api.OperationsListResult
+	if err := s.client().Call(ctx, "daemon.operations.list", nil, &res); err != nil {
+		return nil, err
+	}
+	return res.Operations, nil
+}
+
+func (s *systemDaemon) Restart(ctx context.Context, want string) error {
+	if err := sysinstall.Restart(ctx, &system.Exec{}, sysinstall.SystemSocket, s.owner); err != nil {
+		return err
+	}
+	v, ok, err := s.Running(ctx)
+	if err != nil || !ok {
+		return fmt.Errorf("bangerd.service does not answer after its restart: %v", err)
+	}
+	if v != want {
+		return fmt.Errorf("bangerd.service answers as %s, not %s", v, want)
+	}
+	return nil
 }
