@@ -5,13 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
 	"banger/internal/api"
 	"banger/internal/config"
 	"banger/internal/doctor"
+	"banger/internal/privops"
 	"banger/internal/rpc"
+	"banger/internal/sysinstall"
 	"banger/internal/version"
 )
 
@@ -26,6 +29,16 @@ func newDoctorCommand(app *App) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			var helper func(context.Context) error
+			if app.socket == "" && app.Getenv(config.SocketEnv) == "" && sysinstall.Installed("") {
+				// A system install: its paths, its daemon, its helper.
+				if layout, err = config.SystemLayout(app.Getenv); err != nil {
+					return err
+				}
+				helper = func(context.Context) error {
+					return (&privops.Client{SocketPath: privops.DefaultSocket, Timeout: 5 * time.Second}).Ping()
+				}
+			}
 			if app.socket != "" {
 				layout.SocketPath = app.socket
 			}
@@ -36,7 +49,7 @@ func newDoctorCommand(app *App) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			env := doctor.Env{Layout: layout, Config: cfg, ClientVersion: version.Version,
+			env := doctor.Env{Layout: layout, Config: cfg, ClientVersion: version.Version, RootHelper: helper,
 				DaemonVersion: func(ctx context.Context) (string, error) {
 					// Asked only of a socket that passes the checks a
 					// command would make, and never started for it.

@@ -53,6 +53,9 @@ type Env struct {
 	// DaemonVersion asks the running bangerd its version; an error means
 	// none answers.
 	DaemonVersion func(ctx context.Context) (string, error)
+	// RootHelper asks banger's root helper whether it answers (system
+	// mode; nil in user mode, where there is none).
+	RootHelper func(ctx context.Context) error
 	// ClientVersion is this CLI's version.
 	ClientVersion string
 	// CheckKVM says whether /dev/kvm runs guests (vmm.CheckKVM).
@@ -154,6 +157,9 @@ func Run(ctx context.Context, e Env) []Check {
 	out = append(out, e.deviceMapper(), e.ipForward(), e.dnsRouting(), e.bridge(), e.firewall())
 	out = append(out, e.dirs()...)
 	out = append(out, e.socket(ctx), e.lock(), e.versions(ctx))
+	if e.RootHelper != nil {
+		out = append(out, e.rootHelper(ctx))
+	}
 	if c, ok := e.snapshots(ctx); ok {
 		out = append(out, c)
 	}
@@ -525,4 +531,14 @@ func (e *Env) lock() Check {
 			Fix: "harmless: the next bangerd takes the lock; rm " + p + " to tidy"}
 	}
 	return Check{Name: "lock", Status: Pass, Detail: fmt.Sprintf("held by bangerd pid %d", pid)}
+}
+
+// rootHelper is the system install's root helper: it must answer, and
+// answer this user (the owner).
+func (e *Env) rootHelper(ctx context.Context) Check {
+	if err := e.RootHelper(ctx); err != nil {
+		return Check{Name: "root helper", Status: Fail, Detail: err.Error(),
+			Fix: "sudo banger system restart; journalctl -u bangerd-root.service says why it stopped"}
+	}
+	return Check{Name: "root helper", Status: Pass, Detail: "bangerd-root.service answers (bridge, taps, rules and port 53 for the unprivileged daemon)"}
 }

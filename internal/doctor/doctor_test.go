@@ -171,6 +171,9 @@ func TestEachCheckFails(t *testing.T) {
 				return []byte("QEMU emulator version 7.2.22\n"), nil
 			}
 		}},
+		{"root helper down", "root helper", Fail, "does not answer", "sudo banger system restart", func(e *Env) {
+			e.RootHelper = func(context.Context) error { return errors.New("banger's root helper (/run/banger-root/helper.sock) does not answer") }
+		}},
 		{"no vmm", "vmm", Fail, "", "install QEMU", func(e *Env) {
 			e.Config.QEMUBin = "/nonexistent/qemu"
 		}},
@@ -279,5 +282,20 @@ func TestSnapshotsRow(t *testing.T) {
 		if c.Name == "snapshots" {
 			t.Errorf("a snapshots row without a daemon: %+v", c)
 		}
+	}
+}
+
+// The root helper row appears for a system install only, and passes when
+// the helper answers.
+func TestRootHelperRow(t *testing.T) {
+	e := testEnv(t)
+	for _, c := range Run(context.Background(), e) {
+		if c.Name == "root helper" {
+			t.Errorf("user mode shows a root helper row: %+v", c)
+		}
+	}
+	e.RootHelper = func(context.Context) error { return nil }
+	if c := find(t, Run(context.Background(), e), "root helper"); c.Status != Pass {
+		t.Errorf("root helper = %s: %s", c.Status, c.Detail)
 	}
 }

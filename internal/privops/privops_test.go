@@ -228,6 +228,9 @@ func TestClientGetsDescriptors(t *testing.T) {
 	if n, _, err := pc.ReadFrom(buf); err != nil || string(buf[:n]) != "q" {
 		t.Errorf("the passed UDP socket: %q, %v", buf[:n], err)
 	}
+	if err := c.Ping(); err != nil {
+		t.Errorf("Ping: %v", err)
+	}
 	if wasOn, err := c.EnableIPForward(); err != nil || !wasOn {
 		t.Errorf("EnableIPForward = %v, %v; want true (the recorder's)", wasOn, err)
 	}

@@ -28,6 +28,7 @@ const (
 	opNATDiff         = "nat_diff"
 	opEnableIPForward = "enable_ip_forward"
 	opListenDNS       = "listen_dns"
+	opPing            = "ping"
 )
 
 // maxRequest bounds what the helper reads from a caller.
@@ -204,6 +205,9 @@ func (s *Server) do(req request) (response, []*os.File) {
 			return fail(err)
 		}
 		return response{Diff: diff}, nil
+	case opPing:
+		// Answered once the caller passed the peer check: banger doctor
+		// asks whether the helper runs and takes the owner.
 	case opEnableIPForward:
 		wasOn, err := s.Ops.EnableIPForward()
 		if err != nil {
@@ -357,6 +361,9 @@ func (c *Client) simple(req request) error {
 	_, _, err := c.call(req)
 	return err
 }
+
+// Ping asks whether the helper answers (and answers the caller).
+func (c *Client) Ping() error { return c.simple(request{Op: opPing}) }
 
 func (c *Client) EnsureBridge(name, cidr string) error {
 	return c.simple(request{Op: opEnsureBridge, Name: name, CIDR: cidr})
