@@ -172,7 +172,9 @@ func TestEachCheckFails(t *testing.T) {
 			}
 		}},
 		{"root helper down", "root helper", Fail, "does not answer", "sudo banger system restart", func(e *Env) {
-			e.RootHelper = func(context.Context) error { return errors.New("banger's root helper (/run/banger-root/helper.sock) does not answer") }
+			e.RootHelper = func(context.Context) error {
+				return errors.New("banger's root helper (/run/banger-root/helper.sock) does not answer")
+			}
 		}},
 		{"no vmm", "vmm", Fail, "", "install QEMU", func(e *Env) {
 			e.Config.QEMUBin = "/nonexistent/qemu"
