@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -31,8 +32,13 @@ func rootHelperCmd() *cobra.Command {
 			if os.Geteuid() != 0 {
 				return fmt.Errorf("the root helper must run as root (it is bangerd-root.service in a system install)")
 			}
-			uid, err := ownerUID(owner)
+			uid, gid, err := ownerIDs(owner)
 			if err != nil {
+				return err
+			}
+			// The bridge and subnet in it bound what root does for the
+			// owner: only root may choose them.
+			if err := rootOnly(configFile); err != nil {
 				return err
 			}
 			cfg, err := config.Load(configFile, config.DetectHost())
@@ -49,7 +55,7 @@ func rootHelperCmd() *cobra.Command {
 			log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: parseLevel(cfg.LogLevel)}))
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			srv := &privops.Server{Ops: privops.Local{}, Policy: policy, Owner: uid, Log: log}
+			srv := &privops.Server{Ops: privops.Local{}, Policy: policy, Owner: uid, OwnerGID: gid, Log: log}
 			return srv.Serve(ctx, socket)
 		},
 	}
@@ -60,14 +66,42 @@ func rootHelperCmd() *cobra.Command {
 	return cmd
 }
 
-// ownerUID resolves a user name or a numeric uid.
-func ownerUID(owner string) (int, error) {
-	if n, err := strconv.Atoi(owner); err == nil && n >= 0 {
-		return n, nil
+// ownerIDs resolves a user name or a numeric uid to uid and primary gid
+// (-1: a uid with no passwd entry, whose taps get no group).
+func ownerIDs(owner string) (int, int, error) {
+	var u *user.User
+	var err error
+	if n, aerr := strconv.Atoi(owner); aerr == nil && n >= 0 {
+		if u, err = user.LookupId(owner); err != nil {
+			return n, -1, nil
+		}
+	} else if u, err = user.Lookup(owner); err != nil {
+		return 0, 0, fmt.Errorf("--owner %q: %w", owner, err)
 	}
-	u, err := user.Lookup(owner)
+	uid, err := strconv.Atoi(u.Uid)
 	if err != nil {
-		return 0, fmt.Errorf("--owner %q: %w", owner, err)
+		return 0, 0, err
 	}
-	return strconv.Atoi(u.Uid)
+	gid, err := strconv.Atoi(u.Gid)
+	if err != nil {
+		gid = -1
+	}
+	return uid, gid, nil
+}
+
+// rootOnly refuses a configuration file anyone but root could have
+// written (a missing one is fine: the defaults).
+func rootOnly(path string) error {
+	fi, err := os.Stat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || st.Uid != 0 || fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("%s must belong to root and be writable by root only (it bounds what the root helper does); chown root:root %s && chmod go-w %s", path, path, path)
+	}
+	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"banger/internal/config"
@@ -24,7 +25,7 @@ func (a *App) client(ctx context.Context) (*rpc.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	if a.socket == "" && a.Getenv(config.SocketEnv) == "" && sysinstall.Installed("") {
+	if usesSystemInstall(a) {
 		// Installed as a system service: that daemon, never one started
 		// here.
 		o, err := sysinstall.InstalledOwner("")
@@ -33,6 +34,9 @@ func (a *App) client(ctx context.Context) (*rpc.Client, error) {
 		}
 		c := sysinstall.Client(sysinstall.SystemSocket, o.UID)
 		if err := c.Call(ctx, "ping", nil, nil); err != nil {
+			if errors.Is(err, syscall.EACCES) && os.Getuid() != o.UID {
+				return nil, fmt.Errorf("banger runs here as a system service for %s (uid %d): only %s and root may use it (you are uid %d)", o.Name, o.UID, o.Name, os.Getuid())
+			}
 			return nil, fmt.Errorf("banger is installed as a system service, but bangerd does not answer on %s: %w; see banger system status", sysinstall.SystemSocket, err)
 		}
 		return c, nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"text/tabwriter"
 	"time"
 
@@ -30,49 +31,62 @@ func newDoctorCommand(app *App) *cobra.Command {
 				return err
 			}
 			var helper func(context.Context) error
-			if app.socket == "" && app.Getenv(config.SocketEnv) == "" && sysinstall.Installed("") {
-				// A system install: its paths, its daemon, its helper.
+			var owner *int
+			var also []int // uids trusted besides root and the caller
+			trust := func(uid int) bool { return uid == 0 || uid == os.Getuid() }
+			if usesSystemInstall(app) {
+				// A system install: its paths, its daemon (its owner's),
+				// its helper.
+				o, err := sysinstall.InstalledOwner("")
+				if err != nil {
+					return err
+				}
 				if layout, err = config.SystemLayout(app.Getenv); err != nil {
 					return err
 				}
+				owner = &o.UID
+				also = []int{o.UID}
+				trust = func(uid int) bool { return uid == 0 || uid == o.UID }
 				helper = func(context.Context) error {
-					return (&privops.Client{SocketPath: privops.DefaultSocket, Timeout: 5 * time.Second}).Ping()
+					return (&privops.Client{SocketPath: privops.DefaultSocket, Timeout: 5 * time.Second, DialWait: -1}).Ping()
 				}
 			}
 			if app.socket != "" {
 				layout.SocketPath = app.socket
 			}
+			client := func() *rpc.Client { return &rpc.Client{SocketPath: layout.SocketPath, TrustUID: trust} }
+			checkSock := func() error { return checkSocketDir(layout.SocketPath, also...) }
 			if leaks {
-				return runLeaks(cmd.Context(), app, layout, asJSON)
+				return runLeaks(cmd.Context(), app, layout, client(), checkSock, asJSON)
 			}
 			cfg, err := config.Load(layout.ConfigFile, config.DetectHost())
 			if err != nil {
 				return err
 			}
-			env := doctor.Env{Layout: layout, Config: cfg, ClientVersion: version.Version, RootHelper: helper,
+			env := doctor.Env{Layout: layout, Config: cfg, ClientVersion: version.Version, RootHelper: helper, Owner: owner,
 				DaemonVersion: func(ctx context.Context) (string, error) {
 					// Asked only of a socket that passes the checks a
 					// command would make, and never started for it.
-					if err := checkSocketDir(layout.SocketPath); err != nil {
+					if err := checkSock(); err != nil {
 						return "", err
 					}
 					var res api.PingResult
-					err := (&rpc.Client{SocketPath: layout.SocketPath}).Call(ctx, "ping", nil, &res)
+					err := client().Call(ctx, "ping", nil, &res)
 					return res.Version, err
 				},
 				Snapshots: func(ctx context.Context) ([]api.Snapshot, error) {
-					if err := checkSocketDir(layout.SocketPath); err != nil {
+					if err := checkSock(); err != nil {
 						return nil, err
 					}
 					var res api.SnapshotListResult
-					err := (&rpc.Client{SocketPath: layout.SocketPath}).Call(ctx, "snapshot.list", nil, &res)
+					err := client().Call(ctx, "snapshot.list", nil, &res)
 					return res.Snapshots, err
 				},
 				DaemonUID: func(ctx context.Context) (int, error) {
-					if err := checkSocketDir(layout.SocketPath); err != nil {
+					if err := checkSock(); err != nil {
 						return 0, err
 					}
-					return (&rpc.Client{SocketPath: layout.SocketPath}).PeerUID(ctx)
+					return client().PeerUID(ctx)
 				}}
 			checks := doctor.Run(cmd.Context(), env)
 			if asJSON {
@@ -104,12 +118,12 @@ func newDoctorCommand(app *App) *cobra.Command {
 
 // runLeaks asks the running daemon (never started for it: a starting
 // daemon sweeps what it finds) for daemon.leaks.
-func runLeaks(ctx context.Context, app *App, layout config.Layout, asJSON bool) error {
-	if err := checkSocketDir(layout.SocketPath); err != nil {
+func runLeaks(ctx context.Context, app *App, layout config.Layout, c *rpc.Client, checkSock func() error, asJSON bool) error {
+	if err := checkSock(); err != nil {
 		return err
 	}
 	var res api.LeaksResult
-	if err := (&rpc.Client{SocketPath: layout.SocketPath}).Call(ctx, "daemon.leaks", nil, &res); err != nil {
+	if err := c.Call(ctx, "daemon.leaks", nil, &res); err != nil {
 		if errors.Is(err, rpc.ErrDaemonUnreachable) {
 			return fmt.Errorf("bangerd is not running on %s: the leak check needs its records (any banger command starts it)", layout.SocketPath)
 		}

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"syscall"
 )
 
@@ -14,13 +15,14 @@ import (
 // to / (and, through symbolic links, the directories they lead to) must
 // belong to root or to the caller, and none may be writable by others
 // unless it is sticky, like /tmp (the socket's own directory never). A
-// directory that does not exist yet is the daemon's to make.
-func checkSocketDir(sock string) error {
+// directory that does not exist yet is the daemon's to make. also are
+// uids trusted besides root and the caller (a system install's owner).
+func checkSocketDir(sock string, also ...int) error {
 	dir := filepath.Dir(filepath.Clean(sock))
 	if _, err := os.Lstat(dir); errors.Is(err, fs.ErrNotExist) {
 		return nil
 	}
-	if err := checkDirChain(dir, dir); err != nil {
+	if err := checkDirChain(dir, dir, also...); err != nil {
 		return err
 	}
 	resolved, err := filepath.EvalSymlinks(dir)
@@ -28,12 +30,12 @@ func checkSocketDir(sock string) error {
 		return fmt.Errorf("check the directory of %s: %w", sock, err)
 	}
 	if resolved != dir {
-		return checkDirChain(resolved, resolved)
+		return checkDirChain(resolved, resolved, also...)
 	}
 	return nil
 }
 
-func checkDirChain(dir, own string) error {
+func checkDirChain(dir, own string, also ...int) error {
 	uid := os.Getuid()
 	for d := dir; ; d = filepath.Dir(d) {
 		fi, err := os.Lstat(d)
@@ -44,7 +46,7 @@ func checkDirChain(dir, own string) error {
 		if !ok {
 			return fmt.Errorf("check %s: no owner information", d)
 		}
-		if int(st.Uid) != 0 && int(st.Uid) != uid {
+		if int(st.Uid) != 0 && int(st.Uid) != uid && !slices.Contains(also, int(st.Uid)) {
 			return fmt.Errorf("refusing the bangerd socket in %s: %s belongs to uid %d, neither root nor you; remove it, or set XDG_RUNTIME_DIR or BANGER_SOCKET to a directory of yours", own, d, st.Uid)
 		}
 		if fi.Mode()&fs.ModeSymlink == 0 {

@@ -48,8 +48,19 @@ everything is rolled back. --rollback swaps the .previous binaries back.`,
 			if err != nil {
 				return err
 			}
+			systemMode := usesSystemInstall(app)
+			doctorArgs := []string{"--socket", layout.SocketPath}
+			if systemMode {
+				// The service's config and socket; the new banger doctor
+				// finds the system install by itself.
+				if layout, err = config.SystemLayout(app.Getenv); err != nil {
+					return err
+				}
+				doctorArgs = nil
+			}
 			if app.socket != "" {
 				layout.SocketPath = app.socket
+				doctorArgs = []string{"--socket", layout.SocketPath}
 			}
 			if manifestURL == "" && !rollback {
 				cfg, err := config.Load(layout.ConfigFile, config.DetectHost())
@@ -66,7 +77,7 @@ everything is rolled back. --rollback swaps the .previous binaries back.`,
 				ManifestURL: manifestURL, To: to, DryRun: dryRun, Force: force,
 				InstallDir: dir, CurrentVersion: version.Version, PublicKey: version.UpdateKey,
 				StallTimeout: stall, Daemon: pickDaemon(app, layout),
-				DoctorArgs: []string{"--socket", layout.SocketPath}, Log: app.Stdout,
+				DoctorArgs: doctorArgs, Log: app.Stdout,
 			}
 			ctx := cmd.Context()
 			switch {
@@ -245,7 +256,7 @@ func waitExit(ctx context.Context, pid int, limit time.Duration) error {
 // banger is installed as one (and no socket was named), else the user
 // daemon.
 func pickDaemon(app *App, layout config.Layout) update.Daemon {
-	if app.socket == "" && app.Getenv(config.SocketEnv) == "" && sysinstall.Installed("") {
+	if usesSystemInstall(app) {
 		if o, err := sysinstall.InstalledOwner(""); err == nil {
 			return &systemDaemon{owner: o.UID}
 		}
@@ -290,4 +301,10 @@ func (s *systemDaemon) Restart(ctx context.Context, want string) error {
 		return fmt.Errorf("bangerd.service answers as %s, not %s", v, want)
 	}
 	return nil
+}
+
+// usesSystemInstall says whether this CLI talks to a system install's
+// daemon: one is installed and no socket was named.
+func usesSystemInstall(app *App) bool {
+	return app.socket == "" && app.Getenv(config.SocketEnv) == "" && sysinstall.Installed("")
 }

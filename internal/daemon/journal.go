@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
 	"banger/internal/api"
+	"banger/internal/rootdisk"
 	"banger/internal/rpc"
 	"banger/internal/sshx"
 	"banger/internal/store"
@@ -56,6 +58,10 @@ const (
 	actFinishDelete = "finish_delete"
 	// actSetDiskSize records the work disk's new size once the disk has it.
 	actSetDiskSize = "set_disk_size"
+	// actUnfreeze puts a clone's source disk (Path) back as it was when
+	// the source's row never learnt of the layer (Layer) it was frozen
+	// into.
+	actUnfreeze = "unfreeze"
 )
 
 // journalAct is one recorded action (the JSON of a journal entry).
@@ -66,6 +72,7 @@ type journalAct struct {
 	Prefix bool     `json:"prefix,omitempty"`
 	Hosts  []string `json:"hosts,omitempty"`
 	Size   int64    `json:"size,omitempty"`
+	Layer  string   `json:"layer,omitempty"`
 }
 
 // journalOp records the actions of one running operation.
@@ -143,6 +150,7 @@ func (d *Daemon) replayJournal(ctx context.Context) {
 		es := ops[id]
 		kind, target := es[0].OpKind, es[0].Target
 		log := d.log.With("op_id", id, "kind", kind, "target", target)
+		failed := false
 		if !d.journalPending(ctx, kind, target) {
 			log.Info("journal: the operation had finished when the previous daemon stopped")
 		} else {
@@ -151,14 +159,22 @@ func (d *Daemon) replayJournal(ctx context.Context) {
 				var a journalAct
 				if err := json.Unmarshal([]byte(es[i].Action), &a); err != nil {
 					log.Error("journal: unreadable action", "step", es[i].Step, "err", err)
+					failed = true
 					continue
 				}
 				if err := d.replayAct(ctx, a); err != nil {
 					log.Error("journal: action failed", "step", es[i].Step, "do", a.Do, "err", err)
+					failed = true
 					continue
 				}
 				log.Info("journal: replayed", "step", es[i].Step, "do", a.Do, "vm", a.VM, "path", a.Path)
 			}
+		}
+		if failed {
+			// Every action is idempotent: the next start replays it all
+			// again (a root helper that was not up yet, say).
+			log.Warn("journal: kept for the next start, as an action failed")
+			continue
 		}
 		if err := d.store.JournalFinish(ctx, id); err != nil {
 			log.Error("journal: forget a replayed operation", "err", err)
@@ -193,7 +209,7 @@ func (d *Daemon) journalPending(ctx context.Context, kind, target string) bool {
 // may find its work done, or never begun.
 func (d *Daemon) replayAct(ctx context.Context, a journalAct) error {
 	switch a.Do {
-	case actDropRow, actKillVMM, actReleaseRuntime, actMarkStopped, actFinishDelete, actSetDiskSize:
+	case actDropRow, actKillVMM, actReleaseRuntime, actMarkStopped, actFinishDelete, actSetDiskSize, actUnfreeze:
 		if a.VM == "" {
 			return fmt.Errorf("journal action %q names no VM", a.Do)
 		}
@@ -245,6 +261,22 @@ func (d *Daemon) replayAct(ctx context.Context, a journalAct) error {
 	case actFinishDelete:
 		d.removeOrphanVM(ctx, v)
 		return nil
+	case actUnfreeze:
+		root, work, err := d.disksOf(v)
+		if err != nil {
+			return err
+		}
+		for _, disk := range []rootdisk.Disk{root, work} {
+			if disk.Path == a.Path && slices.Contains(disk.Chain, a.Layer) {
+				return nil // recorded: the layer is the source's now
+			}
+		}
+		for _, p := range []string{a.Path, a.Layer} {
+			if err := d.checkOwnPath(p); err != nil {
+				return err
+			}
+		}
+		return rootdisk.Unfreeze(a.Path, a.Layer)
 	case actSetDiskSize:
 		_, wd, err := d.disksOf(v)
 		if err != nil {
@@ -269,18 +301,8 @@ func (d *Daemon) replayAct(ctx context.Context, a journalAct) error {
 // other files.
 func (d *Daemon) removeOwnPath(p string, prefix bool) error {
 	p = filepath.Clean(p)
-	inside := false
-	for _, root := range []string{d.layout.StateDir, d.layout.CacheDir, d.layout.RuntimeDir} {
-		if root == "" {
-			continue
-		}
-		if rel, err := filepath.Rel(filepath.Clean(root), p); err == nil && rel != "." && !strings.HasPrefix(rel, "..") && !filepath.IsAbs(rel) {
-			inside = true
-			break
-		}
-	}
-	if !inside {
-		return fmt.Errorf("refusing to remove %s: not under banger's state, cache or runtime directory", p)
+	if err := d.checkOwnPath(p); err != nil {
+		return err
 	}
 	if !prefix {
 		return os.RemoveAll(p)
@@ -300,4 +322,24 @@ func (d *Daemon) removeOwnPath(p string, prefix bool) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// checkOwnPath refuses a path outside banger's state, cache and runtime
+// directories.
+func (d *Daemon) checkOwnPath(p string) error {
+	p = filepath.Clean(p)
+	inside := false
+	for _, root := range []string{d.layout.StateDir, d.layout.CacheDir, d.layout.RuntimeDir} {
+		if root == "" {
+			continue
+		}
+		if rel, err := filepath.Rel(filepath.Clean(root), p); err == nil && rel != "." && !strings.HasPrefix(rel, "..") && !filepath.IsAbs(rel) {
+			inside = true
+			break
+		}
+	}
+	if !inside {
+		return fmt.Errorf("refusing to touch %s: not under banger's state, cache or runtime directory", p)
+	}
+	return nil
 }

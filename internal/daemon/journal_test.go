@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/rootdisk"
 	"banger/internal/rpc"
 	"banger/internal/store"
 )
@@ -244,7 +246,7 @@ func TestJournalRemovesOnlyBangersPaths(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, p := range []string{outside, d.layout.StateDir, d.layout.StateDir + "/../escape", "/"} {
-		if err := d.replayAct(t.Context(), journalAct{Do: actRemovePath, Path: p}); err == nil || !strings.Contains(err.Error(), "refusing to remove") {
+		if err := d.replayAct(t.Context(), journalAct{Do: actRemovePath, Path: p}); err == nil || !strings.Contains(err.Error(), "refusing to touch") {
 			t.Errorf("remove_path %s: %v, want a refusal", p, err)
 		}
 	}
@@ -277,5 +279,116 @@ func TestJournalRemovesOnlyBangersPaths(t *testing.T) {
 	}
 	if err := d.replayAct(t.Context(), journalAct{Do: "format_disk"}); err == nil {
 		t.Error("an unknown action was accepted")
+	}
+}
+
+// TestJournalUnfreeze: a clone that froze its source's disk into a layer
+// and died before the source's row said so has the disk put back; one
+// whose row records the layer is left alone.
+func TestJournalUnfreeze(t *testing.T) {
+	if _, err := exec.LookPath("qemu-img"); err != nil {
+		t.Skipf("needs qemu-img: %v", err)
+	}
+	d := openArtifactDaemon(t)
+	ctx := context.Background()
+	base := filepath.Join(d.layout.ImagesDir, "img", "rootfs.ext4")
+	if err := os.MkdirAll(filepath.Dir(base), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(base, bytes.Repeat([]byte{0x5a}, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	src := store.VM{Name: "src", Image: "img", Kernel: "k", State: store.StateStopped, VCPU: 1, MemoryMiB: 256, DiskSizeBytes: 64 << 20, VMM: "qemu"}
+	if err := d.store.CreateVM(ctx, &src); err != nil {
+		t.Fatal(err)
+	}
+	dir := d.pathsFor(src.ID).dir
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	root, err := rootdisk.Create(ctx, d.runner, rootdisk.QCOW2, base, filepath.Join(dir, "root.qcow2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	src.RootDisk = encodeDisk(root)
+	if err := d.store.UpdateVM(ctx, src); err != nil {
+		t.Fatal(err)
+	}
+	before, err := os.ReadFile(root.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(d.layersDir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	layer := filepath.Join(d.layersDir(), "clone1-root")
+	act := journalAct{Do: actUnfreeze, VM: "src", Path: root.Path, Layer: layer}
+	clone := func(dst string) rootdisk.Disk {
+		t.Helper()
+		newSrc, _, err := rootdisk.Clone(ctx, d.runner, root, filepath.Join(t.TempDir(), dst), layer, "qemu")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return newSrc
+	}
+
+	clone("a.qcow2") // the row never learns of it
+	if err := d.replayAct(ctx, act); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := os.ReadFile(root.Path); !bytes.Equal(after, before) {
+		t.Error("the source's disk was not put back")
+	}
+	if _, err := os.Lstat(layer); !os.IsNotExist(err) {
+		t.Errorf("the layer is still there: %v", err)
+	}
+
+	newSrc := clone("b.qcow2") // this time the row records it
+	src.RootDisk = encodeDisk(newSrc)
+	if err := d.store.UpdateVM(ctx, src); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.replayAct(ctx, act); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(layer); err != nil {
+		t.Errorf("a layer the source's row records was removed: %v", err)
+	}
+	if after, _ := os.ReadFile(root.Path); bytes.Equal(after, before) {
+		t.Error("a recorded freeze was undone")
+	}
+	// Never a path outside banger's trees.
+	if err := d.replayAct(ctx, journalAct{Do: actUnfreeze, VM: "src", Path: "/etc/passwd", Layer: layer}); err == nil {
+		t.Error("unfreeze accepted a path outside banger's directories")
+	}
+}
+
+// TestJournalKeepsWhatFailed: an operation one of whose actions failed
+// stays in the journal for the next start; one that replayed goes.
+func TestJournalKeepsWhatFailed(t *testing.T) {
+	d := openArtifactDaemon(t)
+	ctx := context.Background()
+	scratch := filepath.Join(d.layout.CacheDir, "build", "scratch")
+	if err := os.MkdirAll(scratch, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	add := func(op string, a journalAct) {
+		b, _ := json.Marshal(a)
+		if err := d.store.JournalAppend(ctx, store.JournalEntry{OpID: op, Seq: 1, OpKind: journalVMSet, Target: "v", Step: "s", Action: string(b)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	add("op-bad", journalAct{Do: actRemovePath, Path: "/etc/banger-journal-test"})
+	add("op-good", journalAct{Do: actRemovePath, Path: scratch})
+	d.replayJournal(ctx)
+	es, err := d.store.Journal(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(es) != 1 || es[0].OpID != "op-bad" {
+		t.Errorf("after the replay the journal holds %+v, want only op-bad", es)
+	}
+	if _, err := os.Stat(scratch); !os.IsNotExist(err) {
+		t.Errorf("op-good's path is still there: %v", err)
 	}
 }

@@ -85,7 +85,8 @@ func (d *Daemon) findLeaks(ctx context.Context) (api.LeaksResult, error) {
 			}
 		}
 		if pool := d.net.tapPool(); pool != nil {
-			for _, t := range pool.Idle() {
+			// Idle, or being made or claimed right now.
+			for _, t := range pool.Owned() {
 				owned[t] = true
 			}
 		}

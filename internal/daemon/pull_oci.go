@@ -84,7 +84,7 @@ func (d *Daemon) planOCIPull(ctx context.Context, p api.ImagePullParams) (ociPla
 		return ociPlan{}, err
 	}
 	if os.Geteuid() != 0 {
-		return ociPlan{}, api.Errorf(api.CodeOperationFailed, "converting an OCI image needs root (to keep file owners and device nodes); run bangerd as root")
+		return ociPlan{}, api.Errorf(api.CodeOperationFailed, "converting an OCI image needs root (to keep file owners and device nodes), and this bangerd runs as uid %d: run bangerd as root (user mode); a system install's daemon is unprivileged, so convert with a root bangerd and banger image register the result", os.Geteuid())
 	}
 	return plan, nil
 }

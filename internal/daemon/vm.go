@@ -551,6 +551,7 @@ func (d *Daemon) vmSet(ctx context.Context, p api.VMSetParams) (api.VM, error) {
 		}
 		v.MemoryMiB = p.MemoryMiB
 	}
+	var grow *journalOp // a disk grow's, once it begins
 	if p.DiskSize != "" {
 		size, err := parseDiskSize(p.DiskSize)
 		if err != nil {
@@ -562,20 +563,23 @@ func (d *Daemon) vmSet(ctx context.Context, p api.VMSetParams) (api.VM, error) {
 		if size > v.DiskSizeBytes {
 			// A crash between growing the disk and recording it records
 			// it at the next start-up.
-			j := d.beginJournal("", journalVMSet, v.Name)
-			defer j.finish(ctx)
-			if err := j.record(ctx, "grow work disk", journalAct{Do: actSetDiskSize, VM: v.Name, Size: size}); err != nil {
+			grow = d.beginJournal("", journalVMSet, v.Name)
+			if err := grow.record(ctx, "grow work disk", journalAct{Do: actSetDiskSize, VM: v.Name, Size: size}); err != nil {
 				return api.VM{}, err
 			}
 			if err := d.growWorkDisk(ctx, v, size); err != nil {
+				grow.finish(ctx) // nothing grew
 				return api.VM{}, err
 			}
 			v.DiskSizeBytes = size
 		}
 	}
-	if err := d.store.UpdateVM(ctx, v); err != nil {
+	// Recorded even when the caller left: the disk has grown. Should
+	// this fail, the journal records the size at the next start-up.
+	if err := d.store.UpdateVM(context.WithoutCancel(ctx), v); err != nil {
 		return api.VM{}, err
 	}
+	grow.finish(ctx)
 	v, err = d.store.GetVM(ctx, v.Name)
 	return d.apiVM(v), err
 }

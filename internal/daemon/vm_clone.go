@@ -86,6 +86,11 @@ func (d *Daemon) runClone(ctx context.Context, op *vmCreateOp, srcName string, v
 			return rootdisk.Disk{}, spaceError(err)
 		}
 		layer := filepath.Join(d.layersDir(), vm.ID+"-"+which)
+		// Clone may freeze the source's disk into the layer, which the
+		// source's row then records: a crash in between puts it back.
+		if err := op.journal.record(ctx, "clone "+which+" disk", journalAct{Do: actUnfreeze, VM: src.Name, Path: from.Path, Layer: layer}); err != nil {
+			return rootdisk.Disk{}, err
+		}
 		newSrc, dst, err := rootdisk.Clone(ctx, d.runner, from, dstPath, layer, src.VMM)
 		if err != nil {
 			return rootdisk.Disk{}, spaceError(err)

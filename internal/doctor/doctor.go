@@ -53,6 +53,9 @@ type Env struct {
 	// DaemonVersion asks the running bangerd its version; an error means
 	// none answers.
 	DaemonVersion func(ctx context.Context) (string, error)
+	// Owner is the uid banger's directories and socket must belong to
+	// (nil: the user running doctor; a system install's owner otherwise).
+	Owner *int
 	// RootHelper asks banger's root helper whether it answers (system
 	// mode; nil in user mode, where there is none).
 	RootHelper func(ctx context.Context) error
@@ -366,8 +369,8 @@ func (e *Env) dirs() []Check {
 		switch {
 		case !fi.IsDir():
 			out = append(out, Check{Name: d.name, Status: Fail, Detail: d.path + " is not a directory", Fix: "move it away; bangerd makes the directory"})
-		case st != nil && int(st.Uid) != os.Getuid():
-			out = append(out, Check{Name: d.name, Status: Fail, Detail: fmt.Sprintf("%s belongs to uid %d, not you", d.path, st.Uid), Fix: "remove it, or point the XDG variables elsewhere"})
+		case st != nil && int(st.Uid) != e.owner():
+			out = append(out, Check{Name: d.name, Status: Fail, Detail: fmt.Sprintf("%s belongs to uid %d, not %s", d.path, st.Uid, e.ownerName()), Fix: "remove it, or point the XDG variables elsewhere"})
 		case fi.Mode().Perm()&0o077 != 0:
 			out = append(out, Check{Name: d.name, Status: Fail, Detail: fmt.Sprintf("%s has mode %04o; others can enter it", d.path, fi.Mode().Perm()), Fix: "chmod 700 " + d.path})
 		default:
@@ -541,4 +544,19 @@ func (e *Env) rootHelper(ctx context.Context) Check {
 			Fix: "sudo banger system restart; journalctl -u bangerd-root.service says why it stopped"}
 	}
 	return Check{Name: "root helper", Status: Pass, Detail: "bangerd-root.service answers (bridge, taps, rules and port 53 for the unprivileged daemon)"}
+}
+
+// owner is the uid banger's files must belong to.
+func (e *Env) owner() int {
+	if e.Owner != nil {
+		return *e.Owner
+	}
+	return os.Getuid()
+}
+
+func (e *Env) ownerName() string {
+	if e.Owner != nil && *e.Owner != os.Getuid() {
+		return fmt.Sprintf("the system install's owner (uid %d)", *e.Owner)
+	}
+	return "you"
 }

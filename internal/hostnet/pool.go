@@ -364,7 +364,9 @@ func (p *Pool) discard(poolTap string, idx int) {
 	if err != nil || l.Type() != "tuntap" {
 		return
 	}
-	if err := p.nl.LinkDel(l); err != nil {
+	// By the name the index has now, through the pool's LinkOps (a
+	// daemon without CAP_NET_ADMIN asks its root helper).
+	if err := p.links.DeleteTap(l.Attrs().Name); err != nil {
 		p.log.Warn("tap pool: cannot delete a pool tap", "pool_tap", poolTap, "ifindex", idx, "err", err)
 	}
 }
@@ -414,17 +416,22 @@ func (p *Pool) check(poolTap string) (int, error) {
 		p.brIndex = br.Attrs().Index
 		p.mu.Unlock()
 		if link.Attrs().MasterIndex != br.Attrs().Index {
-			if err := p.nl.LinkSetMaster(link, br); err != nil {
-				return idx, fmt.Errorf("attach tap %s to bridge %s: %w", poolTap, p.bridge, err)
-			}
+			return idx, p.repair(poolTap)
 		}
 	}
 	if link.Attrs().Flags&net.FlagUp == 0 {
-		if err := p.nl.LinkSetUp(link); err != nil {
-			return idx, fmt.Errorf("set tap %s up: %w", poolTap, err)
-		}
+		return idx, p.repair(poolTap)
 	}
 	return idx, nil
+}
+
+// repair re-enslaves poolTap to the bridge and sets it up: CreateTap of an
+// existing tap does both, through the pool's LinkOps.
+func (p *Pool) repair(poolTap string) error {
+	if err := p.links.CreateTap(poolTap, p.bridge); err != nil {
+		return fmt.Errorf("repair pool tap %s (bridge %s, up): %w", poolTap, p.bridge, err)
+	}
+	return nil
 }
 
 // lookup is lookupLink over p.nl: the link called name in the pool's
@@ -557,6 +564,20 @@ func (p *Pool) Idle() []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	out := slices.Clone(p.idle)
+	slices.Sort(out)
+	return out
+}
+
+// Owned returns, sorted, every pool name the pool accounts for now: idle
+// taps, and the ones it is creating or handing to a claim (which exist
+// on the host before they are idle or recorded by a VM).
+func (p *Pool) Owned() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]string, 0, len(p.owned))
+	for n := range p.owned {
+		out = append(out, n)
+	}
 	slices.Sort(out)
 	return out
 }

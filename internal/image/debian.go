@@ -94,7 +94,7 @@ func BuildDebianBookworm(ctx context.Context, r Runner, opts BuildOptions) (Mani
 		return Manifest{}, fmt.Errorf("build image %s: %w", DebianBookwormName, err)
 	}
 	if os.Geteuid() != 0 {
-		return Manifest{}, fmt.Errorf("build image %s: needs root (mmdebstrap installs packages as root); run bangerd as root", DebianBookwormName)
+		return Manifest{}, fmt.Errorf("build image %s: needs root (mmdebstrap installs packages as root), and this bangerd runs as uid %d: run bangerd as root (user mode); a system install's daemon is unprivileged, so build the image with a root bangerd and banger image register its rootfs.ext4", DebianBookwormName, os.Geteuid())
 	}
 	if opts.Progress == nil {
 		opts.Progress = func(string) {}

@@ -53,6 +53,14 @@ type Ops interface {
 	ListenDNS(addr string) (net.PacketConn, net.Listener, error)
 }
 
+// HelperOps are what the root helper does: Ops, and giving the taps it
+// makes to the owner (SetTapOwner: a VMM running as that user may then
+// attach to one by name, as Firecracker does). Callers never ask it.
+type HelperOps interface {
+	Ops
+	SetTapOwner(name string, uid, gid int) error
+}
+
 // Local does the operations in this process; it needs root (or
 // CAP_NET_ADMIN and CAP_NET_BIND_SERVICE).
 type Local struct{}
@@ -60,8 +68,11 @@ type Local struct{}
 func (Local) EnsureBridge(name, cidr string) error { return hostnet.EnsureBridge(name, cidr) }
 func (Local) CreateTap(name, bridge string) error  { return hostnet.CreateTap(name, bridge) }
 func (Local) DeleteTap(name string) error          { return hostnet.DeleteTap(name) }
-func (Local) SyncNAT(spec hostnat.Spec) error      { return hostnat.Sync(spec) }
-func (Local) EnableIPForward() (bool, error)       { return hostnat.EnableIPForward() }
+func (Local) SetTapOwner(name string, uid, gid int) error {
+	return hostnet.SetTapOwner(name, uid, gid)
+}
+func (Local) SyncNAT(spec hostnat.Spec) error { return hostnat.Sync(spec) }
+func (Local) EnableIPForward() (bool, error)  { return hostnat.EnableIPForward() }
 
 func (Local) NATDiff(spec hostnat.Spec) ([]string, error) {
 	obs, err := hostnat.State()

@@ -50,8 +50,12 @@ func (r *recorder) seen() []string {
 func (r *recorder) EnsureBridge(name, cidr string) error { r.rec("bridge " + name); return nil }
 func (r *recorder) CreateTap(name, bridge string) error  { r.rec("create " + name); return nil }
 func (r *recorder) DeleteTap(name string) error          { r.rec("delete " + name); return nil }
-func (r *recorder) SyncNAT(spec hostnat.Spec) error      { r.rec("sync"); return nil }
-func (r *recorder) EnableIPForward() (bool, error)       { r.rec("forward"); return true, nil }
+func (r *recorder) SetTapOwner(name string, uid, gid int) error {
+	r.rec(fmt.Sprintf("owner %s %d:%d", name, uid, gid))
+	return nil
+}
+func (r *recorder) SyncNAT(spec hostnat.Spec) error { r.rec("sync"); return nil }
+func (r *recorder) EnableIPForward() (bool, error)  { r.rec("forward"); return true, nil }
 func (r *recorder) NATDiff(spec hostnat.Spec) ([]string, error) {
 	r.rec("diff")
 	return []string{"table missing"}, nil
@@ -157,7 +161,7 @@ func TestPolicyRefusesWhatIsNotBangers(t *testing.T) {
 
 // serve runs a helper with rec on a socket in a directory others may
 // enter; it ends with the test.
-func serve(t *testing.T, rec Ops, owner int) string {
+func serve(t *testing.T, rec HelperOps, owner int) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "privops")
 	if err != nil {
@@ -170,7 +174,7 @@ func serve(t *testing.T, rec Ops, owner int) string {
 	sock := filepath.Join(dir, "helper.sock")
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	s := &Server{Ops: rec, Policy: testPolicy(t), Owner: owner}
+	s := &Server{Ops: rec, Policy: testPolicy(t), Owner: owner, OwnerGID: owner}
 	go func() { done <- s.Serve(ctx, sock) }()
 	t.Cleanup(func() {
 		cancel()
@@ -297,7 +301,7 @@ func TestHelperAnswersOnlyRootAndItsOwner(t *testing.T) {
 	if got := as(other); !strings.Contains(got, "code="+string(api.CodeUnauthorized)) || !strings.Contains(got, "uid 4343 may not use banger's root helper") {
 		t.Errorf("uid %d through a loosened socket: %s, want unauthorized", other, got)
 	}
-	if got, want := rec.seen(), []string{"create bg-pool-0001"}; !slices.Equal(got, want) {
+	if got, want := rec.seen(), []string{"create bg-pool-0001", "owner bg-pool-0001 4242:4242"}; !slices.Equal(got, want) {
 		t.Errorf("calls %q, want only the owner's %q", got, want)
 	}
 }

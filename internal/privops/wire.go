@@ -56,11 +56,13 @@ type response struct {
 // Server is the root helper: it serves Ops on a Unix socket to root and
 // the owner's uid only, after checking each request against Policy.
 type Server struct {
-	Ops    Ops
+	Ops    HelperOps
 	Policy Policy
-	// Owner is the uid of the daemon the helper serves (besides root).
-	Owner int
-	Log   *slog.Logger
+	// Owner is the uid of the daemon the helper serves (besides root);
+	// OwnerGID its group. Taps the helper makes are theirs.
+	Owner    int
+	OwnerGID int
+	Log      *slog.Logger
 }
 
 // Serve listens on path (replacing a stale socket), gives the socket to
@@ -176,6 +178,13 @@ func (s *Server) do(req request) (response, []*os.File) {
 			if err := s.Ops.CreateTap(req.Name, req.Bridge); err != nil {
 				return fail(err)
 			}
+			if s.Owner != 0 {
+				// The owner's VMMs attach by name where they can
+				// (Firecracker); QEMU gets a descriptor anyway.
+				if err := s.Ops.SetTapOwner(req.Name, s.Owner, s.OwnerGID); err != nil {
+					return fail(err)
+				}
+			}
 		case opDeleteTap:
 			if err := s.Ops.DeleteTap(req.Name); err != nil {
 				return fail(err)
@@ -282,6 +291,19 @@ type Client struct {
 	SocketPath string
 	// Timeout bounds one operation (0: 30 s).
 	Timeout time.Duration
+	// DialWait is how long a socket that is not there yet (or refuses)
+	// is retried (0: 10 s; negative: not at all).
+	DialWait time.Duration
+}
+
+func (c *Client) dialWait() time.Duration {
+	switch {
+	case c.DialWait < 0:
+		return 0
+	case c.DialWait == 0:
+		return 10 * time.Second
+	}
+	return c.DialWait
 }
 
 func (c *Client) call(req request) (response, []*os.File, error) {
@@ -289,7 +311,17 @@ func (c *Client) call(req request) (response, []*os.File, error) {
 	if timeout == 0 {
 		timeout = 30 * time.Second
 	}
-	conn, err := net.DialTimeout("unix", c.SocketPath, timeout)
+	// The helper may be starting (both units start at boot): wait for
+	// its socket a little.
+	var conn net.Conn
+	var err error
+	for deadline := time.Now().Add(c.dialWait()); ; {
+		conn, err = net.DialTimeout("unix", c.SocketPath, timeout)
+		if err == nil || !(errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ECONNREFUSED)) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	if err != nil {
 		return response{}, nil, fmt.Errorf("banger's root helper (%s) does not answer: %w; is bangerd-root.service running? (banger system status)", c.SocketPath, err)
 	}

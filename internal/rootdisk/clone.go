@@ -284,3 +284,32 @@ func SpaceForClone(src Disk, dstDir, vmm string) int64 {
 	}
 	return allocatedOrSize(src.Path)
 }
+
+// Unfreeze undoes a freeze of the disk at srcPath into layerPath that a
+// crash interrupted, for a caller whose record still describes the disk
+// as it was before (it never learnt of the layer): the new overlay goes
+// and the layer, the disk's original content, is put back under
+// srcPath. A freeze that never began, or only linked the layer, leaves
+// srcPath as it was. Idempotent.
+func Unfreeze(srcPath, layerPath string) error {
+	if err := os.Remove(srcPath + newOverlaySuffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if _, err := os.Lstat(layerPath); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return err
+	}
+	if sameFile(layerPath, srcPath) {
+		// Only a second name of the disk: the overlay never replaced it.
+		return os.Remove(layerPath)
+	}
+	if err := os.Chmod(layerPath, 0o600); err != nil {
+		return err
+	}
+	if err := os.Rename(layerPath, srcPath); err != nil {
+		return err
+	}
+	syncDir(filepath.Dir(srcPath))
+	return nil
+}

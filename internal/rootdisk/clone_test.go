@@ -301,3 +301,46 @@ func (r *failNth) Run(ctx context.Context, argv ...string) ([]byte, error) {
 	}
 	return r.inner.Run(ctx, argv...)
 }
+
+// TestUnfreeze: a clone whose caller never recorded the frozen layer (a
+// crash between Clone and the row) is undone: the source's disk is its
+// original file again, with what was written before, and the layer and
+// new overlay are gone. A freeze that only linked the layer is undone too.
+func TestUnfreeze(t *testing.T) {
+	f := newQCOW2Fixture(t)
+	ctx := context.Background()
+	qemuWrite(t, f.src.Path, 0xaa, 0, mib)
+	before := sha(t, f.src.Path)
+	layer := filepath.Join(f.layers, "L1.qcow2")
+	if _, _, err := Clone(ctx, host(), f.src, filepath.Join(f.dir, "vm-b", "root.qcow2"), layer, VMMQEMU); err != nil {
+		t.Fatal(err)
+	}
+	if sha(t, f.src.Path) == before {
+		t.Fatal("the clone did not replace the source's disk with an overlay")
+	}
+	if err := Unfreeze(f.src.Path, layer); err != nil {
+		t.Fatal(err)
+	}
+	if got := sha(t, f.src.Path); got != before {
+		t.Error("after Unfreeze the source's disk is not its original file")
+	}
+	if _, err := os.Lstat(layer); !os.IsNotExist(err) {
+		t.Errorf("the layer is still there: %v", err)
+	}
+	if err := Unfreeze(f.src.Path, layer); err != nil {
+		t.Errorf("a second Unfreeze: %v", err)
+	}
+	// Only the link made: the disk stays, the link goes.
+	if err := os.Link(f.src.Path, layer); err != nil {
+		t.Fatal(err)
+	}
+	if err := Unfreeze(f.src.Path, layer); err != nil {
+		t.Fatal(err)
+	}
+	if got := sha(t, f.src.Path); got != before {
+		t.Error("Unfreeze of a bare link changed the disk")
+	}
+	if _, err := os.Lstat(layer); !os.IsNotExist(err) {
+		t.Errorf("the link is still there: %v", err)
+	}
+}

@@ -151,6 +151,9 @@ func (in *Installer) Install(ctx context.Context) error {
 		}
 	}
 	in.logf("installed %s into %s", strings.Join(Binaries, ", "), in.BinDir())
+	// Installed before: the units are replaced and restarted (new
+	// binaries, a new owner), and a failure leaves them, not nothing.
+	reinstall := Installed(in.Root)
 	daemon, helper, err := RenderUnits(UnitOptions{BinDir: in.BinDir(), Owner: in.Owner})
 	if err != nil {
 		return err
@@ -165,6 +168,9 @@ func (in *Installer) Install(ctx context.Context) error {
 	}
 	in.logf("wrote %s and %s to %s", DaemonUnit, HelperUnit, in.UnitDir())
 	undo := func(cause error) error {
+		if reinstall {
+			return fmt.Errorf("%w (the units were rewritten; banger system status shows their state)", cause)
+		}
 		_, _ = in.Runner.Run(context.WithoutCancel(ctx), "systemctl", "disable", "--now", DaemonUnit, HelperUnit)
 		_ = os.Remove(filepath.Join(in.UnitDir(), DaemonUnit))
 		_ = os.Remove(filepath.Join(in.UnitDir(), HelperUnit))
@@ -174,7 +180,11 @@ func (in *Installer) Install(ctx context.Context) error {
 	if _, err := in.Runner.Run(ctx, "systemctl", "daemon-reload"); err != nil {
 		return undo(err)
 	}
-	if _, err := in.Runner.Run(ctx, "systemctl", "enable", "--now", HelperUnit, DaemonUnit); err != nil {
+	if _, err := in.Runner.Run(ctx, "systemctl", "enable", HelperUnit, DaemonUnit); err != nil {
+		return undo(err)
+	}
+	// restart starts them, or restarts them on the new binaries.
+	if _, err := in.Runner.Run(ctx, "systemctl", "restart", HelperUnit, DaemonUnit); err != nil {
 		return undo(err)
 	}
 	if err := in.ready(ctx); err != nil {
@@ -275,7 +285,10 @@ func RenderUnits(o UnitOptions) (daemon, helper string, err error) {
 // not the service's to kill (they keep running through a restart or an
 // update and are adopted, as in user mode), and RuntimeDirectoryPreserve
 // keeps their sockets. No MemoryDenyWriteExecute: QEMU's TCG writes the
-// code it runs.
+// code it runs. No PrivateTmp: users hand it paths (image register
+// --rootfs /tmp/x, kernel import --from) it must see as they do. No
+// ProtectClock: before systemd 252 it implied a device allow-list that
+// would hide /dev/kvm.
 var daemonUnit = template.Must(template.New("daemon").Parse(`# Installed by banger system install; banger system uninstall removes it.
 [Unit]
 Description=banger daemon (VMs, images, the .vm DNS zone), running as {{.Owner}}
@@ -305,11 +318,9 @@ CapabilityBoundingSet=
 AmbientCapabilities=
 ProtectSystem=strict
 ProtectHome=read-only
-PrivateTmp=yes
 ProtectKernelTunables=yes
 ProtectKernelModules=yes
 ProtectControlGroups=yes
-ProtectClock=yes
 ProtectHostname=yes
 RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6 AF_VSOCK
 RestrictRealtime=yes

@@ -60,7 +60,7 @@ func TestInstallAndUninstall(t *testing.T) {
 			t.Errorf("%s written: %v; want mode 0644", u, err)
 		}
 	}
-	want := []string{"systemctl daemon-reload", "systemctl enable --now bangerd-root.service bangerd.service"}
+	want := []string{"systemctl daemon-reload", "systemctl enable bangerd-root.service bangerd.service", "systemctl restart bangerd-root.service bangerd.service"}
 	if !slices.Equal(r.calls, want) {
 		t.Errorf("install ran %q, want %q", r.calls, want)
 	}
@@ -108,7 +108,7 @@ func TestInstallRefusals(t *testing.T) {
 	root := t.TempDir()
 	r := &fakeRunner{}
 	in := &Installer{Root: root, Sources: sources(t), Owner: testOwner(), Runner: r,
-		SystemdRunning: func() error { return errors.New("systemd is not running as PID 1") }}
+		SystemdRunning: func() error { return errors.New("systemd is not running as PID 1") }, Ready: func(context.Context) error { return nil }}
 	if err := in.Install(context.Background()); err == nil || !strings.Contains(err.Error(), "PID 1") {
 		t.Errorf("without systemd: %v, want the reason", err)
 	}
@@ -118,12 +118,25 @@ func TestInstallRefusals(t *testing.T) {
 
 	// A start that fails removes the units again.
 	in.SystemdRunning = func() error { return nil }
-	r.fail = "systemctl enable --now bangerd-root.service bangerd.service"
+	r.fail = "systemctl restart bangerd-root.service bangerd.service"
 	if err := in.Install(context.Background()); err == nil || !strings.Contains(err.Error(), "units were removed") {
 		t.Errorf("a failed start: %v", err)
 	}
 	if Installed(root) {
 		t.Error("a failed install left its units")
+	}
+
+	// A failed reinstall leaves the units it rewrote (they were working).
+	r.fail = ""
+	if err := in.Install(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	r.fail = "systemctl restart bangerd-root.service bangerd.service"
+	if err := in.Install(context.Background()); err == nil || !strings.Contains(err.Error(), "rewritten") {
+		t.Errorf("a failed reinstall: %v", err)
+	}
+	if !Installed(root) {
+		t.Error("a failed reinstall removed a working install's units")
 	}
 
 	if _, err := LookupOwner("root"); err == nil || !strings.Contains(err.Error(), "ordinary user") {
@@ -170,7 +183,7 @@ func TestUnitsVerify(t *testing.T) {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
 	for _, w := range []string{"User=daemon", "NoNewPrivileges=yes", "CapabilityBoundingSet=\n", "ProtectSystem=strict", "ProtectHome=read-only",
-		"PrivateTmp=yes", "KillMode=process", "RuntimeDirectoryPreserve=yes", "--root-helper /run/banger-root/helper.sock"} {
+		"KillMode=process", "RuntimeDirectoryPreserve=yes", "--root-helper /run/banger-root/helper.sock"} {
 		if !strings.Contains(daemon, w) {
 			t.Errorf("%s lacks %q", DaemonUnit, w)
 		}
@@ -183,6 +196,9 @@ func TestUnitsVerify(t *testing.T) {
 	}
 	if strings.Contains(helper, "User=") {
 		t.Errorf("%s must run as root", HelperUnit)
+	}
+	if strings.Contains(daemon, "PrivateTmp") {
+		t.Errorf("%s must see the host's /tmp (paths users pass)", DaemonUnit)
 	}
 	// And a broken unit fails the same check (the test can fail).
 	bad := strings.Replace(helper, "ExecStart="+filepath.Join(prefix, "bin"), "ExecStart=/nonexistent", 1)
