@@ -18,6 +18,9 @@ var errInjected = errors.New("injected fault")
 // runs), with BANGER_FAULT=STAGE:kill the daemon is SIGKILLed right after
 // it. Built only with -tags faultinject, for the fault-injection tests.
 func faultAfter(stage string) error {
+	if f := testFault.Load(); f != nil {
+		return (*f)(stage)
+	}
 	spec := os.Getenv("BANGER_FAULT")
 	// Stage names may hold a colon ("delete: stop"); the mode follows the last.
 	i := strings.LastIndexByte(spec, ':')

@@ -5,8 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 )
+
+// testFault is the unit tests' fault hook (nil unless a _test file sets
+// it): faultAfter calls it, e.g. to end the goroutine of an operation as
+// a crash would. Nothing outside the tests sets it.
+var testFault atomic.Pointer[func(stage string) error]
 
 // step is one named stage of a VM create or boot. do changes the host and
 // returns how to undo exactly what it changed (nil when there is nothing).
