@@ -363,3 +363,36 @@ func TestLocalThroughThePolicy(t *testing.T) {
 		t.Errorf("taps left: %v", taps)
 	}
 }
+
+// TestClientWaitsForAHelperStarting: at boot both units start together;
+// a call made before the helper listens waits for it (DialWait), and one
+// told not to wait fails at once, saying how to check the helper.
+func TestClientWaitsForAHelperStarting(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (the helper gives its socket to its owner)")
+	}
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "helper.sock")
+	if err := (&Client{SocketPath: sock, DialWait: -1}).Ping(); err == nil || !strings.Contains(err.Error(), "banger system status") {
+		t.Errorf("no helper, no wait: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		done <- (&Server{Ops: &recorder{}, Policy: testPolicy(t)}).Serve(ctx, sock)
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	}()
+	start := time.Now()
+	if err := (&Client{SocketPath: sock, DialWait: 5 * time.Second}).Ping(); err != nil {
+		t.Fatalf("a helper that listens 300 ms later: %v", err)
+	}
+	if waited := time.Since(start); waited < 250*time.Millisecond {
+		t.Errorf("answered after %s, before the helper listened", waited)
+	}
+}
