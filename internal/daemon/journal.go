@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 
@@ -66,8 +65,11 @@ const (
 
 // journalAct is one recorded action (the JSON of a journal entry).
 type journalAct struct {
-	Do     string   `json:"do"`
-	VM     string   `json:"vm,omitempty"`
+	Do string `json:"do"`
+	VM string `json:"vm,omitempty"`
+	// ID is the VM's id when it had one: a row of that name with another
+	// id is another VM, made since, and never touched.
+	ID     string   `json:"id,omitempty"`
 	Path   string   `json:"path,omitempty"`
 	Prefix bool     `json:"prefix,omitempty"`
 	Hosts  []string `json:"hosts,omitempty"`
@@ -221,7 +223,28 @@ func (d *Daemon) replayAct(ctx context.Context, a journalAct) error {
 	case actRemovePath:
 		return d.removeOwnPath(a.Path, a.Prefix)
 	case actUnpinHosts:
-		if err := sshx.RemoveHost(d.layout.KnownHosts, a.Hosts...); err != nil && !errors.Is(err, os.ErrNotExist) {
+		// Never a key another VM on record uses now (an address or name
+		// taken since); the operation's own VM (ID) is being undone.
+		vms, err := d.store.ListVMs(ctx)
+		if err != nil {
+			return err
+		}
+		inUse := map[string]bool{}
+		for _, v := range vms {
+			if v.ID != a.ID {
+				inUse[v.IP], inUse[v.Name+".vm"] = true, true
+			}
+		}
+		var hosts []string
+		for _, h := range a.Hosts {
+			if !inUse[h] {
+				hosts = append(hosts, h)
+			}
+		}
+		if len(hosts) == 0 {
+			return nil
+		}
+		if err := sshx.RemoveHost(d.layout.KnownHosts, hosts...); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
 		return nil
@@ -232,6 +255,9 @@ func (d *Daemon) replayAct(ctx context.Context, a journalAct) error {
 	}
 	if err != nil {
 		return err
+	}
+	if a.ID != "" && v.ID != a.ID {
+		return nil // another VM of that name, made since
 	}
 	switch a.Do {
 	case actDropRow:
@@ -262,21 +288,18 @@ func (d *Daemon) replayAct(ctx context.Context, a journalAct) error {
 		d.removeOrphanVM(ctx, v)
 		return nil
 	case actUnfreeze:
-		root, work, err := d.disksOf(v)
-		if err != nil {
-			return err
-		}
-		for _, disk := range []rootdisk.Disk{root, work} {
-			if disk.Path == a.Path && slices.Contains(disk.Chain, a.Layer) {
-				return nil // recorded: the layer is the source's now
-			}
-		}
 		for _, p := range []string{a.Path, a.Layer} {
 			if err := d.checkOwnPath(p); err != nil {
 				return err
 			}
 		}
-		return rootdisk.Unfreeze(a.Path, a.Layer)
+		// A layer any record names (the source's disks, another VM's, a
+		// snapshot's) is in use: recorded, never undone.
+		named, err := d.layerRecorded(ctx, a.Layer)
+		if err != nil || named {
+			return err
+		}
+		return rootdisk.Unfreeze(ctx, d.runner, a.Path, a.Layer)
 	case actSetDiskSize:
 		_, wd, err := d.disksOf(v)
 		if err != nil {
@@ -342,4 +365,31 @@ func (d *Daemon) checkOwnPath(p string) error {
 		return fmt.Errorf("refusing to touch %s: not under banger's state, cache or runtime directory", p)
 	}
 	return nil
+}
+
+// layerRecorded says whether any VM's disks or any snapshot name layer.
+func (d *Daemon) layerRecorded(ctx context.Context, layer string) (bool, error) {
+	quoted, err := json.Marshal(layer)
+	if err != nil {
+		return false, err
+	}
+	vms, err := d.store.ListVMs(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, v := range vms {
+		if strings.Contains(v.RootDisk, string(quoted)) || strings.Contains(v.WorkDisk, string(quoted)) {
+			return true, nil
+		}
+	}
+	sns, err := d.store.ListSnapshots(ctx)
+	if err != nil {
+		return false, err
+	}
+	for _, sn := range sns {
+		if strings.Contains(sn.Meta, string(quoted)) {
+			return true, nil
+		}
+	}
+	return false, nil
 }

@@ -18,6 +18,7 @@ import (
 	"banger/internal/api"
 	"banger/internal/rootdisk"
 	"banger/internal/rpc"
+	"banger/internal/sshx"
 	"banger/internal/store"
 )
 
@@ -357,6 +358,22 @@ func TestJournalUnfreeze(t *testing.T) {
 	if after, _ := os.ReadFile(root.Path); bytes.Equal(after, before) {
 		t.Error("a recorded freeze was undone")
 	}
+	// A layer nothing records, under a disk that is not an overlay on
+	// it: neither is touched.
+	stray := filepath.Join(d.layersDir(), "stray")
+	if err := os.WriteFile(stray, []byte("not the source's"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cur, _ := os.ReadFile(root.Path)
+	if err := d.replayAct(ctx, journalAct{Do: actUnfreeze, VM: "src", Path: root.Path, Layer: stray}); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := os.ReadFile(root.Path); !bytes.Equal(after, cur) {
+		t.Error("unfreeze replaced a disk that does not stand on the layer")
+	}
+	if _, err := os.Stat(stray); err != nil {
+		t.Errorf("unfreeze moved a layer the disk does not stand on: %v", err)
+	}
 	// Never a path outside banger's trees.
 	if err := d.replayAct(ctx, journalAct{Do: actUnfreeze, VM: "src", Path: "/etc/passwd", Layer: layer}); err == nil {
 		t.Error("unfreeze accepted a path outside banger's directories")
@@ -390,5 +407,50 @@ func TestJournalKeepsWhatFailed(t *testing.T) {
 	}
 	if _, err := os.Stat(scratch); !os.IsNotExist(err) {
 		t.Errorf("op-good's path is still there: %v", err)
+	}
+}
+
+// TestJournalSparesVMsMadeSince: an operation replayed late (kept after a
+// failed action) never touches a VM made since: not one that took the
+// name (another id), not the host keys of one that took the address.
+func TestJournalSparesVMsMadeSince(t *testing.T) {
+	d := openArtifactDaemon(t)
+	ctx := context.Background()
+	v := store.VM{Name: "web", Image: "img", Kernel: "k", State: store.StateStopped, VCPU: 1, MemoryMiB: 256, DiskSizeBytes: 64 << 20,
+		VMM: "qemu", IP: "10.9.0.7", MAC: "02:bb:0a:09:00:07"}
+	if err := d.store.CreateVM(ctx, &v); err != nil {
+		t.Fatal(err)
+	}
+	_, pub, err := sshx.NewHostKey("web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Dir(d.layout.KnownHosts), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := sshx.PinHostKey(d.layout.KnownHosts, pub, "10.9.0.7", "web.vm"); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []journalAct{
+		{Do: actFinishDelete, VM: "web", ID: "an-older-web"},
+		{Do: actUnpinHosts, Hosts: []string{"10.9.0.7", "web.vm"}},
+	} {
+		if err := d.replayAct(ctx, a); err != nil {
+			t.Fatalf("%+v: %v", a, err)
+		}
+	}
+	if _, err := d.store.GetVM(ctx, "web"); err != nil {
+		t.Errorf("a delete of an older VM called web removed the new one: %v", err)
+	}
+	b, _ := os.ReadFile(d.layout.KnownHosts)
+	if !strings.Contains(string(b), "10.9.0.7") || !strings.Contains(string(b), "web.vm") {
+		t.Errorf("the host keys of a VM on record were unpinned:\n%s", b)
+	}
+	// The same delete with the VM's own id finishes it.
+	if err := d.replayAct(ctx, journalAct{Do: actFinishDelete, VM: "web", ID: v.ID}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.store.GetVM(ctx, "web"); !api.IsCode(err, api.CodeNotFound) {
+		t.Errorf("finish_delete with the VM's id: %v, want it gone", err)
 	}
 }

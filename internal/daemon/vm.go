@@ -300,7 +300,7 @@ func (d *Daemon) boot(ctx context.Context, v *store.VM) error {
 }
 
 func (d *Daemon) bootJournaled(ctx context.Context, v *store.VM, j *journalOp) error {
-	if err := j.record(ctx, "begin", journalAct{Do: actMarkStopped, VM: v.Name}); err != nil {
+	if err := j.record(ctx, "begin", journalAct{Do: actMarkStopped, VM: v.Name, ID: v.ID}); err != nil {
 		return err
 	}
 	v.StartedFrom = ""
@@ -467,7 +467,7 @@ func (d *Daemon) deleteVM(ctx context.Context, name string, onlyStopped bool) (a
 }
 
 func (d *Daemon) deleteJournaled(ctx context.Context, v store.VM, j *journalOp) (api.VM, error) {
-	if err := j.record(ctx, "begin", journalAct{Do: actFinishDelete, VM: v.Name}); err != nil {
+	if err := j.record(ctx, "begin", journalAct{Do: actFinishDelete, VM: v.Name, ID: v.ID}); err != nil {
 		return api.VM{}, err
 	}
 	if v.State == store.StateRunning {
@@ -564,11 +564,12 @@ func (d *Daemon) vmSet(ctx context.Context, p api.VMSetParams) (api.VM, error) {
 			// A crash between growing the disk and recording it records
 			// it at the next start-up.
 			grow = d.beginJournal("", journalVMSet, v.Name)
-			if err := grow.record(ctx, "grow work disk", journalAct{Do: actSetDiskSize, VM: v.Name, Size: size}); err != nil {
+			if err := grow.record(ctx, "grow work disk", journalAct{Do: actSetDiskSize, VM: v.Name, ID: v.ID, Size: size}); err != nil {
 				return api.VM{}, err
 			}
 			if err := d.growWorkDisk(ctx, v, size); err != nil {
-				grow.finish(ctx) // nothing grew
+				// It may have grown before failing (or being cancelled):
+				// the journal records what the disk has at the next start.
 				return api.VM{}, err
 			}
 			v.DiskSizeBytes = size

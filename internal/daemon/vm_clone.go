@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -88,20 +89,36 @@ func (d *Daemon) runClone(ctx context.Context, op *vmCreateOp, srcName string, v
 		layer := filepath.Join(d.layersDir(), vm.ID+"-"+which)
 		// Clone may freeze the source's disk into the layer, which the
 		// source's row then records: a crash in between puts it back.
-		if err := op.journal.record(ctx, "clone "+which+" disk", journalAct{Do: actUnfreeze, VM: src.Name, Path: from.Path, Layer: layer}); err != nil {
+		if err := op.journal.record(ctx, "clone "+which+" disk", journalAct{Do: actUnfreeze, VM: src.Name, ID: src.ID, Path: from.Path, Layer: layer}); err != nil {
 			return rootdisk.Disk{}, err
 		}
 		newSrc, dst, err := rootdisk.Clone(ctx, d.runner, from, dstPath, layer, src.VMM)
 		if err != nil {
 			return rootdisk.Disk{}, spaceError(err)
 		}
+		prev := src
 		switch which {
 		case "root":
-			src.RootDisk, srcRoot = encodeDisk(newSrc), newSrc
+			src.RootDisk = encodeDisk(newSrc)
 		default:
-			src.WorkDisk, srcWork = encodeDisk(newSrc), newSrc
+			src.WorkDisk = encodeDisk(newSrc)
 		}
-		return dst, d.store.UpdateVM(context.WithoutCancel(ctx), src)
+		if err := d.store.UpdateVM(context.WithoutCancel(ctx), src); err != nil {
+			// The source's row still describes its old file: put that
+			// back (the clone's own files go with its directory).
+			src = prev
+			if uerr := rootdisk.Unfreeze(context.WithoutCancel(ctx), d.runner, from.Path, layer); uerr != nil {
+				err = errors.Join(err, fmt.Errorf("put %s back: %w", from.Path, uerr))
+			}
+			return rootdisk.Disk{}, err
+		}
+		switch which {
+		case "root":
+			srcRoot = newSrc
+		default:
+			srcWork = newSrc
+		}
+		return dst, nil
 	}
 	steps := []step{
 		{stageCheckSource, []journalAct{{Do: actRemovePath, Path: paths.dir}}, func(ctx context.Context) (func(context.Context) error, error) {
@@ -141,7 +158,7 @@ func (d *Daemon) runClone(ctx context.Context, op *vmCreateOp, srcName string, v
 			unlockSrc() // the source is free to start again
 			return nil, d.store.UpdateVM(context.WithoutCancel(ctx), vm)
 		}},
-		{stageIdentity, []journalAct{{Do: actUnpinHosts, Hosts: []string{vm.IP, vm.Name + ".vm"}}}, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageIdentity, []journalAct{{Do: actUnpinHosts, ID: vm.ID, Hosts: []string{vm.IP, vm.Name + ".vm"}}}, func(ctx context.Context) (func(context.Context) error, error) {
 			undo := func(context.Context) error { return sshx.RemoveHost(d.layout.KnownHosts, vm.IP, vm.Name+".vm") }
 			return undo, d.makeIdentity(vm)
 		}},

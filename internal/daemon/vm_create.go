@@ -442,7 +442,7 @@ func (d *Daemon) runCreate(ctx context.Context, op *vmCreateOp, plan createPlan,
 			vm.WorkDisk = encodeDisk(rootdisk.NewRaw(paths.work))
 			return nil, d.store.UpdateVM(context.WithoutCancel(ctx), vm)
 		}},
-		{stageIdentity, []journalAct{{Do: actUnpinHosts, Hosts: []string{vm.IP, vm.Name + ".vm"}}}, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageIdentity, []journalAct{{Do: actUnpinHosts, ID: vm.ID, Hosts: []string{vm.IP, vm.Name + ".vm"}}}, func(ctx context.Context) (func(context.Context) error, error) {
 			// The files go with the VM dir; the pinned key is undone here.
 			undo := func(context.Context) error { return sshx.RemoveHost(d.layout.KnownHosts, vm.IP, vm.Name+".vm") }
 			return undo, d.makeIdentity(vm)
@@ -539,7 +539,7 @@ func (d *Daemon) bootStepsFrom(v *store.VM, rs *restoreSpec) []step {
 		// A crash after this releases what the row records of the VM's
 		// runtime: its taps (a cold one is named after the VM), a dm
 		// snapshot attach records as it makes it, its jail, its runtime dir.
-		{stageTap, []journalAct{{Do: actReleaseRuntime, VM: v.Name}}, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageTap, []journalAct{{Do: actReleaseRuntime, VM: v.Name, ID: v.ID}}, func(ctx context.Context) (func(context.Context) error, error) {
 			tap, err := d.net.claimTap(hostnet.TapName(v.ID))
 			if err != nil {
 				return nil, err
@@ -581,7 +581,7 @@ func (d *Daemon) bootStepsFrom(v *store.VM, rs *restoreSpec) []step {
 			}, nil
 		}},
 		// The VMM is recorded on the row the moment it exists (Launched).
-		{stageStartVMM, []journalAct{{Do: actKillVMM, VM: v.Name}}, func(ctx context.Context) (func(context.Context) error, error) {
+		{stageStartVMM, []journalAct{{Do: actKillVMM, VM: v.Name, ID: v.ID}}, func(ctx context.Context) (func(context.Context) error, error) {
 			drv, err := d.driverFor(v.VMM)
 			if err != nil {
 				return nil, err

@@ -305,6 +305,9 @@ func SetTapOwner(name string, uid, gid int) error {
 	if err := unix.IoctlSetInt(fd, unix.TUNSETOWNER, uid); err != nil {
 		return fmt.Errorf("give tap %s to uid %d: %w", name, uid, err)
 	}
+	if gid < 0 {
+		return nil // no group (the kernel refuses -1)
+	}
 	if err := unix.IoctlSetInt(fd, unix.TUNSETGROUP, gid); err != nil {
 		return fmt.Errorf("give tap %s to gid %d: %w", name, gid, err)
 	}

@@ -366,7 +366,7 @@ func (p *Pool) discard(poolTap string, idx int) {
 	}
 	// By the name the index has now, through the pool's LinkOps (a
 	// daemon without CAP_NET_ADMIN asks its root helper).
-	if err := p.links.DeleteTap(l.Attrs().Name); err != nil {
+	if err := p.inNetns(func() error { return p.links.DeleteTap(l.Attrs().Name) }); err != nil {
 		p.log.Warn("tap pool: cannot delete a pool tap", "pool_tap", poolTap, "ifindex", idx, "err", err)
 	}
 }
@@ -428,7 +428,7 @@ func (p *Pool) check(poolTap string) (int, error) {
 // repair re-enslaves poolTap to the bridge and sets it up: CreateTap of an
 // existing tap does both, through the pool's LinkOps.
 func (p *Pool) repair(poolTap string) error {
-	if err := p.links.CreateTap(poolTap, p.bridge); err != nil {
+	if err := p.inNetns(func() error { return p.links.CreateTap(poolTap, p.bridge) }); err != nil {
 		return fmt.Errorf("repair pool tap %s (bridge %s, up): %w", poolTap, p.bridge, err)
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -182,6 +183,10 @@ func (s *Server) do(req request) (response, []*os.File) {
 				// The owner's VMMs attach by name where they can
 				// (Firecracker); QEMU gets a descriptor anyway.
 				if err := s.Ops.SetTapOwner(req.Name, s.Owner, s.OwnerGID); err != nil {
+					// Not half made: a tap the owner cannot use goes.
+					if derr := s.Ops.DeleteTap(req.Name); derr != nil {
+						err = errors.Join(err, derr)
+					}
 					return fail(err)
 				}
 			}
@@ -292,13 +297,15 @@ type Client struct {
 	// Timeout bounds one operation (0: 30 s).
 	Timeout time.Duration
 	// DialWait is how long a socket that is not there yet (or refuses)
-	// is retried (0: 10 s; negative: not at all).
+	// is retried (0: 10 s; negative: not at all) until the helper has
+	// answered once: a helper that was up and is gone fails at once.
 	DialWait time.Duration
+	reached  atomic.Bool
 }
 
 func (c *Client) dialWait() time.Duration {
 	switch {
-	case c.DialWait < 0:
+	case c.DialWait < 0 || c.reached.Load():
 		return 0
 	case c.DialWait == 0:
 		return 10 * time.Second
@@ -325,6 +332,7 @@ func (c *Client) call(req request) (response, []*os.File, error) {
 	if err != nil {
 		return response{}, nil, fmt.Errorf("banger's root helper (%s) does not answer: %w; is bangerd-root.service running? (banger system status)", c.SocketPath, err)
 	}
+	c.reached.Store(true) // up: no more waiting for it to start
 	uc := conn.(*net.UnixConn)
 	defer uc.Close()
 	_ = uc.SetDeadline(time.Now().Add(timeout))

@@ -290,8 +290,10 @@ func SpaceForClone(src Disk, dstDir, vmm string) int64 {
 // as it was before (it never learnt of the layer): the new overlay goes
 // and the layer, the disk's original content, is put back under
 // srcPath. A freeze that never began, or only linked the layer, leaves
-// srcPath as it was. Idempotent.
-func Unfreeze(srcPath, layerPath string) error {
+// srcPath as it was. Only a file at srcPath that is that layer (a bare
+// link) or a qcow2 overlay standing directly on it is touched: anything
+// else leaves both files alone. Idempotent.
+func Unfreeze(ctx context.Context, r Runner, srcPath, layerPath string) error {
 	if err := os.Remove(srcPath + newOverlaySuffix); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
@@ -303,6 +305,11 @@ func Unfreeze(srcPath, layerPath string) error {
 	if sameFile(layerPath, srcPath) {
 		// Only a second name of the disk: the overlay never replaced it.
 		return os.Remove(layerPath)
+	}
+	info, err := imageInfo(ctx, r, srcPath, FormatQCOW2, true)
+	if err != nil || info.FullBackingFilename != layerPath {
+		// Not the overlay freeze made over this layer: not ours to undo.
+		return nil
 	}
 	if err := os.Chmod(layerPath, 0o600); err != nil {
 		return err

@@ -318,7 +318,7 @@ func TestUnfreeze(t *testing.T) {
 	if sha(t, f.src.Path) == before {
 		t.Fatal("the clone did not replace the source's disk with an overlay")
 	}
-	if err := Unfreeze(f.src.Path, layer); err != nil {
+	if err := Unfreeze(ctx, host(), f.src.Path, layer); err != nil {
 		t.Fatal(err)
 	}
 	if got := sha(t, f.src.Path); got != before {
@@ -327,14 +327,14 @@ func TestUnfreeze(t *testing.T) {
 	if _, err := os.Lstat(layer); !os.IsNotExist(err) {
 		t.Errorf("the layer is still there: %v", err)
 	}
-	if err := Unfreeze(f.src.Path, layer); err != nil {
+	if err := Unfreeze(ctx, host(), f.src.Path, layer); err != nil {
 		t.Errorf("a second Unfreeze: %v", err)
 	}
 	// Only the link made: the disk stays, the link goes.
 	if err := os.Link(f.src.Path, layer); err != nil {
 		t.Fatal(err)
 	}
-	if err := Unfreeze(f.src.Path, layer); err != nil {
+	if err := Unfreeze(ctx, host(), f.src.Path, layer); err != nil {
 		t.Fatal(err)
 	}
 	if got := sha(t, f.src.Path); got != before {
