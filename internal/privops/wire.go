@@ -17,6 +17,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/hostnat"
+	"banger/internal/rpc"
 )
 
 // Operation names on the wire.
@@ -120,7 +121,8 @@ func (s *Server) handle(conn *net.UnixConn) {
 	// see that instead of the answer.
 	var req request
 	derr := json.NewDecoder(io.LimitReader(conn, maxRequest)).Decode(&req)
-	uid, err := peerUID(conn)
+	puid, err := rpc.PeerUID(conn)
+	uid := int(puid)
 	if err != nil {
 		s.reply(conn, response{Error: api.Errorf(api.CodeUnauthorized, "root helper: cannot tell who is calling: %v", err)}, nil)
 		return
@@ -270,25 +272,6 @@ func (s *Server) reply(conn *net.UnixConn, resp response, files []*os.File) {
 	if _, _, err := conn.WriteMsgUnix(b, oob, nil); err != nil {
 		s.Log.Warn("answer a caller", "err", err)
 	}
-}
-
-// peerUID is the uid of the process at the other end of conn.
-func peerUID(conn *net.UnixConn) (int, error) {
-	raw, err := conn.SyscallConn()
-	if err != nil {
-		return 0, err
-	}
-	var cred *unix.Ucred
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		cred, serr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
-	}); err != nil {
-		return 0, err
-	}
-	if serr != nil {
-		return 0, serr
-	}
-	return int(cred.Uid), nil
 }
 
 // Client asks the root helper listening on SocketPath.

@@ -49,7 +49,7 @@ func (c *Client) PeerUID(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("connect to bangerd at %s: %w", c.SocketPath, err)
 	}
 	defer conn.Close()
-	uid, err := peerUID(conn)
+	uid, err := PeerUID(conn)
 	if err != nil {
 		return 0, err
 	}
@@ -74,7 +74,7 @@ func (c *Client) Call(ctx context.Context, method string, params, result any) er
 	defer conn.Close()
 	// SO_PEERCRED: the uid of the process that listens, checked before a
 	// byte is sent (the daemon does the same with its callers).
-	uid, err := peerUID(conn)
+	uid, err := PeerUID(conn)
 	if err != nil {
 		return fmt.Errorf("connect to bangerd at %s: cannot tell who answers: %w", c.SocketPath, err)
 	}

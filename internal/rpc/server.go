@@ -204,7 +204,7 @@ func (s *Server) handleConn(conn net.Conn) {
 	opID := NewOpID()
 	log := s.Logger.With("op_id", opID)
 
-	if uid, err := peerUID(conn); err != nil {
+	if uid, err := PeerUID(conn); err != nil {
 		log.Warn("peer credentials unavailable", "err", err)
 		s.writeError(conn, nil, codeServerError, api.Errorf(api.CodeUnauthorized, "cannot verify the caller's identity: %v", err))
 		return
@@ -371,7 +371,9 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-func peerUID(conn net.Conn) (uint32, error) {
+// PeerUID is the uid of the process at the other end of a Unix socket
+// connection (SO_PEERCRED: its credentials when it connected).
+func PeerUID(conn net.Conn) (uint32, error) {
 	uc, ok := conn.(*net.UnixConn)
 	if !ok {
 		return 0, fmt.Errorf("not a unix socket connection")
