@@ -76,6 +76,10 @@ type PingResult struct {
 	// leaks over time (the soak test does).
 	Goroutines int `json:"goroutines"`
 	OpenFDs    int `json:"open_fds"`
+	// DBConnections and DBInUse are the database connections open and
+	// checked out at the moment of the ping.
+	DBConnections int `json:"db_connections"`
+	DBInUse       int `json:"db_in_use"`
 }
 
 // VersionResult is the result of daemon.version.

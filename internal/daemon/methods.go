@@ -72,6 +72,7 @@ func (d *Daemon) ping(ctx context.Context, _ noParams) (api.PingResult, error) {
 	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {
 		res.OpenFDs = len(fds)
 	}
+	res.DBConnections, res.DBInUse = d.store.Connections()
 	return res, nil
 }
 

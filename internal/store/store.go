@@ -95,6 +95,14 @@ func (s *Store) Close() error { return s.db.Close() }
 // Path returns the database file path given to Open.
 func (s *Store) Path() string { return s.path }
 
+// Connections says how many database connections are open and how many of
+// them are in use: a connection a caller never gave back shows as in use
+// for good.
+func (s *Store) Connections() (open, inUse int) {
+	st := s.db.Stats()
+	return st.OpenConnections, st.InUse
+}
+
 func (s *Store) timestamp() time.Time { return s.now().UTC() }
 
 func formatTime(t time.Time) string { return t.UTC().Format(time.RFC3339Nano) }
