@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-	"time"
 
 	"banger/internal/api"
 	"banger/internal/config"
@@ -18,7 +17,6 @@ import (
 	"banger/internal/privops"
 	"banger/internal/resolved"
 	"banger/internal/store"
-	"banger/internal/system"
 )
 
 // network is the daemon's network service: the bridge, the warm tap pool,
@@ -140,7 +138,7 @@ func (n *network) start(ctx context.Context) (err error) {
 		// them (a --nat create fails with the reason); the daemon serves.
 		n.log.Warn("install network rules", "err", err)
 	}
-	n.route = routeResolver(ctx, n.log, n.cfg.BridgeName, guestAddr)
+	n.route = routeResolver(n.log, n.priv, n.cfg.BridgeName, guestAddr)
 	return nil
 }
 
@@ -326,29 +324,29 @@ func (s staticUpstreams) Upstreams() []string {
 }
 
 // resolverRoute is the routing of ~vm through systemd-resolved, undone on
-// shutdown. It is nil where resolved does not run.
+// shutdown. It is nil where resolved does not run. In system mode the
+// root helper runs resolvectl (the owner may not).
 type resolverRoute struct {
 	log  *slog.Logger
+	priv privops.Ops
 	link string
 }
 
-func routeResolver(ctx context.Context, log *slog.Logger, link, server string) *resolverRoute {
-	if err := resolved.SystemHost.Check(); err != nil {
-		log.Info("host DNS routing skipped: NAME.vm resolves through dns_listen; see the README for dnsmasq or NetworkManager", "reason", err)
-		return nil
-	}
-	if err := resolved.Route(ctx, &system.Exec{}, link, server, "vm"); err != nil {
-		log.Warn("route ~vm through systemd-resolved", "err", err)
+func routeResolver(log *slog.Logger, priv privops.Ops, link, server string) *resolverRoute {
+	if err := priv.RouteDNS(link, server, privops.DNSDomain); err != nil {
+		if errors.Is(err, resolved.ErrNotManaged) {
+			log.Info("host DNS routing skipped: NAME.vm resolves through dns_listen; see the README for dnsmasq or NetworkManager", "reason", err)
+		} else {
+			log.Warn("route ~vm through systemd-resolved", "err", err)
+		}
 		return nil
 	}
 	log.Info("routed ~vm to banger's DNS server through systemd-resolved", "link", link, "server", server)
-	return &resolverRoute{log: log, link: link}
+	return &resolverRoute{log: log, priv: priv, link: link}
 }
 
 func (r *resolverRoute) undo() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := resolved.Unroute(ctx, &system.Exec{}, r.link); err != nil {
+	if err := r.priv.UnrouteDNS(r.link); err != nil {
 		r.log.Warn("undo DNS routing", "err", err)
 	}
 }

@@ -15,11 +15,13 @@
 package privops
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -27,6 +29,8 @@ import (
 	"banger/internal/dns"
 	"banger/internal/hostnat"
 	"banger/internal/hostnet"
+	"banger/internal/resolved"
+	"banger/internal/system"
 )
 
 // Ops are the privileged host operations bangerd needs.
@@ -51,6 +55,12 @@ type Ops interface {
 	EnableIPForward() (wasOn bool, err error)
 	// ListenDNS binds UDP and TCP on addr (the bridge's gateway, port 53).
 	ListenDNS(addr string) (net.PacketConn, net.Listener, error)
+	// RouteDNS sends the host's lookups of domain to server over link
+	// through systemd-resolved (resolved.Route); where resolved does not
+	// manage the host's DNS the error wraps resolved.ErrNotManaged.
+	RouteDNS(link, server, domain string) error
+	// UnrouteDNS drops what RouteDNS set on link.
+	UnrouteDNS(link string) error
 }
 
 // HelperOps are what the root helper does: Ops, and giving the taps it
@@ -85,6 +95,25 @@ func (Local) NATDiff(spec hostnat.Spec) ([]string, error) {
 func (Local) OpenTap(name string) (*os.File, error) { return hostnet.OpenTap(name) }
 
 func (Local) ListenDNS(addr string) (net.PacketConn, net.Listener, error) { return dns.BindPair(addr) }
+
+// resolvectlTimeout bounds the resolvectl commands of RouteDNS and
+// UnrouteDNS.
+const resolvectlTimeout = 10 * time.Second
+
+func (Local) RouteDNS(link, server, domain string) error {
+	if err := resolved.SystemHost.Check(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), resolvectlTimeout)
+	defer cancel()
+	return resolved.Route(ctx, &system.Exec{}, link, server, domain)
+}
+
+func (Local) UnrouteDNS(link string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), resolvectlTimeout)
+	defer cancel()
+	return resolved.Unroute(ctx, &system.Exec{}, link)
+}
 
 // Policy is what the root helper lets its callers touch: banger's bridge
 // (name and subnet from the configuration), taps named like banger's, its
@@ -143,6 +172,22 @@ func (p Policy) checkSpec(spec hostnat.Spec) error {
 		}
 	}
 	return spec.Validate()
+}
+
+// DNSDomain is the domain banger's DNS server answers for (NAME.vm): the
+// only one the helper routes.
+const DNSDomain = "vm"
+
+// checkRoute accepts routing only banger's domain, over its bridge, to
+// its DNS server on the gateway.
+func (p Policy) checkRoute(link, server, domain string) error {
+	if err := p.checkBridge(link); err != nil {
+		return err
+	}
+	if domain != DNSDomain {
+		return refuse("DNS routing of ~%s: banger routes only ~%s", domain, DNSDomain)
+	}
+	return p.checkDNS(server)
 }
 
 func (p Policy) checkDNS(addr string) error {

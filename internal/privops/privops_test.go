@@ -2,6 +2,7 @@ package privops
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -23,6 +24,7 @@ import (
 	"banger/internal/hostnat"
 	"banger/internal/hostnet"
 	"banger/internal/netnstest"
+	"banger/internal/resolved"
 )
 
 // recorder stands in for the kernel behind the helper: it records what
@@ -33,6 +35,8 @@ type recorder struct {
 	mu    sync.Mutex
 	calls []string
 	pipeR *os.File
+	// unmanaged: RouteDNS answers as on a host without systemd-resolved.
+	unmanaged bool
 }
 
 func (r *recorder) rec(s string) {
@@ -60,6 +64,19 @@ func (r *recorder) NATDiff(spec hostnat.Spec) ([]string, error) {
 	r.rec("diff")
 	return []string{"table missing"}, nil
 }
+
+func (r *recorder) RouteDNS(link, server, domain string) error {
+	r.rec(fmt.Sprintf("route ~%s %s %s", domain, link, server))
+	r.mu.Lock()
+	unmanaged := r.unmanaged
+	r.mu.Unlock()
+	if unmanaged {
+		return fmt.Errorf("%w (/run/systemd/resolve: no such file)", resolved.ErrNotManaged)
+	}
+	return nil
+}
+
+func (r *recorder) UnrouteDNS(link string) error { r.rec("unroute " + link); return nil }
 
 func (r *recorder) OpenTap(name string) (*os.File, error) {
 	r.rec("open " + name)
@@ -129,6 +146,12 @@ func TestPolicyRefusesWhatIsNotBangers(t *testing.T) {
 		{Op: opListenDNS, Addr: "0.0.0.0:53"},
 		{Op: opListenDNS, Addr: "10.203.0.1:5353"},
 		{Op: opListenDNS, Addr: "127.0.0.1:53"},
+		{Op: opRouteDNS, Name: "eth0", Addr: "10.203.0.1:53", Domain: "vm"},
+		{Op: opRouteDNS, Name: "bgt0", Addr: "10.203.0.1:53", Domain: "com"},
+		{Op: opRouteDNS, Name: "bgt0", Addr: "10.203.0.1:53", Domain: ""},
+		{Op: opRouteDNS, Name: "bgt0", Addr: "8.8.8.8:53", Domain: "vm"},
+		{Op: opRouteDNS, Name: "bgt0", Addr: "10.203.0.1:5353", Domain: "vm"},
+		{Op: opUnrouteDNS, Name: "eth0"},
 	} {
 		resp, files := s.do(req)
 		if len(files) != 0 || resp.Error == nil || resp.Error.Code != api.CodeBadRequest || !strings.Contains(resp.Error.Message, "root helper refuses") {
@@ -148,12 +171,15 @@ func TestPolicyRefusesWhatIsNotBangers(t *testing.T) {
 		{Op: opCreateTap, Name: "bg-3f2a9c01d4e5", Bridge: "bgt0"},
 		{Op: opDeleteTap, Name: "bg-3f2a9c01d4e5"},
 		{Op: opSyncNAT, Spec: &noTaps},
+		{Op: opRouteDNS, Name: "bgt0", Addr: "10.203.0.1:53", Domain: "vm"},
+		{Op: opUnrouteDNS, Name: "bgt0"},
 	} {
 		if resp, _ := s.do(req); resp.Error != nil {
 			t.Errorf("%+v: %v", req, resp.Error)
 		}
 	}
-	want := []string{"bridge bgt0", "create bg-pool-0001", "create bg-3f2a9c01d4e5", "delete bg-3f2a9c01d4e5", "sync"}
+	want := []string{"bridge bgt0", "create bg-pool-0001", "create bg-3f2a9c01d4e5", "delete bg-3f2a9c01d4e5", "sync",
+		"route ~vm bgt0 10.203.0.1:53", "unroute bgt0"}
 	if !slices.Equal(rec.calls, want) {
 		t.Errorf("calls %q, want %q", rec.calls, want)
 	}
@@ -244,6 +270,23 @@ func TestClientGetsDescriptors(t *testing.T) {
 	}
 	if err := c.DeleteTap("eth0"); !api.IsCode(err, api.CodeBadRequest) {
 		t.Errorf("a refusal crosses the wire as %v, want bad_request", err)
+	}
+	if err := c.RouteDNS("bgt0", "10.203.0.1:53", "vm"); err != nil {
+		t.Errorf("RouteDNS: %v", err)
+	}
+	if err := c.UnrouteDNS("bgt0"); err != nil {
+		t.Errorf("UnrouteDNS: %v", err)
+	}
+	// A host without systemd-resolved is told apart from a failure: the
+	// daemon only notes it.
+	rec.mu.Lock()
+	rec.unmanaged = true
+	rec.mu.Unlock()
+	if err := c.RouteDNS("bgt0", "10.203.0.1:53", "vm"); !errors.Is(err, resolved.ErrNotManaged) {
+		t.Errorf("RouteDNS on a host without resolved: %v, want resolved.ErrNotManaged", err)
+	}
+	if err := c.RouteDNS("bgt0", "10.203.0.1:53", "com"); err == nil || errors.Is(err, resolved.ErrNotManaged) || !api.IsCode(err, api.CodeBadRequest) {
+		t.Errorf("a refused route: %v, want bad_request and not ErrNotManaged", err)
 	}
 }
 
@@ -357,6 +400,12 @@ func TestLocalThroughThePolicy(t *testing.T) {
 			t.Errorf("a DNS socket is bound to %+v (%v), want 10.203.0.1:53", sa, err)
 		}
 		f.Close()
+	}
+	// resolved lives in the host's namespace, not this one: routing is
+	// skipped (ErrNotManaged), never pointed at a link of another
+	// namespace.
+	if resp, _ := s.do(request{Op: opRouteDNS, Name: "bgt0", Addr: "10.203.0.1:53", Domain: "vm"}); resp.Error == nil || !resp.NotManaged {
+		t.Errorf("route_dns in a namespace of its own: %+v, want not managed", resp)
 	}
 	do(request{Op: opDeleteTap, Name: "bg-pool-0001"})
 	if taps, _ := hostnet.ListTaps(hostnet.TapPrefix); len(taps) != 0 {

@@ -17,6 +17,7 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/hostnat"
+	"banger/internal/resolved"
 	"banger/internal/rpc"
 )
 
@@ -30,6 +31,8 @@ const (
 	opNATDiff         = "nat_diff"
 	opEnableIPForward = "enable_ip_forward"
 	opListenDNS       = "listen_dns"
+	opRouteDNS        = "route_dns"
+	opUnrouteDNS      = "unroute_dns"
 	opPing            = "ping"
 )
 
@@ -43,6 +46,7 @@ type request struct {
 	Bridge string        `json:"bridge,omitempty"`
 	CIDR   string        `json:"cidr,omitempty"`
 	Addr   string        `json:"addr,omitempty"`
+	Domain string        `json:"domain,omitempty"`
 	Spec   *hostnat.Spec `json:"spec,omitempty"`
 }
 
@@ -53,6 +57,9 @@ type response struct {
 	WasOn bool       `json:"was_on,omitempty"`
 	Diff  []string   `json:"diff,omitempty"`
 	FDs   int        `json:"fds,omitempty"`
+	// NotManaged: route_dns failed because systemd-resolved does not
+	// manage the host's DNS (resolved.ErrNotManaged), not a fault.
+	NotManaged bool `json:"not_managed,omitempty"`
 }
 
 // Server is the root helper: it serves Ops on a Unix socket to root and
@@ -140,9 +147,12 @@ func (s *Server) handle(conn *net.UnixConn) {
 	for _, f := range files {
 		defer f.Close()
 	}
-	if resp.Error != nil {
+	switch {
+	case resp.NotManaged:
+		s.Log.Info("operation not needed here", "op", req.Op, "uid", uid, "reason", resp.Error.Message)
+	case resp.Error != nil:
 		s.Log.Warn("operation refused or failed", "op", req.Op, "uid", uid, "err", resp.Error.Message)
-	} else {
+	default:
 		s.Log.Info("operation done", "op", req.Op, "uid", uid, "name", req.Name)
 	}
 	s.reply(conn, resp, files)
@@ -221,6 +231,22 @@ func (s *Server) do(req request) (response, []*os.File) {
 			return fail(err)
 		}
 		return response{Diff: diff}, nil
+	case opRouteDNS:
+		if err := p.checkRoute(req.Name, req.Addr, req.Domain); err != nil {
+			return fail(err)
+		}
+		if err := s.Ops.RouteDNS(req.Name, req.Addr, req.Domain); err != nil {
+			resp, files := fail(err)
+			resp.NotManaged = errors.Is(err, resolved.ErrNotManaged)
+			return resp, files
+		}
+	case opUnrouteDNS:
+		if err := p.checkBridge(req.Name); err != nil {
+			return fail(err)
+		}
+		if err := s.Ops.UnrouteDNS(req.Name); err != nil {
+			return fail(err)
+		}
 	case opPing:
 		// Answered once the caller passed the peer check: banger doctor
 		// asks whether the helper runs and takes the owner.
@@ -353,7 +379,7 @@ func (c *Client) call(req request) (response, []*os.File, error) {
 		for _, f := range files {
 			f.Close()
 		}
-		return response{}, nil, err
+		return resp, nil, err
 	}
 	return resp, files, nil
 }
@@ -418,6 +444,18 @@ func (c *Client) OpenTap(name string) (*os.File, error) {
 		return nil, err
 	}
 	return files[0], nil
+}
+
+func (c *Client) RouteDNS(link, server, domain string) error {
+	resp, _, err := c.call(request{Op: opRouteDNS, Name: link, Addr: server, Domain: domain})
+	if err != nil && resp.NotManaged {
+		return fmt.Errorf("%w (the root helper says: %v)", resolved.ErrNotManaged, err)
+	}
+	return err
+}
+
+func (c *Client) UnrouteDNS(link string) error {
+	return c.simple(request{Op: opUnrouteDNS, Name: link})
 }
 
 func (c *Client) ListenDNS(addr string) (net.PacketConn, net.Listener, error) {
