@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"banger/internal/loopdev"
 	"banger/internal/system"
 )
 
@@ -32,6 +33,10 @@ type Handles struct {
 	DMName   string // device-mapper name, e.g. banger-<vmid>
 	DMDev    string // /dev/mapper/<DMName>: the block device the VMM opens
 	COWPath  string // the COW file Create made
+	// AutoClear: the loops clear themselves once the dm device lets go of
+	// them (CreateFromFiles). Teardown then never detaches them by name: a
+	// number the kernel has handed out again may be someone else's.
+	AutoClear bool `json:",omitempty"`
 }
 
 // Spec describes the snapshot Create makes.
@@ -194,6 +199,45 @@ func Create(ctx context.Context, r Runner, spec Spec, record func(Handles) error
 	return h, nil
 }
 
+// CreateFromFiles makes the snapshot name from files the caller already
+// has open — base read-only, cow open read-write and already sized —
+// instead of paths: each goes on an autoclearing loop device
+// (internal/loopdev), then dmsetup create name. The loops live as long as
+// the dm device holds them, so Remove of the returned Handles (AutoClear
+// set, no COWPath) needs only dmsetup remove, and a failure here, or the
+// caller dying, leaves no loop behind. Banger's root helper makes its
+// owner's snapshots this way, from descriptors the daemon passes.
+func CreateFromFiles(ctx context.Context, r Runner, name string, base, cow *os.File) (Handles, error) {
+	if err := checkName(name); err != nil {
+		return Handles{}, fmt.Errorf("dmsnap: invalid spec: %w", err)
+	}
+	st, err := base.Stat()
+	if err != nil {
+		return Handles{}, fmt.Errorf("dmsnap: base image: %w", err)
+	}
+	if !st.Mode().IsRegular() || st.Size() == 0 || st.Size()%512 != 0 {
+		return Handles{}, fmt.Errorf("dmsnap: invalid spec: base image %s is not a regular file of a non-zero multiple of 512 bytes (%s, %d bytes)", base.Name(), st.Mode().Type(), st.Size())
+	}
+	baseLoop, err := loopdev.Attach(base, true)
+	if err != nil {
+		return Handles{}, fmt.Errorf("dmsnap: attach base loop device: %w", err)
+	}
+	defer baseLoop.Close() // from here on the dm table holds it, or nothing
+	cowLoop, err := loopdev.Attach(cow, false)
+	if err != nil {
+		return Handles{}, fmt.Errorf("dmsnap: attach COW loop device: %w", err)
+	}
+	defer cowLoop.Close()
+	tbl := table(st.Size()/512, baseLoop.Path, cowLoop.Path)
+	if _, err := r.Run(ctx, "dmsetup", "create", name, "--table", tbl); err != nil {
+		return Handles{}, fmt.Errorf("dmsnap: create device-mapper device %s: %w", name, err)
+	}
+	return Handles{BaseLoop: baseLoop.Path, COWLoop: cowLoop.Path, DMName: name, DMDev: filepath.Join(mapperDir, name), AutoClear: true}, nil
+}
+
+// CheckName says whether name is a valid device-mapper name here.
+func CheckName(name string) error { return checkName(name) }
+
 // Cleanup tears down whatever a partial Create made, in reverse order:
 // dmsetup remove, losetup -d of the COW loop, losetup -d of the base
 // loop, removal of the COW file. Empty handles are skipped; a resource
@@ -242,6 +286,11 @@ func teardown(ctx context.Context, r Runner, h Handles, busy *retryPolicy) (Hand
 		}
 	} else {
 		left.DMDev = ""
+	}
+	if h.AutoClear {
+		// The loops went with the dm device.
+		left.COWLoop, left.BaseLoop = "", ""
+		h.COWLoop, h.BaseLoop = "", ""
 	}
 	if h.COWLoop != "" {
 		if err := detach(ctx, r, "COW", h.COWLoop); err != nil {

@@ -692,7 +692,7 @@ func TestValidate(t *testing.T) {
 func TestHandlesJSON(t *testing.T) {
 	// The daemon persists Handles as JSON and a restarted daemon tears
 	// down what it reads back.
-	h := Handles{BaseLoop: "/dev/loop0", COWLoop: "/dev/loop1", DMName: testName, DMDev: "/dev/mapper/" + testName, COWPath: "/var/lib/banger/vms/x/root.cow"}
+	h := Handles{BaseLoop: "/dev/loop0", COWLoop: "/dev/loop1", DMName: testName, DMDev: "/dev/mapper/" + testName, COWPath: "/var/lib/banger/vms/x/root.cow", AutoClear: true}
 	b, err := json.Marshal(h)
 	if err != nil {
 		t.Fatal(err)
