@@ -81,7 +81,7 @@ func TestSystemMode(t *testing.T) {
 		t.Errorf("process %d left under %s: %s", pid, e.root, strings.ReplaceAll(string(cmd), "\x00", " "))
 	}
 	log := e.helperLog()
-	for _, op := range []string{"ensure_bridge", "create_tap", "open_tap", "delete_tap", "sync_nat", "listen_dns", "enable_ip_forward", "route_dns"} {
+	for _, op := range []string{"ensure_bridge", "create_tap", "open_tap", "delete_tap", "sync_nat", "listen_dns", "enable_ip_forward", "route_dns", "snapshots_available"} {
 		if !strings.Contains(log, `"op":"`+op+`"`) {
 			t.Errorf("the root helper never did %s; its log:\n%s", op, log)
 		}

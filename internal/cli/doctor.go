@@ -31,6 +31,7 @@ func newDoctorCommand(app *App) *cobra.Command {
 				return err
 			}
 			var helper func(context.Context) error
+			var dmSnapshots func() error
 			var owner *int
 			var also []int // uids trusted besides root and the caller
 			trust := func(uid int) bool { return uid == 0 || uid == os.Getuid() }
@@ -47,9 +48,9 @@ func newDoctorCommand(app *App) *cobra.Command {
 				owner = &o.UID
 				also = []int{o.UID}
 				trust = func(uid int) bool { return uid == 0 || uid == o.UID }
-				helper = func(context.Context) error {
-					return (&privops.Client{SocketPath: privops.DefaultSocket, Timeout: 5 * time.Second, DialWait: -1}).Ping()
-				}
+				hc := &privops.Client{SocketPath: privops.DefaultSocket, Timeout: 5 * time.Second, DialWait: -1}
+				helper = func(context.Context) error { return hc.Ping() }
+				dmSnapshots = hc.SnapshotsAvailable
 			}
 			if app.socket != "" {
 				layout.SocketPath = app.socket
@@ -63,7 +64,7 @@ func newDoctorCommand(app *App) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			env := doctor.Env{Layout: layout, Config: cfg, ClientVersion: version.Version, RootHelper: helper, Owner: owner,
+			env := doctor.Env{Layout: layout, Config: cfg, ClientVersion: version.Version, RootHelper: helper, DMSnapshots: dmSnapshots, Owner: owner,
 				DaemonVersion: func(ctx context.Context) (string, error) {
 					// Asked only of a socket that passes the checks a
 					// command would make, and never started for it.

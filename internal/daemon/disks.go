@@ -10,8 +10,10 @@ import (
 
 	"banger/internal/api"
 	"banger/internal/daemon/dmsnap"
+	"banger/internal/privops"
 	"banger/internal/rootdisk"
 	"banger/internal/store"
+	"banger/internal/system"
 )
 
 // A VM's disks are rootdisk.Disks recorded on its row as JSON: the root
@@ -59,10 +61,25 @@ func (d *Daemon) disksOf(v store.VM) (root, work rootdisk.Disk, err error) {
 	return root, work, nil
 }
 
+// diskRunner is the Runner rootdisk gets. In system mode it is also a
+// rootdisk.Snapshotter: the root helper makes dm roots' snapshots, from
+// the files the daemon opens.
+func (d *Daemon) diskRunner() rootdisk.Runner {
+	if d.viaHelper {
+		return helperDisks{Exec: d.runner, Snapshotter: d.priv}
+	}
+	return d.runner
+}
+
+type helperDisks struct {
+	*system.Exec
+	rootdisk.Snapshotter
+}
+
 // chooseRootDisk picks the root disk strategy for a VM of vmmName over
 // base: root_disk from the config, or the best the host can do.
 func (d *Daemon) chooseRootDisk(vmmName, base string) (rootdisk.Strategy, error) {
-	s, err := rootdisk.Choose(d.cfg.RootDisk, vmmName, d.layout.VMsDir, base, d.runner)
+	s, err := rootdisk.Choose(d.cfg.RootDisk, vmmName, d.layout.VMsDir, base, d.diskRunner())
 	if err != nil {
 		return "", api.Errorf(api.CodeBadRequest, "%v", err)
 	}
@@ -91,7 +108,7 @@ func (d *Daemon) attachDisks(ctx context.Context, v *store.VM) (root, rootFmt, w
 		v.RootDisk = encodeDisk(rd)
 		return d.store.UpdateVM(context.WithoutCancel(ctx), *v)
 	}
-	root, rootFmt, err = rd.Attach(ctx, d.runner, "banger-"+v.ID, func(h dmsnap.Handles) error {
+	root, rootFmt, err = rd.Attach(ctx, d.diskRunner(), privops.SnapshotPrefix+v.ID, func(h dmsnap.Handles) error {
 		snapshot := rd
 		snapshot.DM = &h
 		v.RootDisk = encodeDisk(snapshot)
@@ -113,7 +130,7 @@ func (d *Daemon) detachDisks(ctx context.Context, v *store.VM) error {
 	if err != nil || rd.DM == nil {
 		return err
 	}
-	if err := rd.Detach(context.WithoutCancel(ctx), d.runner); err != nil {
+	if err := rd.Detach(context.WithoutCancel(ctx), d.diskRunner()); err != nil {
 		return fmt.Errorf("detach the root disk of %s: %w", v.Name, err)
 	}
 	v.RootDisk = encodeDisk(rd)

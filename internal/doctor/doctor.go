@@ -59,6 +59,10 @@ type Env struct {
 	// RootHelper asks banger's root helper whether it answers (system
 	// mode; nil in user mode, where there is none).
 	RootHelper func(ctx context.Context) error
+	// DMSnapshots asks whether dm root disks can be made where this
+	// process cannot judge: the root helper makes them in system mode
+	// (nil: dmsnap.Available, in this process).
+	DMSnapshots func() error
 	// ClientVersion is this CLI's version.
 	ClientVersion string
 	// CheckKVM says whether /dev/kvm runs guests (vmm.CheckKVM).
@@ -271,10 +275,21 @@ type runFunc func(ctx context.Context, argv ...string) ([]byte, error)
 
 func (f runFunc) Run(ctx context.Context, argv ...string) ([]byte, error) { return f(ctx, argv...) }
 
+// probedRun is a rootdisk.Runner whose dm answer is DMSnapshots'.
+type probedRun struct {
+	runFunc
+	dm func() error
+}
+
+func (p probedRun) SnapshotsAvailable() error { return p.dm() }
+
 // rootDisk says which copy-on-write strategy new VMs get, and why the
 // better ones are not available.
 func (e *Env) rootDisk(vmmName string) Check {
-	r := runFunc(e.Run)
+	var r rootdisk.Runner = runFunc(e.Run)
+	if e.DMSnapshots != nil {
+		r = probedRun{runFunc(e.Run), e.DMSnapshots}
+	}
 	s, err := rootdisk.Choose(e.Config.RootDisk, vmmName, e.Layout.VMsDir, "", r)
 	if err != nil {
 		return Check{Name: "root-disk", Status: Fail, Detail: err.Error(), Fix: "set root_disk = \"auto\" in config.toml"}

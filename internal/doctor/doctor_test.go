@@ -301,3 +301,18 @@ func TestRootHelperRow(t *testing.T) {
 		t.Errorf("root helper = %s: %s", c.Status, c.Detail)
 	}
 }
+
+// TestRootDiskAsksTheHelper: in system mode the daemon cannot judge dm
+// itself (it has no root); the root-disk row takes the helper's answer.
+func TestRootDiskAsksTheHelper(t *testing.T) {
+	e := testEnv(t)
+	e.Config.RootDisk = "dm"
+	e.DMSnapshots = func() error { return nil }
+	if c := find(t, Run(context.Background(), e), "root-disk"); c.Status != Pass || c.Detail != "dm (root_disk = dm)" {
+		t.Errorf("root-disk with a helper that makes snapshots: %s %q", c.Status, c.Detail)
+	}
+	e.DMSnapshots = func() error { return errors.New("dmsnap: device-mapper is not available") }
+	if c := find(t, Run(context.Background(), e), "root-disk"); c.Status != Fail || !strings.Contains(c.Detail, `root_disk = "dm": dmsnap: device-mapper is not available`) {
+		t.Errorf("root-disk with a helper that cannot: %s %q", c.Status, c.Detail)
+	}
+}

@@ -20,12 +20,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"banger/internal/api"
+	"banger/internal/daemon/dmsnap"
 	"banger/internal/dns"
 	"banger/internal/hostnat"
 	"banger/internal/hostnet"
@@ -61,6 +63,18 @@ type Ops interface {
 	RouteDNS(link, server, domain string) error
 	// UnrouteDNS drops what RouteDNS set on link.
 	UnrouteDNS(link string) error
+	// SnapshotsAvailable says whether AttachSnapshot can work on this
+	// host (dmsnap.Available).
+	SnapshotsAvailable() error
+	// AttachSnapshot makes the device-mapper snapshot name of a VM's root
+	// disk from open files: base (read-only) as the origin, cow (open
+	// read-write) as its exception store, each on an autoclearing loop
+	// device (dmsnap.CreateFromFiles). Files, not paths: nothing is opened
+	// on a caller's word.
+	AttachSnapshot(name string, base, cow *os.File) (dmsnap.Handles, error)
+	// DetachSnapshot removes the dm device (retried while busy); its
+	// loops clear themselves.
+	DetachSnapshot(h dmsnap.Handles) error
 }
 
 // HelperOps are what the root helper does: Ops, and giving the taps it
@@ -69,6 +83,9 @@ type Ops interface {
 type HelperOps interface {
 	Ops
 	SetTapOwner(name string, uid, gid int) error
+	// SetDeviceOwner gives the block device dev (a /dev/mapper link) to
+	// uid:gid, mode 0600, so the owner's VMM may open it.
+	SetDeviceOwner(dev string, uid, gid int) error
 }
 
 // Local does the operations in this process; it needs root (or
@@ -107,6 +124,47 @@ func (Local) RouteDNS(link, server, domain string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), resolvectlTimeout)
 	defer cancel()
 	return resolved.Route(ctx, &system.Exec{}, link, server, domain)
+}
+
+// snapshotTimeout bounds the dmsetup commands of one snapshot operation.
+const snapshotTimeout = 30 * time.Second
+
+func (Local) SnapshotsAvailable() error { return dmsnap.Available() }
+
+func (Local) AttachSnapshot(name string, base, cow *os.File) (dmsnap.Handles, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), snapshotTimeout)
+	defer cancel()
+	return dmsnap.CreateFromFiles(ctx, &system.Exec{}, name, base, cow)
+}
+
+func (Local) DetachSnapshot(h dmsnap.Handles) error {
+	ctx, cancel := context.WithTimeout(context.Background(), snapshotTimeout)
+	defer cancel()
+	h.COWPath = "" // the COW file is the VM's: never deleted here
+	return dmsnap.Remove(ctx, &system.Exec{}, h)
+}
+
+func (Local) SetDeviceOwner(dev string, uid, gid int) error {
+	node, err := filepath.EvalSymlinks(dev)
+	if err != nil {
+		return fmt.Errorf("give %s to uid %d: %w", dev, uid, err)
+	}
+	st, err := os.Stat(node)
+	if err != nil {
+		return fmt.Errorf("give %s to uid %d: %w", dev, uid, err)
+	}
+	if st.Mode().Type() != os.ModeDevice {
+		return fmt.Errorf("give %s to uid %d: %s is not a block device", dev, uid, node)
+	}
+	// Mode first, while the node is still root's (after the chown it
+	// would take CAP_FOWNER).
+	if err := os.Chmod(node, 0o600); err != nil {
+		return fmt.Errorf("give %s to uid %d: %w", dev, uid, err)
+	}
+	if err := os.Chown(node, uid, gid); err != nil {
+		return fmt.Errorf("give %s to uid %d: %w", dev, uid, err)
+	}
+	return nil
 }
 
 func (Local) UnrouteDNS(link string) error {
@@ -172,6 +230,50 @@ func (p Policy) checkSpec(spec hostnat.Spec) error {
 		}
 	}
 	return spec.Validate()
+}
+
+// SnapshotPrefix begins the name of every device-mapper device banger
+// makes (banger-<vmid>): the only ones the helper makes or removes.
+const SnapshotPrefix = "banger-"
+
+func (p Policy) checkSnapshotName(name string) error {
+	if !strings.HasPrefix(name, SnapshotPrefix) || len(name) == len(SnapshotPrefix) {
+		return refuse("device-mapper name %q is not banger's (%sID)", name, SnapshotPrefix)
+	}
+	if err := dmsnap.CheckName(name); err != nil {
+		return refuse("%v", err)
+	}
+	return nil
+}
+
+// checkSnapshotFiles: the origin is any regular file the caller could
+// open (it goes on a read-only loop); the exception store must be open
+// read-write — the caller's own right to write it, not the helper's.
+func (p Policy) checkSnapshotFiles(base, cow *os.File) error {
+	for _, f := range []*os.File{base, cow} {
+		st, err := f.Stat()
+		if err != nil || !st.Mode().IsRegular() {
+			return refuse("a snapshot is made of regular files (%v)", err)
+		}
+	}
+	fl, err := unix.FcntlInt(cow.Fd(), unix.F_GETFL, 0)
+	if err != nil || fl&unix.O_ACCMODE != unix.O_RDWR {
+		return refuse("the COW file must come open read-write (the caller's right to write it)")
+	}
+	return nil
+}
+
+// checkSnapshotRemoval: only a dm device of banger's, made by the helper
+// (its loops clear themselves, so none is detached by number), and no
+// file to delete.
+func (p Policy) checkSnapshotRemoval(h dmsnap.Handles) error {
+	if err := p.checkSnapshotName(h.DMName); err != nil {
+		return err
+	}
+	if !h.AutoClear || h.COWPath != "" {
+		return refuse("removing %s: the helper removes only snapshots it made (autoclearing loops) and never deletes files", h.DMName)
+	}
+	return nil
 }
 
 // DNSDomain is the domain banger's DNS server answers for (NAME.vm): the

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/internal/api"
+	"banger/internal/daemon/dmsnap"
 	"banger/internal/hostnat"
 	"banger/internal/hostnet"
 	"banger/internal/netnstest"
@@ -37,6 +38,10 @@ type recorder struct {
 	pipeR *os.File
 	// unmanaged: RouteDNS answers as on a host without systemd-resolved.
 	unmanaged bool
+	// failOwner: SetDeviceOwner fails.
+	failOwner bool
+	// noDM: SnapshotsAvailable says no.
+	noDM bool
 }
 
 func (r *recorder) rec(s string) {
@@ -77,6 +82,46 @@ func (r *recorder) RouteDNS(link, server, domain string) error {
 }
 
 func (r *recorder) UnrouteDNS(link string) error { r.rec("unroute " + link); return nil }
+
+func (r *recorder) SnapshotsAvailable() error {
+	r.rec("snapshots?")
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.noDM {
+		return errors.New("dmsnap: device-mapper is not available: no /dev/mapper/control")
+	}
+	return nil
+}
+
+// AttachSnapshot records the files it was given by name and mode.
+func (r *recorder) AttachSnapshot(name string, base, cow *os.File) (dmsnap.Handles, error) {
+	mode := func(f *os.File) string {
+		fl, _ := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
+		if fl&unix.O_ACCMODE == unix.O_RDWR {
+			return "rw"
+		}
+		return "ro"
+	}
+	// What the descriptor is, whatever the name it came with.
+	file := func(f *os.File) string {
+		p, _ := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
+		return filepath.Base(p)
+	}
+	r.rec(fmt.Sprintf("attach %s %s(%s) %s(%s)", name, file(base), mode(base), file(cow), mode(cow)))
+	return dmsnap.Handles{BaseLoop: "/dev/loop8", COWLoop: "/dev/loop9", DMName: name, DMDev: "/dev/mapper/" + name, AutoClear: true}, nil
+}
+
+func (r *recorder) DetachSnapshot(h dmsnap.Handles) error { r.rec("detach " + h.DMName); return nil }
+
+func (r *recorder) SetDeviceOwner(dev string, uid, gid int) error {
+	r.rec(fmt.Sprintf("owner %s %d:%d", dev, uid, gid))
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.failOwner {
+		return errors.New("chown: read-only file system")
+	}
+	return nil
+}
 
 func (r *recorder) OpenTap(name string) (*os.File, error) {
 	r.rec("open " + name)
@@ -153,12 +198,12 @@ func TestPolicyRefusesWhatIsNotBangers(t *testing.T) {
 		{Op: opRouteDNS, Name: "bgt0", Addr: "10.203.0.1:5353", Domain: "vm"},
 		{Op: opUnrouteDNS, Name: "eth0"},
 	} {
-		resp, files := s.do(req)
+		resp, files := s.do(req, nil)
 		if len(files) != 0 || resp.Error == nil || resp.Error.Code != api.CodeBadRequest || !strings.Contains(resp.Error.Message, "root helper refuses") {
 			t.Errorf("%+v: %+v (%d files), want a bad_request refusal", req, resp.Error, len(files))
 		}
 	}
-	if resp, _ := s.do(request{Op: "mount", Name: "/"}); resp.Error == nil || resp.Error.Code != api.CodeUnknownMethod {
+	if resp, _ := s.do(request{Op: "mount", Name: "/"}, nil); resp.Error == nil || resp.Error.Code != api.CodeUnknownMethod {
 		t.Errorf("an unknown operation: %+v, want unknown_method", resp.Error)
 	}
 	if len(rec.calls) != 0 {
@@ -174,7 +219,7 @@ func TestPolicyRefusesWhatIsNotBangers(t *testing.T) {
 		{Op: opRouteDNS, Name: "bgt0", Addr: "10.203.0.1:53", Domain: "vm"},
 		{Op: opUnrouteDNS, Name: "bgt0"},
 	} {
-		if resp, _ := s.do(req); resp.Error != nil {
+		if resp, _ := s.do(req, nil); resp.Error != nil {
 			t.Errorf("%+v: %v", req, resp.Error)
 		}
 	}
@@ -357,7 +402,7 @@ func TestLocalThroughThePolicy(t *testing.T) {
 	s := &Server{Ops: Local{}, Policy: testPolicy(t)}
 	do := func(req request) (response, []*os.File) {
 		t.Helper()
-		resp, files := s.do(req)
+		resp, files := s.do(req, nil)
 		if resp.Error != nil {
 			t.Fatalf("%+v: %v", req, resp.Error)
 		}
@@ -404,7 +449,7 @@ func TestLocalThroughThePolicy(t *testing.T) {
 	// resolved lives in the host's namespace, not this one: routing is
 	// skipped (ErrNotManaged), never pointed at a link of another
 	// namespace.
-	if resp, _ := s.do(request{Op: opRouteDNS, Name: "bgt0", Addr: "10.203.0.1:53", Domain: "vm"}); resp.Error == nil || !resp.NotManaged {
+	if resp, _ := s.do(request{Op: opRouteDNS, Name: "bgt0", Addr: "10.203.0.1:53", Domain: "vm"}, nil); resp.Error == nil || !resp.NotManaged {
 		t.Errorf("route_dns in a namespace of its own: %+v, want not managed", resp)
 	}
 	do(request{Op: opDeleteTap, Name: "bg-pool-0001"})
@@ -443,5 +488,117 @@ func TestClientWaitsForAHelperStarting(t *testing.T) {
 	}
 	if waited := time.Since(start); waited < 250*time.Millisecond {
 		t.Errorf("answered after %s, before the helper listened", waited)
+	}
+}
+
+// snapshotFiles makes a base image and a COW file and opens them the way
+// the daemon does: base read-only, COW read-write.
+func snapshotFiles(t *testing.T) (base, cow, cowRO *os.File) {
+	t.Helper()
+	dir := t.TempDir()
+	open := func(name string, flag int) *os.File {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, make([]byte, 4096), 0o600); err != nil && !os.IsExist(err) {
+			t.Fatal(err)
+		}
+		f, err := os.OpenFile(p, flag, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		return f
+	}
+	return open("rootfs.ext4", os.O_RDONLY), open("root.cow", os.O_RDWR), open("root.cow", os.O_RDONLY)
+}
+
+// TestSnapshotPolicy: the helper makes and removes only banger-named dm
+// snapshots, of files that come as descriptors — the COW one open for
+// writing by the caller —, and removes only those it made (no loop
+// detached by number, no file deleted). Operations take exactly their
+// descriptors.
+func TestSnapshotPolicy(t *testing.T) {
+	rec := &recorder{}
+	s := &Server{Ops: rec, Policy: testPolicy(t)}
+	base, cow, cowRO := snapshotFiles(t)
+	good := dmsnap.Handles{BaseLoop: "/dev/loop8", COWLoop: "/dev/loop9", DMName: "banger-0f1e", DMDev: "/dev/mapper/banger-0f1e", AutoClear: true}
+	notAuto, withFile, other := good, good, good
+	notAuto.AutoClear = false
+	withFile.COWPath = "/home/alice/.ssh/id_ed25519"
+	other.DMName = "vg0-root"
+	for _, c := range []struct {
+		req   request
+		files []*os.File
+	}{
+		{request{Op: opAttachSnapshot, Name: "vg0-root"}, []*os.File{base, cow}},
+		{request{Op: opAttachSnapshot, Name: "banger-"}, []*os.File{base, cow}},
+		{request{Op: opAttachSnapshot, Name: "banger-a b"}, []*os.File{base, cow}},
+		{request{Op: opAttachSnapshot, Name: "banger-0f1e"}, []*os.File{base, cowRO}},
+		{request{Op: opAttachSnapshot, Name: "banger-0f1e"}, []*os.File{base}},
+		{request{Op: opAttachSnapshot, Name: "banger-0f1e"}, nil},
+		{request{Op: opDetachSnapshot}, nil},
+		{request{Op: opDetachSnapshot, Handles: &other}, nil},
+		{request{Op: opDetachSnapshot, Handles: &notAuto}, nil},
+		{request{Op: opDetachSnapshot, Handles: &withFile}, nil},
+		{request{Op: opDetachSnapshot, Handles: &good}, []*os.File{base}},
+		{request{Op: opPing}, []*os.File{base}},
+	} {
+		resp, files := s.do(c.req, c.files)
+		if len(files) != 0 || resp.Error == nil || resp.Error.Code != api.CodeBadRequest || !strings.Contains(resp.Error.Message, "root helper refuses") {
+			t.Errorf("%+v with %d files: %+v, want a bad_request refusal", c.req, len(c.files), resp.Error)
+		}
+	}
+	if calls := rec.seen(); len(calls) != 0 {
+		t.Errorf("refused requests reached the kernel: %q", calls)
+	}
+	if resp, _ := s.do(request{Op: opAttachSnapshot, Name: "banger-0f1e"}, []*os.File{base, cow}); resp.Error != nil || resp.Handles == nil || *resp.Handles != good {
+		t.Errorf("attach: %+v %+v, want %+v", resp.Error, resp.Handles, good)
+	}
+	if resp, _ := s.do(request{Op: opDetachSnapshot, Handles: &good}, nil); resp.Error != nil {
+		t.Errorf("detach: %v", resp.Error)
+	}
+	if got, want := rec.seen(), []string{"attach banger-0f1e rootfs.ext4(ro) root.cow(rw)", "detach banger-0f1e"}; !slices.Equal(got, want) {
+		t.Errorf("calls %q, want %q", got, want)
+	}
+}
+
+// TestClientSnapshots: the files cross the socket as descriptors; the
+// helper gives the device it made to its owner, and takes it down again
+// when it cannot.
+func TestClientSnapshots(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (the helper gives its socket to its owner)")
+	}
+	rec := &recorder{}
+	c := &Client{SocketPath: serve(t, rec, 4242)}
+	base, cow, _ := snapshotFiles(t)
+	h, err := c.AttachSnapshot("banger-0f1e", base, cow)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.DMDev != "/dev/mapper/banger-0f1e" || !h.AutoClear {
+		t.Errorf("handles %+v", h)
+	}
+	if err := c.DetachSnapshot(h); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.SnapshotsAvailable(); err != nil {
+		t.Fatal(err)
+	}
+	rec.mu.Lock()
+	rec.failOwner, rec.noDM = true, true
+	rec.mu.Unlock()
+	if err := c.SnapshotsAvailable(); err == nil || err.Error() != "the root helper cannot make dm snapshots: dmsnap: device-mapper is not available: no /dev/mapper/control" {
+		t.Errorf("SnapshotsAvailable on a host without dm: %v", err)
+	}
+	if _, err := c.AttachSnapshot("banger-0f1e", base, cow); err == nil || !strings.Contains(err.Error(), "read-only file system") {
+		t.Errorf("attach whose device cannot be given to the owner: %v", err)
+	}
+	want := []string{
+		"attach banger-0f1e rootfs.ext4(ro) root.cow(rw)", "owner /dev/mapper/banger-0f1e 4242:4242",
+		"detach banger-0f1e", "snapshots?", "snapshots?",
+		"attach banger-0f1e rootfs.ext4(ro) root.cow(rw)", "owner /dev/mapper/banger-0f1e 4242:4242", "detach banger-0f1e",
+	}
+	if got := rec.seen(); !slices.Equal(got, want) {
+		t.Errorf("calls\n%q\nwant\n%q", got, want)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/internal/api"
+	"banger/internal/daemon/dmsnap"
 	"banger/internal/hostnat"
 	"banger/internal/resolved"
 	"banger/internal/rpc"
@@ -33,6 +34,9 @@ const (
 	opListenDNS       = "listen_dns"
 	opRouteDNS        = "route_dns"
 	opUnrouteDNS      = "unroute_dns"
+	opSnapshotsOK     = "snapshots_available"
+	opAttachSnapshot  = "attach_snapshot"
+	opDetachSnapshot  = "detach_snapshot"
 	opPing            = "ping"
 )
 
@@ -48,7 +52,17 @@ type request struct {
 	Addr   string        `json:"addr,omitempty"`
 	Domain string        `json:"domain,omitempty"`
 	Spec   *hostnat.Spec `json:"spec,omitempty"`
+	// Handles name the snapshot detach_snapshot removes.
+	Handles *dmsnap.Handles `json:"handles,omitempty"`
 }
+
+// maxRequestFDs bounds the descriptors a request may carry
+// (attach_snapshot's two).
+const maxRequestFDs = 2
+
+// requestFDs is how many descriptors each operation takes with its
+// request; any other count is refused.
+var requestFDs = map[string]int{opAttachSnapshot: 2}
 
 // response is its outcome; descriptors travel beside it (SCM_RIGHTS), in
 // the order the operation documents.
@@ -57,6 +71,10 @@ type response struct {
 	WasOn bool       `json:"was_on,omitempty"`
 	Diff  []string   `json:"diff,omitempty"`
 	FDs   int        `json:"fds,omitempty"`
+	// Unavailable is why snapshots_available says no ("": they work).
+	Unavailable string `json:"unavailable,omitempty"`
+	// Handles are what attach_snapshot made.
+	Handles *dmsnap.Handles `json:"handles,omitempty"`
 	// NotManaged: route_dns failed because systemd-resolved does not
 	// manage the host's DNS (resolved.ErrNotManaged), not a fault.
 	NotManaged bool `json:"not_managed,omitempty"`
@@ -126,8 +144,24 @@ func (s *Server) handle(conn *net.UnixConn) {
 	// The request is read (bounded) before anything is answered: closing
 	// a connection with unread data would reset it, and the caller would
 	// see that instead of the answer.
+	// The first read takes the descriptors that came with the request.
 	var req request
-	derr := json.NewDecoder(io.LimitReader(conn, maxRequest)).Decode(&req)
+	buf := make([]byte, 64<<10)
+	oob := make([]byte, unix.CmsgSpace(4*maxRequestFDs))
+	n, oobn, _, _, derr := conn.ReadMsgUnix(buf, oob)
+	var files []*os.File
+	if derr == nil {
+		files, derr = filesFrom(oob[:oobn])
+	}
+	for _, f := range files {
+		defer f.Close()
+	}
+	if derr == nil {
+		var rest []byte
+		if rest, derr = io.ReadAll(io.LimitReader(conn, maxRequest)); derr == nil {
+			derr = json.Unmarshal(append(buf[:n], rest...), &req)
+		}
+	}
 	puid, err := rpc.PeerUID(conn)
 	uid := int(puid)
 	if err != nil {
@@ -143,8 +177,8 @@ func (s *Server) handle(conn *net.UnixConn) {
 		s.reply(conn, response{Error: api.Errorf(api.CodeBadRequest, "root helper: unreadable request: %v", derr)}, nil)
 		return
 	}
-	resp, files := s.do(req)
-	for _, f := range files {
+	resp, out := s.do(req, files)
+	for _, f := range out {
 		defer f.Close()
 	}
 	switch {
@@ -155,11 +189,11 @@ func (s *Server) handle(conn *net.UnixConn) {
 	default:
 		s.Log.Info("operation done", "op", req.Op, "uid", uid, "name", req.Name)
 	}
-	s.reply(conn, resp, files)
+	s.reply(conn, resp, out)
 }
 
 // do checks req against the policy, then carries it out.
-func (s *Server) do(req request) (response, []*os.File) {
+func (s *Server) do(req request, in []*os.File) (response, []*os.File) {
 	fail := func(err error) (response, []*os.File) {
 		var ae *api.Error
 		if !errors.As(err, &ae) {
@@ -168,6 +202,9 @@ func (s *Server) do(req request) (response, []*os.File) {
 		return response{Error: ae}, nil
 	}
 	p := s.Policy
+	if len(in) != requestFDs[req.Op] {
+		return fail(refuse("%s takes %d descriptors, not %d", req.Op, requestFDs[req.Op], len(in)))
+	}
 	switch req.Op {
 	case opEnsureBridge:
 		if err := p.checkBridge(req.Name); err != nil {
@@ -247,6 +284,42 @@ func (s *Server) do(req request) (response, []*os.File) {
 		if err := s.Ops.UnrouteDNS(req.Name); err != nil {
 			return fail(err)
 		}
+	case opSnapshotsOK:
+		// An answer either way, not a failure of the helper's.
+		if err := s.Ops.SnapshotsAvailable(); err != nil {
+			return response{Unavailable: err.Error()}, nil
+		}
+	case opAttachSnapshot:
+		if err := p.checkSnapshotName(req.Name); err != nil {
+			return fail(err)
+		}
+		if err := p.checkSnapshotFiles(in[0], in[1]); err != nil {
+			return fail(err)
+		}
+		h, err := s.Ops.AttachSnapshot(req.Name, in[0], in[1])
+		if err != nil {
+			return fail(err)
+		}
+		if s.Owner != 0 {
+			// The owner's VMM opens it; nobody else may.
+			if err := s.Ops.SetDeviceOwner(h.DMDev, s.Owner, s.OwnerGID); err != nil {
+				if derr := s.Ops.DetachSnapshot(h); derr != nil {
+					err = errors.Join(err, derr)
+				}
+				return fail(err)
+			}
+		}
+		return response{Handles: &h}, nil
+	case opDetachSnapshot:
+		if req.Handles == nil {
+			return fail(refuse("detach_snapshot without handles"))
+		}
+		if err := p.checkSnapshotRemoval(*req.Handles); err != nil {
+			return fail(err)
+		}
+		if err := s.Ops.DetachSnapshot(*req.Handles); err != nil {
+			return fail(err)
+		}
 	case opPing:
 		// Answered once the caller passed the peer check: banger doctor
 		// asks whether the helper runs and takes the owner.
@@ -322,7 +395,7 @@ func (c *Client) dialWait() time.Duration {
 	return c.DialWait
 }
 
-func (c *Client) call(req request) (response, []*os.File, error) {
+func (c *Client) call(req request, send ...*os.File) (response, []*os.File, error) {
 	timeout := c.Timeout
 	if timeout == 0 {
 		timeout = 30 * time.Second
@@ -349,7 +422,15 @@ func (c *Client) call(req request) (response, []*os.File, error) {
 	if err != nil {
 		return response{}, nil, err
 	}
-	if _, err := uc.Write(b); err != nil {
+	var rights []byte
+	if len(send) > 0 {
+		fds := make([]int, len(send))
+		for i, f := range send {
+			fds[i] = int(f.Fd())
+		}
+		rights = unix.UnixRights(fds...)
+	}
+	if _, _, err := uc.WriteMsgUnix(b, rights, nil); err != nil {
 		return response{}, nil, fmt.Errorf("root helper: send %s: %w", req.Op, err)
 	}
 	_ = uc.CloseWrite()
@@ -456,6 +537,29 @@ func (c *Client) RouteDNS(link, server, domain string) error {
 
 func (c *Client) UnrouteDNS(link string) error {
 	return c.simple(request{Op: opUnrouteDNS, Name: link})
+}
+
+func (c *Client) SnapshotsAvailable() error {
+	resp, _, err := c.call(request{Op: opSnapshotsOK})
+	if err == nil && resp.Unavailable != "" {
+		err = fmt.Errorf("the root helper cannot make dm snapshots: %s", resp.Unavailable)
+	}
+	return err
+}
+
+func (c *Client) AttachSnapshot(name string, base, cow *os.File) (dmsnap.Handles, error) {
+	resp, _, err := c.call(request{Op: opAttachSnapshot, Name: name}, base, cow)
+	if err == nil && resp.Handles == nil {
+		err = fmt.Errorf("root helper: attach_snapshot answered no handles")
+	}
+	if err != nil {
+		return dmsnap.Handles{}, err
+	}
+	return *resp.Handles, nil
+}
+
+func (c *Client) DetachSnapshot(h dmsnap.Handles) error {
+	return c.simple(request{Op: opDetachSnapshot, Handles: &h})
 }
 
 func (c *Client) ListenDNS(addr string) (net.PacketConn, net.Listener, error) {

@@ -316,6 +316,9 @@ func (d *Disk) Attach(ctx context.Context, r Runner, dmName string, record func(
 	} else if !st.Mode().IsRegular() {
 		return "", "", fmt.Errorf("rootdisk: attach: COW file %s is not a regular file", d.Path)
 	}
+	if sn, ok := r.(Snapshotter); ok {
+		return d.attachWith(sn, dmName, record)
+	}
 	link := d.Path + attachSuffix
 	if err := removeAttachLink(d.Path); err != nil {
 		return "", "", fmt.Errorf("rootdisk: attach: %w", err)
@@ -351,6 +354,42 @@ func (d *Disk) Attach(ctx context.Context, r Runner, dmName string, record func(
 	if record != nil {
 		if err := record(h); err != nil {
 			return "", "", detachAfter(ctx, r, h, fmt.Errorf("rootdisk: attach %s: record handles: %w", d.Path, err))
+		}
+	}
+	d.DM = &h
+	return h.DMDev, FormatRaw, nil
+}
+
+// attachWith is Attach through a Snapshotter: the base and the COW file
+// go to it open, read-only and read-write — what this process may do
+// with them is all it can ask for. The name is recorded before the
+// snapshot exists, so a crash in between leaves a name to remove.
+func (d *Disk) attachWith(sn Snapshotter, dmName string, record func(dmsnap.Handles) error) (string, string, error) {
+	if record != nil {
+		if err := record(dmsnap.Handles{DMName: dmName, AutoClear: true}); err != nil {
+			return "", "", fmt.Errorf("rootdisk: attach %s: record handles: %w", d.Path, err)
+		}
+	}
+	base, err := os.Open(d.Chain[0])
+	if err != nil {
+		return "", "", fmt.Errorf("rootdisk: attach: base image: %w", err)
+	}
+	defer base.Close()
+	cow, err := os.OpenFile(d.Path, os.O_RDWR, 0)
+	if err != nil {
+		return "", "", fmt.Errorf("rootdisk: attach: COW file: %w", err)
+	}
+	defer cow.Close()
+	h, err := sn.AttachSnapshot(dmName, base, cow)
+	if err != nil {
+		return "", "", fmt.Errorf("rootdisk: attach %s: %w", d.Path, err)
+	}
+	if record != nil {
+		if err := record(h); err != nil {
+			if derr := sn.DetachSnapshot(h); derr != nil {
+				err = errors.Join(err, derr)
+			}
+			return "", "", fmt.Errorf("rootdisk: attach %s: record handles: %w", d.Path, err)
 		}
 	}
 	d.DM = &h
@@ -397,6 +436,13 @@ func (d *Disk) Detach(ctx context.Context, r Runner) error {
 	h := *d.DM
 	if h.COWPath != d.Path+attachSuffix {
 		h.COWPath = "" // dmsnap may delete Attach's link, never the COW file
+	}
+	if sn, ok := r.(Snapshotter); ok && h.AutoClear {
+		if err := sn.DetachSnapshot(h); err != nil {
+			return fmt.Errorf("rootdisk: detach %s: %w", d.Path, err)
+		}
+		d.DM = nil
+		return nil
 	}
 	if err := dmsnap.Remove(ctx, r, h); err != nil {
 		return fmt.Errorf("rootdisk: detach %s: %w", d.Path, err)

@@ -7,9 +7,12 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+
+	"golang.org/x/sys/unix"
 
 	"banger/internal/api"
 	"banger/internal/daemon/dmsnap"
@@ -281,5 +284,104 @@ func TestChooseDMUnavailable(t *testing.T) {
 	_, err := Choose("dm", VMMFirecracker, t.TempDir(), "", host())
 	if err == nil || !strings.Contains(err.Error(), why.Error()) || !strings.HasPrefix(err.Error(), `root_disk = "dm": `) {
 		t.Errorf("Choose(dm) = %v; want dmsnap.Available's reason: %v", err, why)
+	}
+}
+
+// helperDM stands in for banger's root helper behind a Runner: it runs no
+// command and makes snapshots from the files it is handed.
+type helperDM struct {
+	calls     []string
+	avail     error
+	attachErr error
+}
+
+func (h *helperDM) Run(ctx context.Context, argv ...string) ([]byte, error) {
+	h.calls = append(h.calls, "run "+strings.Join(argv, " "))
+	return nil, errors.New("the helper's runner runs nothing")
+}
+
+func (h *helperDM) SnapshotsAvailable() error { return h.avail }
+
+func (h *helperDM) AttachSnapshot(name string, base, cow *os.File) (dmsnap.Handles, error) {
+	mode := func(f *os.File) string {
+		fl, _ := unix.FcntlInt(f.Fd(), unix.F_GETFL, 0)
+		return map[bool]string{true: "rw", false: "ro"}[fl&unix.O_ACCMODE == unix.O_RDWR]
+	}
+	h.calls = append(h.calls, fmt.Sprintf("attach %s %s(%s) %s(%s)", name, filepath.Base(base.Name()), mode(base), filepath.Base(cow.Name()), mode(cow)))
+	if h.attachErr != nil {
+		return dmsnap.Handles{}, h.attachErr
+	}
+	return dmsnap.Handles{BaseLoop: "/dev/loop4", COWLoop: "/dev/loop5", DMName: name, DMDev: "/dev/mapper/" + name, AutoClear: true}, nil
+}
+
+func (h *helperDM) DetachSnapshot(hd dmsnap.Handles) error {
+	h.calls = append(h.calls, "detach "+hd.DMName)
+	return nil
+}
+
+// TestDMThroughASnapshotter: a Runner that is a Snapshotter (the root
+// helper's client, in system mode) gets the base open read-only and the
+// COW file read-write instead of running losetup/dmsetup; the name is
+// recorded before the device exists; Check asks it; Detach hands it the
+// handles; a snapshot that cannot be recorded is taken down again.
+func TestDMThroughASnapshotter(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	base := filepath.Join(dir, "rootfs.ext4")
+	makeBase(t, base, 4*mib, region{0, mib})
+	d, err := Create(ctx, host(), DM, base, filepath.Join(dir, "vm-a.cow"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sn := &helperDM{avail: errors.New("no dm here")}
+	if err := Check(DM, VMMFirecracker, dir, base, sn); err == nil || err.Error() != "no dm here" {
+		t.Errorf("Check(dm) = %v, want the snapshotter's answer", err)
+	}
+	sn.avail = nil
+	if err := Check(DM, VMMFirecracker, dir, base, sn); err != nil {
+		t.Errorf("Check(dm) = %v, want the snapshotter's nil", err)
+	}
+
+	var recorded []dmsnap.Handles
+	dev, format, err := d.Attach(ctx, sn, "banger-vm-a", func(h dmsnap.Handles) error {
+		recorded = append(recorded, h)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	made := dmsnap.Handles{BaseLoop: "/dev/loop4", COWLoop: "/dev/loop5", DMName: "banger-vm-a", DMDev: "/dev/mapper/banger-vm-a", AutoClear: true}
+	if dev != made.DMDev || format != FormatRaw || d.DM == nil || *d.DM != made {
+		t.Errorf("Attach = %s %s, DM %+v; want %s raw %+v", dev, format, d.DM, made.DMDev, made)
+	}
+	if want := []dmsnap.Handles{{DMName: "banger-vm-a", AutoClear: true}, made}; !slices.Equal(recorded, want) {
+		t.Errorf("recorded %+v, want %+v", recorded, want)
+	}
+	if err := d.Detach(ctx, sn); err != nil || d.DM != nil {
+		t.Errorf("Detach: %v, DM %+v", err, d.DM)
+	}
+	want := []string{"attach banger-vm-a rootfs.ext4(ro) vm-a.cow(rw)", "detach banger-vm-a"}
+	if !slices.Equal(sn.calls, want) {
+		t.Errorf("calls %q, want %q", sn.calls, want)
+	}
+
+	// Recording fails once the snapshot exists: it goes again.
+	sn.calls = nil
+	n := 0
+	if _, _, err := d.Attach(ctx, sn, "banger-vm-a", func(h dmsnap.Handles) error {
+		if n++; n == 2 {
+			return errors.New("database is locked")
+		}
+		return nil
+	}); err == nil || !strings.Contains(err.Error(), "database is locked") || d.DM != nil {
+		t.Errorf("Attach whose handles cannot be recorded: %v, DM %+v", err, d.DM)
+	}
+	if !slices.Equal(sn.calls, want) {
+		t.Errorf("calls %q, want %q", sn.calls, want)
+	}
+	// And the helper refusing leaves nothing attached.
+	sn.calls, sn.attachErr = nil, errors.New("root helper refuses: no")
+	if _, _, err := d.Attach(ctx, sn, "banger-vm-a", nil); err == nil || d.DM != nil {
+		t.Errorf("Attach the helper refused: %v, DM %+v", err, d.DM)
 	}
 }

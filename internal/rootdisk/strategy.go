@@ -22,6 +22,33 @@ type Runner interface {
 	Run(ctx context.Context, argv ...string) ([]byte, error)
 }
 
+// Snapshotter makes the device-mapper snapshots of dm disks from open
+// files, where the process cannot (banger's root helper, for a daemon in
+// system mode: privops.Client). A Runner that is also a Snapshotter is
+// used for them instead of running losetup and dmsetup itself: Check asks
+// it whether dm works, Attach hands it the base and COW file open
+// (read-only, read-write), Detach hands it the Handles.
+type Snapshotter interface {
+	SnapshotProber
+	AttachSnapshot(name string, base, cow *os.File) (dmsnap.Handles, error)
+	DetachSnapshot(h dmsnap.Handles) error
+}
+
+// SnapshotProber says whether dm snapshots can be made, for a Runner
+// that does not make them itself (a Snapshotter, or banger doctor asking
+// the root helper).
+type SnapshotProber interface {
+	SnapshotsAvailable() error
+}
+
+// dmAvailable is Check's answer for dm.
+func dmAvailable(r Runner) error {
+	if sn, ok := r.(SnapshotProber); ok {
+		return sn.SnapshotsAvailable()
+	}
+	return dmsnap.Available()
+}
+
 // Strategy is how a VM's disk is layered over its read-only base.
 type Strategy string
 
@@ -74,7 +101,7 @@ func checkVMM(vmm string) error {
 // error saying why not. It probes every time and caches nothing:
 //
 //   - dm: dmsnap.Available() (a kernel device-mapper that answers, dmsetup
-//     and losetup on PATH, root);
+//     and losetup on PATH, root), or a SnapshotProber r's answer;
 //   - qcow2: vmm is qemu, and `qemu-img --version` runs through r;
 //   - reflink: FICLONE works between two tiny files made in dir, and a
 //     64 KiB FICLONERANGE from base into dir works (same filesystem);
@@ -85,7 +112,7 @@ func Check(s Strategy, vmm, dir, base string, r Runner) error {
 	}
 	switch s {
 	case DM:
-		return dmsnap.Available()
+		return dmAvailable(r)
 	case QCOW2:
 		if vmm != VMMQEMU {
 			return fmt.Errorf("%s opens only raw disks; qcow2 overlays are for qemu", vmm)

@@ -333,8 +333,11 @@ WantedBy=multi-user.target
 `))
 
 // The helper keeps only the capabilities its operations use: links,
-// taps and nftables (CAP_NET_ADMIN), port 53 (CAP_NET_BIND_SERVICE), and
-// giving its socket to the owner (CAP_CHOWN). /proc/sys stays writable
+// taps and nftables (CAP_NET_ADMIN), port 53 (CAP_NET_BIND_SERVICE),
+// giving its socket and the dm devices it makes to the owner (CAP_CHOWN),
+// and dm roots: device-mapper's ioctls admit only CAP_SYS_ADMIN, and
+// dmsetup makes /dev/mapper nodes where udev does not (CAP_MKNOD). Its
+// devices are only those: tun, loop and device-mapper. /proc/sys stays writable
 // for net.ipv4.ip_forward, and the kernel may still load the bridge, tun
 // and nf_tables modules its requests need (no ProtectKernelModules; the
 // helper itself cannot: CAP_SYS_MODULE is not in its bounding set).
@@ -351,7 +354,7 @@ RuntimeDirectory={{.RuntimeHelper}}
 RuntimeDirectoryMode=0755
 UMask=0077
 NoNewPrivileges=yes
-CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_CHOWN
+CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_CHOWN CAP_SYS_ADMIN CAP_MKNOD
 ProtectSystem=strict
 ProtectHome=yes
 PrivateTmp=yes
@@ -360,6 +363,10 @@ ProtectClock=yes
 ProtectHostname=yes
 DevicePolicy=closed
 DeviceAllow=/dev/net/tun rw
+DeviceAllow=/dev/loop-control rw
+DeviceAllow=block-loop rw
+DeviceAllow=/dev/mapper/control rw
+DeviceAllow=block-device-mapper rw
 RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6
 RestrictNamespaces=yes
 RestrictRealtime=yes

@@ -188,8 +188,8 @@ func TestUnitsVerify(t *testing.T) {
 			t.Errorf("%s lacks %q", DaemonUnit, w)
 		}
 	}
-	for _, w := range []string{"CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_CHOWN\n", "NoNewPrivileges=yes", "ProtectSystem=strict",
-		"ProtectHome=yes", "PrivateTmp=yes", "DeviceAllow=/dev/net/tun rw", "--owner daemon"} {
+	for _, w := range []string{"CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_CHOWN CAP_SYS_ADMIN CAP_MKNOD\n", "NoNewPrivileges=yes", "ProtectSystem=strict",
+		"ProtectHome=yes", "PrivateTmp=yes", "DeviceAllow=/dev/net/tun rw", "DeviceAllow=block-device-mapper rw", "DeviceAllow=block-loop rw", "--owner daemon"} {
 		if !strings.Contains(helper, w) {
 			t.Errorf("%s lacks %q", HelperUnit, w)
 		}
