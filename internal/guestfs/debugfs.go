@@ -231,7 +231,7 @@ func parseStat(lines []string) *FileInfo {
 			if !ok {
 				tb = fs.ModeIrregular
 			}
-			fi = &FileInfo{Inode: ino, Mode: tb | unixToGoPerm(uint32(perm))}
+			fi = &FileInfo{Inode: ino, Mode: tb | PermFromUnix(uint32(perm))}
 			continue
 		}
 		if fi == nil {
@@ -249,8 +249,9 @@ func parseStat(lines []string) *FileInfo {
 	return fi
 }
 
-// unixToGoPerm converts st_mode permission bits (07777) to fs.FileMode.
-func unixToGoPerm(p uint32) fs.FileMode {
+// PermFromUnix converts st_mode permission bits (07777, setuid, setgid and
+// sticky included) to fs.FileMode.
+func PermFromUnix(p uint32) fs.FileMode {
 	m := fs.FileMode(p & 0o777)
 	if p&0o4000 != 0 {
 		m |= fs.ModeSetuid
