@@ -12,6 +12,14 @@
 //	                                              ▲
 //	                          Options.ExtraTrees ─┘ (host dirs, e.g. a kernel's modules)
 //
+// As root, owners, modes, device nodes and attributes are made in the
+// staging tree and mkfs.ext4 -d copies them. Rootless (Options.Rootless,
+// an unprivileged daemon), the tree is the caller's own — no setuid bit,
+// device node or foreign owner on the host, a placeholder file for each
+// device — and what each inode should be is recorded (owners, by inode
+// number when it is made) and set in the finished filesystem by
+// guestfs.SetInodes (debugfs), which reads every one back.
+//
 // Invariants:
 //   - Nothing a layer holds is written outside the staging root. Every path
 //     is resolved with openat2(RESOLVE_IN_ROOT), as if the root were "/":

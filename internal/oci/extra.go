@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"path/filepath"
@@ -43,7 +44,7 @@ func (t ExtraTree) check() error {
 }
 
 // addExtraTrees copies each tree into the staging root, in order.
-func addExtraTrees(ctx context.Context, rootDir string, trees []ExtraTree) error {
+func addExtraTrees(ctx context.Context, rootDir string, trees []ExtraTree, own *owners) error {
 	if len(trees) == 0 {
 		return nil
 	}
@@ -51,6 +52,7 @@ func addExtraTrees(ctx context.Context, rootDir string, trees []ExtraTree) error
 	if err != nil {
 		return err
 	}
+	r.own = own
 	defer r.close()
 	for _, t := range trees {
 		if err := r.addTree(ctx, t); err != nil {
@@ -70,13 +72,13 @@ func (r *root) addTree(ctx context.Context, t ExtraTree) error {
 	if err := removeAt(pfd, base); err != nil {
 		return fmt.Errorf("replace what the image has there: %w", err)
 	}
-	return copyDirAt(ctx, t.Src, pfd, base)
+	return copyDirAt(ctx, t.Src, pfd, base, r.own)
 }
 
 // copyDirAt makes directory name in parentFd and copies the host
 // directory src into it. Everything below name was made here, so entries
 // are created with *at calls that never follow a symlink.
-func copyDirAt(ctx context.Context, src string, parentFd int, name string) error {
+func copyDirAt(ctx context.Context, src string, parentFd int, name string, own *owners) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -100,11 +102,11 @@ func copyDirAt(ctx context.Context, src string, parentFd int, name string) error
 		p := filepath.Join(src, e.Name())
 		switch {
 		case e.IsDir():
-			err = copyDirAt(ctx, p, fd, e.Name())
+			err = copyDirAt(ctx, p, fd, e.Name(), own)
 		case e.Type()&os.ModeSymlink != 0:
-			err = copySymlinkAt(p, fd, e.Name())
+			err = copySymlinkAt(p, fd, e.Name(), own)
 		case e.Type().IsRegular():
-			err = copyFileAt(p, fd, e.Name())
+			err = copyFileAt(p, fd, e.Name(), own)
 		default:
 			err = fmt.Errorf("%s: unsupported file type %v (only directories, files and symlinks are copied)", p, e.Type())
 		}
@@ -112,10 +114,22 @@ func copyDirAt(ctx context.Context, src string, parentFd int, name string) error
 			return err
 		}
 	}
-	return setOwnerMode(fd, 0, 0, perm)
+	return rootOwned(fd, fs.ModeDir, perm, own)
 }
 
-func copySymlinkAt(src string, dirFd int, name string) error {
+// rootOwned makes the copy open at fd root's with perm, or (rootless)
+// records that.
+func rootOwned(fd int, typ fs.FileMode, perm uint32, own *owners) error {
+	if own == nil {
+		return setOwnerMode(fd, 0, 0, perm)
+	}
+	if err := unix.Fchmod(fd, stagePerm(perm, typ == fs.ModeDir)); err != nil {
+		return fmt.Errorf("chmod: %w", err)
+	}
+	return own.record(fd, "", owned{mode: goMode(typ, perm)})
+}
+
+func copySymlinkAt(src string, dirFd int, name string, own *owners) error {
 	target, err := os.Readlink(src)
 	if err != nil {
 		return err
@@ -123,13 +137,16 @@ func copySymlinkAt(src string, dirFd int, name string) error {
 	if err := unix.Symlinkat(target, dirFd, name); err != nil {
 		return fmt.Errorf("symlink %s: %w", name, err)
 	}
+	if own != nil {
+		return own.record(dirFd, name, owned{mode: fs.ModeSymlink | 0o777})
+	}
 	if err := unix.Fchownat(dirFd, name, 0, 0, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("chown symlink %s: %w", name, err)
 	}
 	return nil
 }
 
-func copyFileAt(src string, dirFd int, name string) error {
+func copyFileAt(src string, dirFd int, name string, own *owners) error {
 	perm, err := hostPerm(src)
 	if err != nil {
 		return err
@@ -146,7 +163,7 @@ func copyFileAt(src string, dirFd int, name string) error {
 	out := os.NewFile(uintptr(fd), name)
 	_, err = io.Copy(out, in) // copy_file_range where the file systems allow
 	if err == nil {
-		err = setOwnerMode(fd, 0, 0, perm)
+		err = rootOwned(fd, 0, perm, own)
 	}
 	if cerr := out.Close(); err == nil && cerr != nil {
 		err = cerr

@@ -46,6 +46,28 @@ func hostTree(t *testing.T, files map[string]string, modes map[string]os.FileMod
 
 func TestPullExtraTrees(t *testing.T) {
 	needRoot(t)
+	testPullExtraTrees(t, func(ref string, trees []ExtraTree) (Result, string) {
+		res, dest, err := pullTo(t, ref, Options{ExtraTrees: trees})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res, dest
+	})
+}
+
+// TestPullExtraTreesRootless: an unprivileged daemon's pull adds the
+// kernel's modules the same way, owned by root in the image.
+func TestPullExtraTreesRootless(t *testing.T) {
+	if rootlessChild() {
+		return
+	}
+	needRoot(t)
+	testPullExtraTrees(t, func(ref string, trees []ExtraTree) (Result, string) {
+		return pullRootless(t, ref, trees)
+	})
+}
+
+func testPullExtraTrees(t *testing.T, pull func(ref string, trees []ExtraTree) (Result, string)) {
 	host := ocitest.Registry(t, nil)
 	img := ocitest.Image(t, "amd64", v1.Config{}, gzLayer(t,
 		dir("usr/", 0o755), dir("usr/lib/", 0o755),
@@ -65,18 +87,26 @@ func TestPullExtraTrees(t *testing.T) {
 		"build":                     "->/usr/src/linux-headers",
 		"kernel/drivers/net/b.ko":   "module b",
 		"kernel/drivers/net/README": "readme",
-	}, map[string]os.FileMode{"kernel/drivers/net/README": 0o600, "kernel/sub/": 0o750})
+	}, map[string]os.FileMode{"kernel/drivers/net/README": 0o600, "kernel/sub/": 0o705})
 	escape := hostTree(t, map[string]string{"marker": "inside"}, nil)
 	hostMarker := "/tmp/banger-extra-escape-" + filepath.Base(escape)
 	t.Cleanup(func() { os.RemoveAll(hostMarker) })
-
-	res, dest, err := pullTo(t, ref, Options{ExtraTrees: []ExtraTree{
-		{Src: modules, Dest: "/lib/modules/6.1.0-test"},
-		{Src: escape, Dest: "/opt/" + filepath.Base(hostMarker)},
-	}})
-	if err != nil {
+	// Readable by a rootless pull's uid, as a kernel's modules are.
+	for _, d := range []string{modules, escape} {
+		for p := d; p != "/" && p != os.TempDir(); p = filepath.Dir(p) {
+			if err := os.Chmod(p, 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := os.Chmod(filepath.Join(modules, "kernel/drivers/net/README"), 0o604); err != nil {
 		t.Fatal(err)
 	}
+
+	res, dest := pull(ref, []ExtraTree{
+		{Src: modules, Dest: "/lib/modules/6.1.0-test"},
+		{Src: escape, Dest: "/opt/" + filepath.Base(hostMarker)},
+	})
 	if res.HasSystemd || res.HasSSHD || res.PackageManager != "" {
 		t.Errorf("detection saw the extra trees: %+v", res)
 	}
@@ -86,9 +116,9 @@ func TestPullExtraTrees(t *testing.T) {
 		{path: "/usr/lib/modules/6.1.0-test/stale.ko", absent: true},
 		{path: "/usr/lib/modules/6.1.0-test/modules.dep", typ: "regular", mode: 0o644, body: str("kernel/a.ko:\n")},
 		{path: "/usr/lib/modules/6.1.0-test/kernel/a.ko", typ: "regular", mode: 0o644, body: str("module a")},
-		{path: "/usr/lib/modules/6.1.0-test/kernel/sub", typ: "directory", mode: 0o750},
+		{path: "/usr/lib/modules/6.1.0-test/kernel/sub", typ: "directory", mode: 0o705},
 		{path: "/usr/lib/modules/6.1.0-test/kernel/drivers/net/b.ko", typ: "regular", mode: 0o644, body: str("module b")},
-		{path: "/usr/lib/modules/6.1.0-test/kernel/drivers/net/README", typ: "regular", mode: 0o600},
+		{path: "/usr/lib/modules/6.1.0-test/kernel/drivers/net/README", typ: "regular", mode: 0o604},
 		{path: "/usr/lib/modules/6.1.0-test/build", typ: "symlink", link: "/usr/src/linux-headers"},
 		// The escaping symlink was followed inside the image root.
 		{path: "/tmp/" + filepath.Base(hostMarker) + "/marker", typ: "regular", mode: 0o644, body: str("inside")},

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path"
 	"strings"
@@ -73,7 +74,7 @@ func (l Limits) withDefaults() Limits {
 
 // ExtractLayersLimited is ExtractLayers within lim.
 func ExtractLayersLimited(ctx context.Context, layers []Layer, rootDir string, lim Limits) error {
-	x, err := newExtractor(rootDir)
+	x, err := newExtractor(rootDir, nil)
 	if err != nil {
 		return err
 	}
@@ -106,14 +107,40 @@ type extractor struct {
 	// lim bounds the whole extraction; bytes and entries count so far.
 	lim            Limits
 	bytes, entries int64
+	// own, when set, makes the unpack rootless: owners, exact modes,
+	// device nodes and attributes are recorded there, not applied.
+	own *owners
 }
 
-func newExtractor(rootDir string) (*extractor, error) {
+func newExtractor(rootDir string, own *owners) (*extractor, error) {
 	r, err := openRoot(rootDir)
 	if err != nil {
 		return nil, err
 	}
-	return &extractor{root: r, dirTimes: map[string][2]unix.Timespec{}, buf: make([]byte, copyBufSize), lim: Limits{}.withDefaults()}, nil
+	r.own = own
+	return &extractor{root: r, own: own, dirTimes: map[string][2]unix.Timespec{}, buf: make([]byte, copyBufSize), lim: Limits{}.withDefaults()}, nil
+}
+
+// ownFd gives the inode open at fd its owner and mode, or (rootless)
+// its staging mode, recording the rest. xattrs are the rootless
+// recording's; applied ones are set by path (setXattrs).
+func (x *extractor) ownFd(fd int, typ fs.FileMode, uid, gid int, perm uint32, hdr *tar.Header) error {
+	if x.own == nil {
+		return setOwnerMode(fd, uid, gid, perm)
+	}
+	if err := unix.Fchmod(fd, stagePerm(perm, typ == fs.ModeDir)); err != nil {
+		return fmt.Errorf("chmod: %w", err)
+	}
+	return x.own.record(fd, "", owned{mode: goMode(typ, perm), uid: uid, gid: gid, xattrs: xattrsOf(hdr)})
+}
+
+// xattrsAt applies hdr's attributes to name in dirfd, unless rootless
+// (ownFd or ownAt recorded them).
+func (x *extractor) xattrsAt(dirfd int, name string, hdr *tar.Header) error {
+	if x.own != nil {
+		return nil
+	}
+	return setXattrs(dirfd, name, hdr)
 }
 
 func (x *extractor) close() { x.root.close() }
@@ -274,12 +301,12 @@ func (x *extractor) entry(ctx context.Context, tr *tar.Reader, hdr *tar.Header, 
 		if err != nil {
 			return fmt.Errorf("open directory: %w", err)
 		}
-		err = setOwnerMode(fd, uid, gid, perm)
+		err = x.ownFd(fd, fs.ModeDir, uid, gid, perm, hdr)
 		unix.Close(fd)
 		if err != nil {
 			return err
 		}
-		if err := setXattrs(pfd, base, hdr); err != nil {
+		if err := x.xattrsAt(pfd, base, hdr); err != nil {
 			return err
 		}
 		x.dirTimes[rel] = times
@@ -292,7 +319,7 @@ func (x *extractor) entry(ctx context.Context, tr *tar.Reader, hdr *tar.Header, 
 		f := os.NewFile(uintptr(fd), rel)
 		err = copySparse(ctx, f, tr, x.buf)
 		if err == nil {
-			err = setOwnerMode(fd, uid, gid, perm)
+			err = x.ownFd(fd, 0, uid, gid, perm, hdr)
 		}
 		if cerr := f.Close(); err == nil && cerr != nil {
 			err = fmt.Errorf("close file: %w", cerr)
@@ -300,7 +327,7 @@ func (x *extractor) entry(ctx context.Context, tr *tar.Reader, hdr *tar.Header, 
 		if err != nil {
 			return err
 		}
-		if err := setXattrs(pfd, base, hdr); err != nil {
+		if err := x.xattrsAt(pfd, base, hdr); err != nil {
 			return err
 		}
 		if err := setTimes(pfd, base, times); err != nil {
@@ -311,10 +338,14 @@ func (x *extractor) entry(ctx context.Context, tr *tar.Reader, hdr *tar.Header, 
 		if err := unix.Symlinkat(hdr.Linkname, pfd, base); err != nil {
 			return fmt.Errorf("symlink: %w", err)
 		}
-		if err := unix.Fchownat(pfd, base, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		if x.own != nil {
+			if err := x.own.record(pfd, base, owned{mode: fs.ModeSymlink | 0o777, uid: uid, gid: gid, xattrs: xattrsOf(hdr)}); err != nil {
+				return err
+			}
+		} else if err := unix.Fchownat(pfd, base, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			return fmt.Errorf("chown symlink to %d:%d: %w", uid, gid, err)
 		}
-		if err := setXattrs(pfd, base, hdr); err != nil {
+		if err := x.xattrsAt(pfd, base, hdr); err != nil {
 			return err
 		}
 		if err := setTimes(pfd, base, times); err != nil {
@@ -335,6 +366,15 @@ func (x *extractor) entry(ctx context.Context, tr *tar.Reader, hdr *tar.Header, 
 		}
 
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+		if x.own != nil {
+			if err := x.stageSpecial(pfd, base, hdr, uid, gid, perm); err != nil {
+				return err
+			}
+			if err := setTimes(pfd, base, times); err != nil {
+				return err
+			}
+			break
+		}
 		kind := map[byte]uint32{tar.TypeChar: unix.S_IFCHR, tar.TypeBlock: unix.S_IFBLK, tar.TypeFifo: unix.S_IFIFO}[hdr.Typeflag]
 		dev := unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))
 		if err := unix.Mknodat(pfd, base, kind|perm, int(dev)); err != nil {
@@ -362,6 +402,37 @@ func (x *extractor) entry(ctx context.Context, tr *tar.Reader, hdr *tar.Header, 
 	return nil
 }
 
+// stageSpecial is a device or fifo entry, rootless: a fifo is made (that
+// needs no privilege) and a device is an empty placeholder file; either
+// is recorded for guestfs.SetInodes to make right in the image.
+func (x *extractor) stageSpecial(pfd int, base string, hdr *tar.Header, uid, gid int, perm uint32) error {
+	m := owned{uid: uid, gid: gid, xattrs: xattrsOf(hdr)}
+	switch hdr.Typeflag {
+	case tar.TypeFifo:
+		if err := unix.Mknodat(pfd, base, unix.S_IFIFO|stagePerm(perm, false), 0); err != nil {
+			return fmt.Errorf("mkfifo: %w", err)
+		}
+		m.mode = goMode(fs.ModeNamedPipe, perm)
+	default:
+		fd, err := unix.Openat(pfd, base, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if err != nil {
+			return fmt.Errorf("create the placeholder of a device: %w", err)
+		}
+		unix.Close(fd)
+		typ := fs.ModeDevice
+		if hdr.Typeflag == tar.TypeChar {
+			typ |= fs.ModeCharDevice
+		}
+		m.mode = goMode(typ, perm)
+		m.major, m.minor = uint32(hdr.Devmajor), uint32(hdr.Devminor)
+		m.mtime, m.atime = hdr.ModTime, hdr.AccessTime
+		if m.atime.IsZero() {
+			m.atime = m.mtime
+		}
+	}
+	return x.own.record(pfd, base, m)
+}
+
 func isDir(st unix.Stat_t) bool { return st.Mode&unix.S_IFMT == unix.S_IFDIR }
 
 // sameFile reports whether rel (resolved inside the root, last component
@@ -384,7 +455,7 @@ func (x *extractor) rootDirEntry(hdr *tar.Header) error {
 		return fmt.Errorf("open root: %w", err)
 	}
 	defer unix.Close(fd)
-	if err := setOwnerMode(fd, hdr.Uid, hdr.Gid, uint32(hdr.Mode)&0o7777); err != nil {
+	if err := x.ownFd(fd, fs.ModeDir, hdr.Uid, hdr.Gid, uint32(hdr.Mode)&0o7777, hdr); err != nil {
 		return err
 	}
 	x.dirTimes[""] = headerTimes(hdr)
@@ -555,20 +626,32 @@ func setOwnerMode(fd, uid, gid int, perm uint32) error {
 // business and overlayfs markers are the builder's; both are skipped. It
 // runs after chown, which drops security.capability.
 func setXattrs(dirfd int, name string, hdr *tar.Header) error {
+	for attr, v := range xattrsOf(hdr) {
+		// The parent is reached through our own descriptor; the last
+		// component is not followed (lsetxattr).
+		p := fmt.Sprintf("/proc/self/fd/%d/%s", dirfd, name)
+		if err := unix.Lsetxattr(p, attr, v, 0); err != nil {
+			return fmt.Errorf("set extended attribute %s: %w", attr, err)
+		}
+	}
+	return nil
+}
+
+// xattrsOf is the entry's extended attributes banger keeps (nil: none).
+func xattrsOf(hdr *tar.Header) map[string][]byte {
 	const prefix = "SCHILY.xattr."
+	var out map[string][]byte
 	for k, v := range hdr.PAXRecords {
 		attr, ok := strings.CutPrefix(k, prefix)
 		if !ok || attr == "security.selinux" || strings.HasPrefix(attr, "trusted.overlay.") {
 			continue
 		}
-		// The parent is reached through our own descriptor; the last
-		// component is not followed (lsetxattr).
-		p := fmt.Sprintf("/proc/self/fd/%d/%s", dirfd, name)
-		if err := unix.Lsetxattr(p, attr, []byte(v), 0); err != nil {
-			return fmt.Errorf("set extended attribute %s: %w", attr, err)
+		if out == nil {
+			out = map[string][]byte{}
 		}
+		out[attr] = []byte(v)
 	}
-	return nil
+	return out
 }
 
 var zeroBlock [sparseBlock]byte

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/guestfs"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
@@ -24,6 +25,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
+	"golang.org/x/sys/unix"
 )
 
 // Runner runs a host command from an argv slice and returns its stdout.
@@ -63,6 +65,13 @@ type Options struct {
 	ExtraTrees []ExtraTree
 	// Limits bound the unpacked image (zero fields: the defaults).
 	Limits Limits
+	// Rootless unpacks without root, for an unprivileged daemon: the
+	// staging tree is the caller's own (no setuid bit, device node or
+	// foreign owner ever on the host) and the image's owners, modes,
+	// device nodes and extended attributes are set in the finished
+	// filesystem with debugfs (guestfs.SetInodes), which needs no
+	// privilege on a file the caller owns. Without it Pull needs root.
+	Rootless bool
 
 	// retry overrides the registry retry backoff (tests).
 	retry *remote.Backoff
@@ -110,7 +119,7 @@ var platform = v1.Platform{OS: "linux", Architecture: "amd64"}
 // Pull fetches ref (REGISTRY/REPO:TAG or REGISTRY/REPO@sha256:...)
 // anonymously, picks its linux/amd64 image, and writes it as an ext4 root
 // filesystem to opts.DestFile with mkfs.ext4 run through r. It needs
-// root (to keep owners and device nodes). On error nothing is left: no
+// root (to keep owners and device nodes) unless opts.Rootless. On error nothing is left: no
 // DestFile, no staging tree. Bad references, images without linux/amd64
 // and unsafe images are api.CodeBadRequest errors; a missing image or tag
 // is api.CodeNotFound.
@@ -126,8 +135,12 @@ func Pull(ctx context.Context, r Runner, ref string, opts Options) (res Result, 
 			return Result{}, err
 		}
 	}
-	if os.Geteuid() != 0 {
-		return Result{}, errors.New("converting an OCI image needs root (to keep file owners and device nodes); run bangerd as root")
+	if os.Geteuid() != 0 && !opts.Rootless {
+		return Result{}, errors.New("converting an OCI image as root keeps file owners and device nodes by making them; without root, set Rootless")
+	}
+	var own *owners
+	if opts.Rootless {
+		own = newOwners()
 	}
 	progress := opts.Progress
 	if progress == nil {
@@ -188,8 +201,15 @@ func Pull(ctx context.Context, r Runner, ref string, opts Options) (res Result, 
 	if err := os.Chmod(rootDir, 0o755); err != nil { // umask
 		return Result{}, err
 	}
+	if own != nil {
+		// mkfs.ext4 -d makes the root 0755 root:root unless the image's
+		// "./" entry says otherwise.
+		if err := own.record(unix.AT_FDCWD, rootDir, owned{mode: fs.ModeDir | 0o755}); err != nil {
+			return Result{}, err
+		}
+	}
 
-	if err := unpackImage(ctx, img, rootDir, progress, opts.Limits); err != nil {
+	if err := unpackImage(ctx, img, rootDir, progress, opts.Limits, own); err != nil {
 		return Result{}, fmt.Errorf("pull %s: %w", ref, err)
 	}
 
@@ -198,7 +218,7 @@ func Pull(ctx context.Context, r Runner, ref string, opts Options) (res Result, 
 		return Result{}, err
 	}
 	res.HasSystemd, res.HasSSHD, res.PackageManager = found.systemd, found.sshd, found.pkgManager
-	if err := addExtraTrees(ctx, rootDir, opts.ExtraTrees); err != nil {
+	if err := addExtraTrees(ctx, rootDir, opts.ExtraTrees, own); err != nil {
 		return Result{}, err
 	}
 
@@ -216,9 +236,18 @@ func Pull(ctx context.Context, r Runner, ref string, opts Options) (res Result, 
 	if err := checkFree(opts.FreeBytes, filepath.Dir(opts.DestFile), res.ContentBytes, "write the "+ref+" filesystem"); err != nil {
 		return Result{}, err
 	}
+	var fixes []guestfs.Inode
+	if own != nil {
+		if fixes, err = own.inodes(rootDir); err != nil {
+			return Result{}, fmt.Errorf("pull %s: %w", ref, err)
+		}
+	}
 	progress("mkfs", 0, res.ContentBytes)
-	if err := makeExt4(ctx, r, rootDir, opts.DestFile, size, res.Inodes); err != nil {
+	if err := makeExt4(ctx, r, rootDir, opts.DestFile, size, res.Inodes, own == nil); err != nil {
 		return Result{}, err
+	}
+	if err := guestfs.Open(r, opts.DestFile).SetInodes(ctx, fixes); err != nil {
+		return Result{}, fmt.Errorf("give the unpacked files of %s their owners and modes: %w", ref, err)
 	}
 	progress("mkfs", res.ContentBytes, res.ContentBytes)
 	return res, nil
@@ -347,7 +376,7 @@ func orUnknown(s string) string {
 // unpackImage streams every layer, in order, into rootDir, checking each
 // layer's compressed digest (go-containerregistry, at EOF) and its
 // uncompressed digest against the config's diff IDs.
-func unpackImage(ctx context.Context, img v1.Image, rootDir string, progress Progress, lim Limits) error {
+func unpackImage(ctx context.Context, img v1.Image, rootDir string, progress Progress, lim Limits, own *owners) error {
 	layers, err := img.Layers()
 	if err != nil {
 		return fmt.Errorf("list layers: %w", err)
@@ -368,7 +397,7 @@ func unpackImage(ctx context.Context, img v1.Image, rootDir string, progress Pro
 		total += n
 	}
 
-	x, err := newExtractor(rootDir)
+	x, err := newExtractor(rootDir, own)
 	if err != nil {
 		return err
 	}
@@ -509,7 +538,7 @@ func fsSize(content, requested int64) (int64, error) {
 // makeExt4 sizes the file (sparse) and builds the filesystem from tree.
 // Lazy inode-table and journal init keep mkfs from writing zeroes over it.
 // Images of many small files get more inodes than mke2fs's default.
-func makeExt4(ctx context.Context, r Runner, tree, file string, size, inodes int64) error {
+func makeExt4(ctx context.Context, r Runner, tree, file string, size, inodes int64, copyRoot bool) error {
 	if err := os.Truncate(file, size); err != nil {
 		return fmt.Errorf("size %s: %w", file, err)
 	}
@@ -522,6 +551,9 @@ func makeExt4(ctx context.Context, r Runner, tree, file string, size, inodes int
 	if _, err := r.Run(ctx, argv...); err != nil {
 		return fmt.Errorf("build the %d MiB root filesystem with mkfs.ext4 (if it ran out of space, give a larger size; else check there is room in %s and e2fsprogs is 1.43 or newer): %w",
 			size>>20, filepath.Dir(file), err)
+	}
+	if !copyRoot {
+		return nil // a rootless pull sets every inode afterwards
 	}
 	return copyRootInode(ctx, r, tree, file)
 }

@@ -6,17 +6,22 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"os/exec"
 	"reflect"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"banger/internal/api"
 	"banger/internal/oci/ocitest"
+	"banger/internal/system"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
@@ -80,6 +85,138 @@ func checkTree(t *testing.T, img string, wants []want) {
 
 func TestPullLayeredImage(t *testing.T) {
 	needRoot(t)
+	ref, img, run := pushLayered(t)
+
+	var stages []string
+	var lastLayers [2]int64
+	res, fsPath, err := pullTo(t, ref, Options{Progress: func(stage string, done, total int64) {
+		if len(stages) == 0 || stages[len(stages)-1] != stage {
+			stages = append(stages, stage)
+		}
+		if stage == "layers" {
+			lastLayers = [2]int64{done, total}
+		}
+	}})
+	if err != nil {
+		t.Fatalf("pull: %v", err)
+	}
+	if !reflect.DeepEqual(stages, []string{"layers", "mkfs"}) {
+		t.Errorf("progress stages %v", stages)
+	}
+	if lastLayers[0] != lastLayers[1] || lastLayers[1] <= 0 {
+		t.Errorf("last layer progress %d/%d, want all", lastLayers[0], lastLayers[1])
+	}
+	checkLayered(t, img, run, res, fsPath)
+}
+
+// TestPullRootless: the same image, pulled by an unprivileged uid with
+// Rootless (an unprivileged daemon's pull), comes out the same: owners,
+// setuid bits, device nodes, fifos, hard links, attributes, times. The
+// pull runs in a child process as another uid (pullRootless), so a chown
+// or mknod left on the rootless path fails it.
+func TestPullRootless(t *testing.T) {
+	if rootlessChild() {
+		return
+	}
+	needRoot(t)
+	ref, img, run := pushLayered(t)
+	res, fsPath := pullRootless(t, ref, nil)
+	checkLayered(t, img, run, res, fsPath)
+	if out, err := (&system.Exec{}).Run(context.Background(), "e2fsck", "-f", "-n", fsPath); err != nil {
+		t.Errorf("e2fsck: %v\n%s", err, out)
+	}
+}
+
+// rootlessUID is who pullRootless pulls as.
+const rootlessUID = 4242
+
+// rootlessPull is what the parent asks of the child.
+type rootlessPull struct {
+	Ref   string
+	Dir   string
+	Trees []ExtraTree
+}
+
+// rootlessChild does the pull pullRootless asked for, when this process
+// is that child, and says whether it was.
+func rootlessChild() bool {
+	spec := os.Getenv("BANGER_OCI_ROOTLESS_PULL")
+	if spec == "" {
+		return false
+	}
+	var p rootlessPull
+	if err := json.Unmarshal([]byte(spec), &p); err != nil {
+		fmt.Printf("RESULT error %v\n", err)
+		return true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	res, err := Pull(ctx, &system.Exec{}, p.Ref, Options{DestFile: p.Dir + "/rootfs.ext4", WorkDir: p.Dir + "/work",
+		ExtraTrees: p.Trees, Rootless: true, retry: fastRetry})
+	if err != nil {
+		fmt.Printf("RESULT error %v\n", err)
+		return true
+	}
+	b, _ := json.Marshal(res)
+	fmt.Printf("RESULT %s\n", b)
+	return true
+}
+
+// pullRootless pulls ref with Rootless in a child process running as
+// rootlessUID (the test binary, copied where it may run it) and returns
+// the result and the image file, which must be that uid's. trees must be
+// readable by it.
+func pullRootless(t *testing.T, ref string, trees []ExtraTree) (Result, string) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "oci-rootless")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Mkdir(dir+"/work", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{dir, dir + "/work"} {
+		if err := os.Chown(p, rootlessUID, rootlessUID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := dir + "/oci.test"
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	spec, _ := json.Marshal(rootlessPull{Ref: ref, Dir: dir, Trees: trees})
+	cmd := exec.Command(bin, "-test.run", "^"+t.Name()+"$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "BANGER_OCI_ROOTLESS_PULL="+string(spec))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: rootlessUID, Gid: rootlessUID}}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the pull as uid %d: %v\n%s", rootlessUID, err, out)
+	}
+	_, line, ok := strings.Cut(string(out), "RESULT ")
+	line, _, _ = strings.Cut(line, "\n")
+	var res Result
+	if !ok || json.Unmarshal([]byte(line), &res) != nil {
+		t.Fatalf("the pull as uid %d: %s", rootlessUID, out)
+	}
+	fsPath := dir + "/rootfs.ext4"
+	if fi, err := os.Stat(fsPath); err != nil || fi.Sys().(*syscall.Stat_t).Uid != rootlessUID {
+		t.Fatalf("%s: %v, want a file of uid %d", fsPath, err, rootlessUID)
+	}
+	if left, _ := os.ReadDir(dir + "/work"); len(left) != 0 {
+		t.Errorf("staging left behind: %v", left)
+	}
+	return res, fsPath
+}
+
+// pushLayered pushes a three-layer image that exercises every kind of
+// entry, whiteouts and opaque directories, and returns its reference.
+func pushLayered(t *testing.T) (string, v1.Image, v1.Config) {
+	t.Helper()
 	host := ocitest.Registry(t, nil)
 
 	base := gzLayer(t,
@@ -138,21 +275,12 @@ func TestPullLayeredImage(t *testing.T) {
 	img := ocitest.Image(t, "amd64", run, base, top, third)
 	ref := host + "/test/layered:v1"
 	ocitest.Push(t, ref, img)
+	return ref, img, run
+}
 
-	var stages []string
-	var lastLayers [2]int64
-	res, fsPath, err := pullTo(t, ref, Options{Progress: func(stage string, done, total int64) {
-		if len(stages) == 0 || stages[len(stages)-1] != stage {
-			stages = append(stages, stage)
-		}
-		if stage == "layers" {
-			lastLayers = [2]int64{done, total}
-		}
-	}})
-	if err != nil {
-		t.Fatalf("pull: %v", err)
-	}
-
+// checkLayered checks what a pull of pushLayered's image made.
+func checkLayered(t *testing.T, img v1.Image, run v1.Config, res Result, fsPath string) {
+	t.Helper()
 	if want := digestOf(t, img); res.Digest != want || res.RefDigest != want {
 		t.Errorf("digests %s / %s, want %s", res.Digest, res.RefDigest, want)
 	}
@@ -171,13 +299,6 @@ func TestPullLayeredImage(t *testing.T) {
 	if fi, err := os.Stat(fsPath); err != nil || fi.Size() != res.SizeBytes {
 		t.Errorf("dest file: %v, size %v, want %d", err, fi, res.SizeBytes)
 	}
-	if !reflect.DeepEqual(stages, []string{"layers", "mkfs"}) {
-		t.Errorf("progress stages %v", stages)
-	}
-	if lastLayers[0] != lastLayers[1] || lastLayers[1] <= 0 {
-		t.Errorf("last layer progress %d/%d, want all", lastLayers[0], lastLayers[1])
-	}
-
 	checkTree(t, fsPath, []want{
 		{path: "/", typ: "directory", mode: 0o750, gid: 10},
 		{path: "/etc", typ: "directory", mode: 0o751},
@@ -555,7 +676,7 @@ func TestMakeExt4Argv(t *testing.T) {
 				t.Fatal(err)
 			}
 			r := &recordingRunner{}
-			if err := makeExt4(context.Background(), r, tree, file, tc.size, tc.inodes); err != nil {
+			if err := makeExt4(context.Background(), r, tree, file, tc.size, tc.inodes, true); err != nil {
 				t.Fatal(err)
 			}
 			for _, argv := range tc.want {

@@ -3,6 +3,7 @@ package oci
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"strings"
 
@@ -17,6 +18,8 @@ import (
 type root struct {
 	fd   int
 	path string // host path, for messages and for mkfs
+	// own, when set, records what a rootless unpack makes (see owners).
+	own *owners
 }
 
 // maxResolveSteps bounds the directories and symlinks a single parent
@@ -62,7 +65,8 @@ func (r *root) resolve(p string, flags int) (int, error) {
 }
 
 // openDir opens directory p inside the root as an O_PATH descriptor.
-// With create, missing directories are made (0755, root-owned), including
+// With create, missing directories are made (0755, root-owned; rootless,
+// recorded so), including
 // the target of a dangling symlink on the way, the way tar and container
 // runtimes do.
 func (r *root) openDir(p string, create bool) (int, error) {
@@ -86,6 +90,9 @@ func (r *root) openDirSteps(p string, create bool, steps *int) (int, error) {
 			return -1, err
 		}
 		err = unix.Mkdirat(pfd, base, 0o755)
+		if err == nil && r.own != nil {
+			err = r.own.record(pfd, base, owned{mode: fs.ModeDir | 0o755})
+		}
 		if err == unix.EEXIST {
 			// Something is there yet the lookup failed: a symlink whose
 			// target is missing. Make the target, inside the root.

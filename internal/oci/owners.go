@@ -1,0 +1,112 @@
+package oci
+
+import (
+	"fmt"
+	"io/fs"
+	"path/filepath"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"banger/internal/guestfs"
+)
+
+// owners is how a rootless unpack keeps what it may not apply. A process
+// without root cannot chown, make device nodes or set security.*
+// attributes, and must keep its own way into every directory and file to
+// build the image at all; so each inode it makes in the staging tree is
+// recorded here, by inode number, with the owner, mode, device numbers
+// and attributes the image says, and guestfs.SetInodes applies them to
+// the finished filesystem (Pull). Every inode the staging tree gets is
+// recorded when it is made, so a number the kernel reuses after a
+// whiteout is recorded afresh.
+type owners struct {
+	byIno map[uint64]owned
+}
+
+type owned struct {
+	mode         fs.FileMode // type and permission bits, setuid/setgid/sticky included
+	uid, gid     int
+	major, minor uint32
+	xattrs       map[string][]byte
+	// times are a device's (debugfs dates the node it makes now).
+	atime, mtime time.Time
+}
+
+func newOwners() *owners { return &owners{byIno: map[uint64]owned{}} }
+
+// record notes m for the inode named by dirfd and name (name "" : dirfd
+// itself), never following a final symlink.
+func (o *owners) record(dirfd int, name string, m owned) error {
+	var st unix.Stat_t
+	var err error
+	if name == "" {
+		err = unix.Fstat(dirfd, &st)
+	} else {
+		err = unix.Fstatat(dirfd, name, &st, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	if err != nil {
+		return fmt.Errorf("stat %s to record its owner: %w", name, err)
+	}
+	o.byIno[st.Ino] = m
+	return nil
+}
+
+// stagePerm is the mode a rootless unpack gives a staged file: the
+// image's permission bits without setuid, setgid and sticky (the host
+// never holds a setuid file of the image's), and always the builder's
+// own way in (mkfs.ext4 -d must read every file and enter every
+// directory).
+func stagePerm(perm uint32, dir bool) uint32 {
+	p := perm & 0o777
+	if dir {
+		return p | 0o700
+	}
+	return p | 0o600
+}
+
+// goMode turns st_mode permission bits and a type into an fs.FileMode.
+func goMode(typ fs.FileMode, perm uint32) fs.FileMode { return typ | guestfs.PermFromUnix(perm) }
+
+// inodes lists, for each inode of the tree at rootDir (a hard-linked one
+// once), what the image must hold: the recorded owner and mode. An inode
+// with no record, or whose record is of another type, is an error: the
+// unpack made something it did not account for.
+func (o *owners) inodes(rootDir string) ([]guestfs.Inode, error) {
+	var out []guestfs.Inode
+	seen := map[uint64]bool{}
+	err := filepath.WalkDir(rootDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		if seen[st.Ino] {
+			return nil
+		}
+		seen[st.Ino] = true
+		rel, err := filepath.Rel(rootDir, p)
+		if err != nil {
+			return err
+		}
+		guest := "/" + filepath.ToSlash(rel)
+		if rel == "." {
+			guest = "/"
+		}
+		m, ok := o.byIno[st.Ino]
+		if !ok {
+			return fmt.Errorf("unpacked %s has no recorded owner", guest)
+		}
+		staged := d.Type()
+		want := m.mode.Type()
+		if want != staged && !(want&fs.ModeDevice != 0 && staged == 0) {
+			return fmt.Errorf("unpacked %s is a %v but was recorded as a %v", guest, staged, want)
+		}
+		out = append(out, guestfs.Inode{Path: guest, Mode: m.mode, UID: uint32(m.uid), GID: uint32(m.gid),
+			Major: m.major, Minor: m.minor, Xattrs: m.xattrs, Atime: m.atime, Mtime: m.mtime})
+		return nil
+	})
+	return out, err
+}
