@@ -67,9 +67,12 @@ type listed struct {
 }
 
 // parseListing reads `ls -p DIR` lines: /INODE/MODE/UID/GID/NAME/SIZE/
-// (a name never holds a slash).
+// (a name never holds a slash). A name seen twice — which only a name
+// with a newline in it, printed as two lines, could fake — is ambiguous
+// and maps to nothing.
 func parseListing(lines []string) map[string]listed {
 	out := map[string]listed{}
+	twice := map[string]bool{}
 	for _, l := range lines {
 		f := strings.Split(l, "/")
 		if len(f) != 8 || f[0] != "" {
@@ -82,10 +85,20 @@ func parseListing(lines []string) map[string]listed {
 		if err1 != nil || err2 != nil || err3 != nil || err4 != nil {
 			continue
 		}
+		if _, seen := out[f[5]]; seen {
+			twice[f[5]] = true
+		}
 		out[f[5]] = listed{ino: ino, mode: uint32(mode), uid: uint32(uid), gid: uint32(gid), name: f[5]}
+	}
+	for n := range twice {
+		delete(out, n)
 	}
 	return out
 }
+
+// reXattrName is an extended attribute name debugfs is given: a known
+// namespace, so it can never read as one of ea_set's options.
+var reXattrName = regexp.MustCompile(`^(user|security|trusted|system)\.[^\x00\n\r]+$`)
 
 // dirAndName is where a path is listed: its parent and its name there
 // ("/" is "." in its own listing).
@@ -121,6 +134,11 @@ func (im *Image) SetInodes(ctx context.Context, inodes []Inode) error {
 		}
 		if in.device() && in.Path == "/" {
 			return fmt.Errorf("guestfs: the root directory cannot be a device")
+		}
+		for name := range in.Xattrs {
+			if !reXattrName.MatchString(name) {
+				return fmt.Errorf("guestfs: %s: extended attribute %q is not in the user, security, trusted or system namespace", in.Path, name)
+			}
 		}
 	}
 	dir, err := im.tempDir()
@@ -180,7 +198,7 @@ func (im *Image) SetInodes(ctx context.Context, inodes []Inode) error {
 		d, name := dirAndName(in.Path)
 		cur, ok := before[d][name]
 		if !ok {
-			return fmt.Errorf("guestfs: %s is not in %s", in.Path, im.path)
+			return fmt.Errorf("guestfs: %s is not in %s (or its directory lists the name twice)", in.Path, im.path)
 		}
 		ref := fmt.Sprintf("<%d>", cur.ino)
 		if in.device() {

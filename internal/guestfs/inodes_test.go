@@ -104,6 +104,32 @@ func TestSetInodesNoticesFailure(t *testing.T) {
 	if err := im.SetInodes(context.Background(), []Inode{{Path: "/usr/bin/su\nrm /usr", Mode: 0o755}}); err == nil {
 		t.Error("a path with a newline reached debugfs")
 	}
+	// An attribute name that ea_set would read as its -f option.
+	if err := im.SetInodes(context.Background(), []Inode{{Path: "/usr/bin/su", Mode: 0o755, Xattrs: map[string][]byte{"-f/etc/shadow": nil}}}); err == nil || !strings.Contains(err.Error(), "namespace") {
+		t.Errorf("an attribute named like an option: %v", err)
+	}
+}
+
+// TestParseListing: a name printed twice (what a name with a newline in
+// it can fake) maps to no inode.
+func TestParseListing(t *testing.T) {
+	got := parseListing([]string{
+		"/2/040755/0/0/.//",
+		"/12/100644/1000/1000/a file/3/",
+		"/13/100644/0/0/victim/3/",
+		"/14/100644/0/0/evil",
+		"/5/104755/0/0/victim/3/",
+		"garbage",
+	})
+	if l, ok := got["a file"]; !ok || l.ino != 12 || l.mode != 0o100644 || l.uid != 1000 || l.gid != 1000 {
+		t.Errorf("a file: %+v", l)
+	}
+	if l, ok := got["victim"]; ok {
+		t.Errorf("victim, listed twice, maps to %+v", l)
+	}
+	if _, ok := got["evil"]; ok {
+		t.Error("a cut line was taken for an entry")
+	}
 }
 
 func debugfsOut(t *testing.T, im *Image, req string) string {
