@@ -573,7 +573,7 @@ func (d *Daemon) prepareBuildDisks(ctx context.Context, op *imageBuildOp, plan b
 		return spaceError(err)
 	}
 	op.note("copying the root of %s", describeBase(plan))
-	if err := rootdisk.Flatten(ctx, d.runner, srcRoot, root, "banger-build-"+shortID(vm.ID)); err != nil {
+	if err := rootdisk.Flatten(ctx, d.diskRunner(), srcRoot, root, "banger-build-"+shortID(vm.ID)); err != nil {
 		return spaceError(err)
 	}
 	if plan.size > 0 {
@@ -584,7 +584,7 @@ func (d *Daemon) prepareBuildDisks(ctx context.Context, op *imageBuildOp, plan b
 	}
 	vm.RootDisk = encodeDisk(rootdisk.NewRaw(root))
 	if srcWork != nil {
-		if err := rootdisk.Flatten(ctx, d.runner, *srcWork, work, "banger-build-work-"+shortID(vm.ID)); err != nil {
+		if err := rootdisk.Flatten(ctx, d.diskRunner(), *srcWork, work, "banger-build-work-"+shortID(vm.ID)); err != nil {
 			return spaceError(err)
 		}
 		vm.WorkDisk = encodeDisk(rootdisk.NewRaw(work))

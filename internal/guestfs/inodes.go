@@ -97,8 +97,9 @@ func parseListing(lines []string) map[string]listed {
 }
 
 // reXattrName is an extended attribute name debugfs is given: a known
-// namespace, so it can never read as one of ea_set's options.
-var reXattrName = regexp.MustCompile(`^(user|security|trusted|system)\.[^\x00\n\r]+$`)
+// namespace, so it can never read as one of ea_set's options; of system.*
+// only the ACLs (libext2fs keeps system.data for inline file data).
+var reXattrName = regexp.MustCompile(`^((user|security)\.[^\x00\n\r]+|trusted\.[^\x00\n\r]+|system\.posix_acl_(access|default))$`)
 
 // dirAndName is where a path is listed: its parent and its name there
 // ("/" is "." in its own listing).
@@ -137,7 +138,7 @@ func (im *Image) SetInodes(ctx context.Context, inodes []Inode) error {
 		}
 		for name := range in.Xattrs {
 			if !reXattrName.MatchString(name) {
-				return fmt.Errorf("guestfs: %s: extended attribute %q is not in the user, security, trusted or system namespace", in.Path, name)
+				return fmt.Errorf("guestfs: %s: extended attribute %q is not a user, security or trusted one or a POSIX ACL", in.Path, name)
 			}
 		}
 	}
@@ -219,6 +220,8 @@ func (im *Image) SetInodes(ctx context.Context, inodes []Inode) error {
 			}
 			ref = mustQuote(in.Path)
 			devices = append(devices, in)
+		}
+		if in.device() || wide(in) {
 			if err := add(&check, "stat", in.Path); err != nil {
 				return err
 			}
@@ -235,13 +238,9 @@ func (im *Image) SetInodes(ctx context.Context, inodes []Inode) error {
 			sets = append(sets, [2]string{"atime", fmt.Sprintf("@%d", in.Atime.Unix())})
 		}
 		for _, set := range sets {
+			// Owners are always set: before e2fsprogs 1.47 ls -p shows
+			// only their low 16 bits, so an equal-looking one may not be.
 			if set[0] == "mode" && cur.mode == in.stMode() && !in.device() {
-				continue
-			}
-			if set[0] == "uid" && cur.uid == in.UID && !in.device() {
-				continue
-			}
-			if set[0] == "gid" && cur.gid == in.GID && !in.device() {
 				continue
 			}
 			write = append(write, "sif "+ref+" "+set[0]+" "+set[1])
@@ -282,7 +281,7 @@ func (im *Image) SetInodes(ctx context.Context, inodes []Inode) error {
 		switch {
 		case !ok:
 			return fmt.Errorf("guestfs: %s: not in %s after setting its owner and mode", in.Path, im.path)
-		case got.mode != in.stMode() || got.uid != in.UID || got.gid != in.GID:
+		case got.mode != in.stMode() || (!wide(in) && (got.uid != in.UID || got.gid != in.GID)):
 			return fmt.Errorf("guestfs: %s in %s is %06o %d:%d after debugfs set it to %06o %d:%d", in.Path, im.path, got.mode, got.uid, got.gid, in.stMode(), in.UID, in.GID)
 		}
 	}
@@ -295,10 +294,14 @@ func (im *Image) SetInodes(ctx context.Context, inodes []Inode) error {
 	}
 	k := 1
 	for _, in := range inodes {
-		if in.device() {
+		if in.device() || wide(in) {
+			fi := parseStat(sections[k])
 			major, minor, isDev := deviceNumbers(sections[k])
 			k++
-			if !isDev || major != in.Major || minor != in.Minor {
+			if fi == nil || fi.UID != in.UID || fi.GID != in.GID {
+				return fmt.Errorf("guestfs: %s in %s is not owned by %d:%d after debugfs set it (%+v)", in.Path, im.path, in.UID, in.GID, fi)
+			}
+			if in.device() && (!isDev || major != in.Major || minor != in.Minor) {
 				return fmt.Errorf("guestfs: device %s in %s is %d:%d (%v), want %d:%d", in.Path, im.path, major, minor, isDev, in.Major, in.Minor)
 			}
 		}
@@ -312,6 +315,10 @@ func (im *Image) SetInodes(ctx context.Context, inodes []Inode) error {
 	}
 	return nil
 }
+
+// wide says whether an owner does not fit the 16 bits older debugfs
+// lists: stat checks those.
+func wide(in Inode) bool { return in.UID > 0xffff || in.GID > 0xffff }
 
 var reDevice = regexp.MustCompile(`^Device major/minor number: (\d+):(\d+) `)
 

@@ -104,8 +104,11 @@ func TestSetInodesNoticesFailure(t *testing.T) {
 	if err := im.SetInodes(context.Background(), []Inode{{Path: "/usr/bin/su\nrm /usr", Mode: 0o755}}); err == nil {
 		t.Error("a path with a newline reached debugfs")
 	}
+	if err := im.SetInodes(context.Background(), []Inode{{Path: "/usr/bin/su", Mode: 0o755, Xattrs: map[string][]byte{"system.data": nil}}}); err == nil {
+		t.Error("system.data (inline file data) was set as an attribute")
+	}
 	// An attribute name that ea_set would read as its -f option.
-	if err := im.SetInodes(context.Background(), []Inode{{Path: "/usr/bin/su", Mode: 0o755, Xattrs: map[string][]byte{"-f/etc/shadow": nil}}}); err == nil || !strings.Contains(err.Error(), "namespace") {
+	if err := im.SetInodes(context.Background(), []Inode{{Path: "/usr/bin/su", Mode: 0o755, Xattrs: map[string][]byte{"-f/etc/shadow": nil}}}); err == nil || !strings.Contains(err.Error(), "not a user, security or trusted one") {
 		t.Errorf("an attribute named like an option: %v", err)
 	}
 }

@@ -18,7 +18,9 @@
 // device node or foreign owner on the host, a placeholder file for each
 // device — and what each inode should be is recorded (owners, by inode
 // number when it is made) and set in the finished filesystem by
-// guestfs.SetInodes (debugfs), which reads every one back.
+// guestfs.SetInodes (debugfs), which reads every one back. debugfs takes
+// requests line by line, so an image with a name holding a newline or a
+// carriage return cannot be pulled rootless (it is refused, naming it).
 //
 // Invariants:
 //   - Nothing a layer holds is written outside the staging root. Every path

@@ -69,7 +69,7 @@ func stagePerm(perm uint32, dir bool) uint32 {
 func goMode(typ fs.FileMode, perm uint32) fs.FileMode { return typ | guestfs.PermFromUnix(perm) }
 
 // inodes lists, for each inode of the tree at rootDir (a hard-linked one
-// once), what the image must hold: the recorded owner and mode. An inode
+// once, but a device under each of its names), what the image must hold: the recorded owner and mode. An inode
 // with no record, or whose record is of another type, is an error: the
 // unpack made something it did not account for.
 func (o *owners) inodes(rootDir string) ([]guestfs.Inode, error) {
@@ -83,9 +83,12 @@ func (o *owners) inodes(rootDir string) ([]guestfs.Inode, error) {
 		if err := unix.Lstat(p, &st); err != nil {
 			return err
 		}
-		if seen[st.Ino] {
-			return nil
+		m, recorded := o.byIno[st.Ino]
+		if seen[st.Ino] && !(recorded && m.mode&fs.ModeDevice != 0) {
+			return nil // a hard link: its inode is set once
 		}
+		// A device's placeholder linked under several names becomes a
+		// node under each (debugfs makes nodes by name).
 		seen[st.Ino] = true
 		rel, err := filepath.Rel(rootDir, p)
 		if err != nil {
@@ -95,8 +98,7 @@ func (o *owners) inodes(rootDir string) ([]guestfs.Inode, error) {
 		if rel == "." {
 			guest = "/"
 		}
-		m, ok := o.byIno[st.Ino]
-		if !ok {
+		if !recorded {
 			return fmt.Errorf("unpacked %s has no recorded owner", guest)
 		}
 		staged := d.Type()

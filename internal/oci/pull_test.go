@@ -239,6 +239,7 @@ func pushLayered(t *testing.T) (string, v1.Image, v1.Config) {
 		ent{name: "nobody", body: "n", mode: 0o600, uid: 65534, gid: 65534},
 		dir("dev/", 0o755),
 		ent{name: "dev/null", typ: tar.TypeChar, mode: 0o666, major: 1, minor: 3},
+		hardlink("dev/null2", "dev/null"),
 		ent{name: "dev/sda", typ: tar.TypeBlock, mode: 0o660, major: 8, minor: 0, gid: 6},
 		ent{name: "run/initctl", typ: tar.TypeFifo, mode: 0o600},
 		symlink("etc/mtab", "/proc/self/mounts"),
@@ -315,6 +316,7 @@ func checkLayered(t *testing.T, img v1.Image, run v1.Config, res Result, fsPath 
 		{path: "/home/user/.profile", typ: "regular", mode: 0o644, uid: 1000, gid: 1000, body: str("PS1=x\n")},
 		{path: "/nobody", typ: "regular", mode: 0o600, uid: 65534, gid: 65534},
 		{path: "/dev/null", typ: "character special", mode: 0o666, major: 1, minor: 3},
+		{path: "/dev/null2", typ: "character special", mode: 0o666, major: 1, minor: 3},
 		{path: "/dev/sda", typ: "block special", mode: 0o660, gid: 6, major: 8, minor: 0},
 		{path: "/run", typ: "directory", mode: 0o755}, // made implicitly
 		{path: "/run/initctl", typ: "FIFO", mode: 0o600},

@@ -1,17 +1,21 @@
 // Package privops is the boundary between bangerd and the host operations
-// that need root: the bridge, taps, the firewall rules, IPv4 forwarding and
-// the DNS port guests ask. The daemon asks an Ops for each one and never
-// does them itself. Local does them in-process, for a daemon that runs as
-// root (user mode, today's default). In system mode bangerd runs as its
-// owner, unprivileged, and Client asks banger's root helper (`bangerd
+// that need root: the bridge, taps, the firewall rules, IPv4 forwarding,
+// the DNS port guests ask, the routing of the host's NAME.vm lookups
+// through systemd-resolved, and the loop and device-mapper devices of dm
+// root disks. The daemon asks an Ops for each one and never does them
+// itself. Local does them in-process, for a daemon that runs as root
+// (user mode, today's default). In system mode bangerd runs as its owner,
+// unprivileged, and Client asks banger's root helper (`bangerd
 // root-helper`, Serve), a small root process that does only these typed
-// operations, only on banger's own bridge, taps and tables, and answers
-// only root and the owner's uid.
+// operations, only on banger's own bridge, taps, tables, domain and
+// banger- snapshots (built from files the daemon passes open, never from
+// a path it names), and answers only root and the owner's uid.
 //
 // Why a hand-written protocol: one JSON request and one JSON answer per
-// connection, with descriptors (a tap, the DNS sockets) passed beside the
-// answer with SCM_RIGHTS — which JSON-RPC over net/rpc or gRPC would not
-// carry without wrapping the socket anyway.
+// connection, with descriptors (a tap, the DNS sockets; a snapshot's
+// files the other way) passed beside them with SCM_RIGHTS — which
+// JSON-RPC over net/rpc or gRPC would not carry without wrapping the
+// socket anyway.
 package privops
 
 import (
@@ -126,10 +130,12 @@ func (Local) RouteDNS(link, server, domain string) error {
 	return resolved.Route(ctx, &system.Exec{}, link, server, domain)
 }
 
-// snapshotTimeout bounds the dmsetup commands of one snapshot operation.
-const snapshotTimeout = 30 * time.Second
+// snapshotTimeout bounds the dmsetup commands of one snapshot operation:
+// well inside the client's 30 s, so an answer is never made for a caller
+// that has given up.
+const snapshotTimeout = 20 * time.Second
 
-func (Local) SnapshotsAvailable() error { return dmsnap.Available() }
+func (Local) SnapshotsAvailable() error { return dmsnap.AvailableFromFiles() }
 
 func (Local) AttachSnapshot(name string, base, cow *os.File) (dmsnap.Handles, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), snapshotTimeout)
@@ -144,27 +150,81 @@ func (Local) DetachSnapshot(h dmsnap.Handles) error {
 	return dmsnap.Remove(ctx, &system.Exec{}, h)
 }
 
+// sysfs is where the kernel's block device attributes are read (tests
+// point it at a tree of their own).
+var sysfs = "/sys"
+
+// SetDeviceOwner gives /dev/mapper/NAME's node to uid:gid, mode 0600,
+// once sysfs confirms the node's device number is the dm device NAME (a
+// name removed and a number reused meanwhile is refused), through a
+// descriptor of the node so the check holds for what is changed.
 func (Local) SetDeviceOwner(dev string, uid, gid int) error {
+	name := filepath.Base(dev)
 	node, err := filepath.EvalSymlinks(dev)
 	if err != nil {
 		return fmt.Errorf("give %s to uid %d: %w", dev, uid, err)
 	}
-	st, err := os.Stat(node)
+	fd, err := unix.Open(node, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return fmt.Errorf("give %s to uid %d: %w", dev, uid, err)
 	}
-	if st.Mode().Type() != os.ModeDevice {
-		return fmt.Errorf("give %s to uid %d: %s is not a block device", dev, uid, node)
-	}
-	// Mode first, while the node is still root's (after the chown it
-	// would take CAP_FOWNER).
-	if err := os.Chmod(node, 0o600); err != nil {
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
 		return fmt.Errorf("give %s to uid %d: %w", dev, uid, err)
 	}
-	if err := os.Chown(node, uid, gid); err != nil {
+	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
+		return fmt.Errorf("give %s to uid %d: %s is not a block device", dev, uid, node)
+	}
+	if got := dmName(unix.Major(st.Rdev), unix.Minor(st.Rdev)); got != name {
+		return fmt.Errorf("give %s to uid %d: %s is not the device-mapper device %s (sysfs says %q)", dev, uid, node, name, got)
+	}
+	// Mode first, while the node is still root's (after the chown it
+	// would take CAP_FOWNER); through the descriptor's /proc link, as
+	// fchmod does not take an O_PATH descriptor.
+	if err := unix.Chmod(fmt.Sprintf("/proc/self/fd/%d", fd), 0o600); err != nil {
+		return fmt.Errorf("give %s to uid %d: %w", dev, uid, err)
+	}
+	if err := unix.Fchownat(fd, "", uid, gid, unix.AT_EMPTY_PATH); err != nil {
 		return fmt.Errorf("give %s to uid %d: %w", dev, uid, err)
 	}
 	return nil
+}
+
+// dmName is the device-mapper name of block device major:minor ("": not
+// a dm device).
+func dmName(major, minor uint32) string {
+	b, err := os.ReadFile(fmt.Sprintf("%s/dev/block/%d:%d/dm/name", sysfs, major, minor))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// madeByHelper says whether the dm device name, if it exists, is one the
+// helper made: every device under it a loop that clears itself. A
+// snapshot a root daemon made (loops it detaches itself) is not the
+// helper's to remove.
+func madeByHelper(name string) error {
+	names, _ := filepath.Glob(sysfs + "/block/dm-*/dm/name")
+	for _, p := range names {
+		b, err := os.ReadFile(p)
+		if err != nil || strings.TrimSpace(string(b)) != name {
+			continue
+		}
+		slaves, _ := filepath.Glob(filepath.Join(filepath.Dir(filepath.Dir(p)), "slaves", "*"))
+		if len(slaves) == 0 {
+			return refuse("%s has no loop devices under it; it is not a snapshot the helper made", name)
+		}
+		for _, sl := range slaves {
+			ac, err := os.ReadFile(filepath.Join(sl, "loop", "autoclear"))
+			if err != nil || strings.TrimSpace(string(ac)) != "1" {
+				return refuse("%s stands on %s, which is not an autoclearing loop: not a snapshot the helper made", name, filepath.Base(sl))
+			}
+		}
+		return nil
+	}
+	return nil // gone already: removing it is a no-op
 }
 
 func (Local) UnrouteDNS(link string) error {
@@ -246,14 +306,35 @@ func (p Policy) checkSnapshotName(name string) error {
 	return nil
 }
 
-// checkSnapshotFiles: the origin is any regular file the caller could
-// open (it goes on a read-only loop); the exception store must be open
-// read-write — the caller's own right to write it, not the helper's.
-func (p Policy) checkSnapshotFiles(base, cow *os.File) error {
+// snapshotFilesystems are where the files of a snapshot may live: the
+// local filesystems banger's state is on. Not FUSE, NFS, procfs or the
+// like, whose I/O the owner could stall or steer under root's loop.
+var snapshotFilesystems = map[int64]string{
+	unix.EXT4_SUPER_MAGIC:  "ext2/3/4",
+	unix.XFS_SUPER_MAGIC:   "xfs",
+	unix.BTRFS_SUPER_MAGIC: "btrfs",
+	unix.TMPFS_MAGIC:       "tmpfs",
+}
+
+// checkSnapshotFiles: each is a regular file on a local filesystem,
+// owned by root or the owner (banger's images and disks are); the
+// exception store must come open read-write — the caller's own right to
+// write it, not the helper's.
+func (p Policy) checkSnapshotFiles(base, cow *os.File, owner int) error {
 	for _, f := range []*os.File{base, cow} {
-		st, err := f.Stat()
-		if err != nil || !st.Mode().IsRegular() {
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
 			return refuse("a snapshot is made of regular files (%v)", err)
+		}
+		if int(st.Uid) != 0 && int(st.Uid) != owner {
+			return refuse("a snapshot's files are banger's, owned by root or uid %d; this one is uid %d's", owner, st.Uid)
+		}
+		var fsst unix.Statfs_t
+		if err := unix.Fstatfs(int(f.Fd()), &fsst); err != nil {
+			return refuse("a snapshot's file system: %v", err)
+		}
+		if _, ok := snapshotFilesystems[int64(fsst.Type)]; !ok {
+			return refuse("a snapshot's files must be on ext4, xfs, btrfs or tmpfs (banger's state directory), not file system type %#x", fsst.Type)
 		}
 	}
 	fl, err := unix.FcntlInt(cow.Fd(), unix.F_GETFL, 0)
@@ -273,7 +354,7 @@ func (p Policy) checkSnapshotRemoval(h dmsnap.Handles) error {
 	if !h.AutoClear || h.COWPath != "" {
 		return refuse("removing %s: the helper removes only snapshots it made (autoclearing loops) and never deletes files", h.DMName)
 	}
-	return nil
+	return madeByHelper(h.DMName)
 }
 
 // DNSDomain is the domain banger's DNS server answers for (NAME.vm): the

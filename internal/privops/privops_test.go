@@ -24,6 +24,7 @@ import (
 	"banger/internal/daemon/dmsnap"
 	"banger/internal/hostnat"
 	"banger/internal/hostnet"
+	"banger/internal/loopdev"
 	"banger/internal/netnstest"
 	"banger/internal/resolved"
 )
@@ -525,6 +526,27 @@ func TestSnapshotPolicy(t *testing.T) {
 	notAuto.AutoClear = false
 	withFile.COWPath = "/home/alice/.ssh/id_ed25519"
 	other.DMName = "vg0-root"
+	procFile, err := os.Open("/proc/self/stat") // regular, root's, on procfs
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer procFile.Close()
+	var othersFiles []*os.File
+	if os.Geteuid() == 0 {
+		theirs := filepath.Join(t.TempDir(), "theirs.img")
+		if err := os.WriteFile(theirs, make([]byte, 4096), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(theirs, 4343, 4343); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(theirs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		othersFiles = []*os.File{f, cow}
+	}
 	for _, c := range []struct {
 		req   request
 		files []*os.File
@@ -533,6 +555,7 @@ func TestSnapshotPolicy(t *testing.T) {
 		{request{Op: opAttachSnapshot, Name: "banger-"}, []*os.File{base, cow}},
 		{request{Op: opAttachSnapshot, Name: "banger-a b"}, []*os.File{base, cow}},
 		{request{Op: opAttachSnapshot, Name: "banger-0f1e"}, []*os.File{base, cowRO}},
+		{request{Op: opAttachSnapshot, Name: "banger-0f1e"}, []*os.File{procFile, cow}},
 		{request{Op: opAttachSnapshot, Name: "banger-0f1e"}, []*os.File{base}},
 		{request{Op: opAttachSnapshot, Name: "banger-0f1e"}, nil},
 		{request{Op: opDetachSnapshot}, nil},
@@ -546,6 +569,14 @@ func TestSnapshotPolicy(t *testing.T) {
 		if len(files) != 0 || resp.Error == nil || resp.Error.Code != api.CodeBadRequest || !strings.Contains(resp.Error.Message, "root helper refuses") {
 			t.Errorf("%+v with %d files: %+v, want a bad_request refusal", c.req, len(c.files), resp.Error)
 		}
+	}
+	if othersFiles != nil {
+		s.Owner = 4242
+		resp, _ := s.do(request{Op: opAttachSnapshot, Name: "banger-0f1e"}, othersFiles)
+		if resp.Error == nil || !strings.Contains(resp.Error.Message, "uid 4343's") {
+			t.Errorf("another uid's file as the base: %+v", resp.Error)
+		}
+		s.Owner = 0
 	}
 	if calls := rec.seen(); len(calls) != 0 {
 		t.Errorf("refused requests reached the kernel: %q", calls)
@@ -600,5 +631,96 @@ func TestClientSnapshots(t *testing.T) {
 	}
 	if got := rec.seen(); !slices.Equal(got, want) {
 		t.Errorf("calls\n%q\nwant\n%q", got, want)
+	}
+}
+
+// TestSetDeviceOwnerOnlyDM: the node is given away only when sysfs says
+// its number is the dm device of that name — a loop device (a real block
+// device that is not one) is refused and left as it was.
+func TestSetDeviceOwnerOnlyDM(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (loop devices)")
+	}
+	if _, err := os.Stat("/dev/loop-control"); err != nil {
+		t.Skipf("no loop devices: %v", err)
+	}
+	img := filepath.Join(t.TempDir(), "disk.img")
+	if err := os.WriteFile(img, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	dev, err := loopdev.Attach(f, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	var before unix.Stat_t
+	if err := unix.Stat(dev.Path, &before); err != nil {
+		t.Fatal(err)
+	}
+	// Whatever the code under test did, the host's node is put back.
+	t.Cleanup(func() {
+		_ = unix.Chown(dev.Path, int(before.Uid), int(before.Gid))
+		_ = unix.Chmod(dev.Path, before.Mode&0o7777)
+	})
+	if err := (Local{}).SetDeviceOwner(dev.Path, 4242, 4242); err == nil || !strings.Contains(err.Error(), "is not the device-mapper device") {
+		t.Errorf("a loop device given away: %v", err)
+	}
+	var after unix.Stat_t
+	if err := unix.Stat(dev.Path, &after); err != nil {
+		t.Fatal(err)
+	}
+	if after.Uid != before.Uid || after.Mode != before.Mode {
+		t.Errorf("%s changed: %o %d → %o %d", dev.Path, before.Mode, before.Uid, after.Mode, after.Uid)
+	}
+}
+
+// TestMadeByHelper: removal is allowed of a gone name or a snapshot on
+// autoclearing loops only (a fake sysfs).
+func TestMadeByHelper(t *testing.T) {
+	root := t.TempDir()
+	old := sysfs
+	sysfs = root
+	t.Cleanup(func() { sysfs = old })
+	write := func(p, v string) {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(root, p)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(root, p), []byte(v+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("block/dm-0/dm/name", "banger-helper")
+	write("block/dm-0/slaves/loop3/loop/autoclear", "1")
+	write("block/dm-0/slaves/loop4/loop/autoclear", "1")
+	write("block/dm-1/dm/name", "banger-rootmode")
+	write("block/dm-1/slaves/loop5/loop/autoclear", "0")
+	write("block/dm-1/slaves/loop6/loop/autoclear", "1")
+	write("block/dm-2/dm/name", "banger-ondisk")
+	write("block/dm-2/slaves/sda2/size", "100")
+	for name, ok := range map[string]bool{"banger-helper": true, "banger-gone": true, "banger-rootmode": false, "banger-ondisk": false} {
+		if err := madeByHelper(name); (err == nil) != ok {
+			t.Errorf("%s: %v, want allowed=%v", name, err, ok)
+		}
+	}
+	// Through the helper: a root daemon's snapshot is refused before
+	// anything is removed.
+	rec := &recorder{}
+	s := &Server{Ops: rec, Policy: testPolicy(t)}
+	h := dmsnap.Handles{DMName: "banger-rootmode", DMDev: "/dev/mapper/banger-rootmode", AutoClear: true}
+	if resp, _ := s.do(request{Op: opDetachSnapshot, Handles: &h}, nil); resp.Error == nil || !strings.Contains(resp.Error.Message, "not an autoclearing loop") {
+		t.Errorf("detach of a root daemon's snapshot: %+v", resp.Error)
+	}
+	h.DMName = "banger-helper"
+	if resp, _ := s.do(request{Op: opDetachSnapshot, Handles: &h}, nil); resp.Error != nil {
+		t.Errorf("detach of the helper's own: %v", resp.Error)
+	}
+	if got := rec.seen(); !slices.Equal(got, []string{"detach banger-helper"}) {
+		t.Errorf("calls %q", got)
 	}
 }

@@ -90,6 +90,9 @@ type Server struct {
 	Owner    int
 	OwnerGID int
 	Log      *slog.Logger
+	// snapMu serialises snapshot operations: an attach's chown never
+	// meets a detach of the same name.
+	snapMu sync.Mutex
 }
 
 // Serve listens on path (replacing a stale socket), gives the socket to
@@ -148,10 +151,13 @@ func (s *Server) handle(conn *net.UnixConn) {
 	var req request
 	buf := make([]byte, 64<<10)
 	oob := make([]byte, unix.CmsgSpace(4*maxRequestFDs))
-	n, oobn, _, _, derr := conn.ReadMsgUnix(buf, oob)
+	n, oobn, flags, _, derr := conn.ReadMsgUnix(buf, oob)
 	var files []*os.File
 	if derr == nil {
 		files, derr = filesFrom(oob[:oobn])
+	}
+	if derr == nil && flags&unix.MSG_CTRUNC != 0 {
+		derr = fmt.Errorf("more than %d descriptors came with the request", maxRequestFDs)
 	}
 	for _, f := range files {
 		defer f.Close()
@@ -189,7 +195,12 @@ func (s *Server) handle(conn *net.UnixConn) {
 	default:
 		s.Log.Info("operation done", "op", req.Op, "uid", uid, "name", req.Name)
 	}
-	s.reply(conn, resp, out)
+	if err := s.reply(conn, resp, out); err != nil && resp.Handles != nil {
+		// The caller never learns of the snapshot: nothing would remove it.
+		if derr := s.Ops.DetachSnapshot(*resp.Handles); derr != nil {
+			s.Log.Warn("remove a snapshot whose caller went away", "name", resp.Handles.DMName, "err", derr)
+		}
+	}
 }
 
 // do checks req against the policy, then carries it out.
@@ -290,10 +301,12 @@ func (s *Server) do(req request, in []*os.File) (response, []*os.File) {
 			return response{Unavailable: err.Error()}, nil
 		}
 	case opAttachSnapshot:
+		s.snapMu.Lock()
+		defer s.snapMu.Unlock()
 		if err := p.checkSnapshotName(req.Name); err != nil {
 			return fail(err)
 		}
-		if err := p.checkSnapshotFiles(in[0], in[1]); err != nil {
+		if err := p.checkSnapshotFiles(in[0], in[1], s.Owner); err != nil {
 			return fail(err)
 		}
 		h, err := s.Ops.AttachSnapshot(req.Name, in[0], in[1])
@@ -311,6 +324,8 @@ func (s *Server) do(req request, in []*os.File) (response, []*os.File) {
 		}
 		return response{Handles: &h}, nil
 	case opDetachSnapshot:
+		s.snapMu.Lock()
+		defer s.snapMu.Unlock()
 		if req.Handles == nil {
 			return fail(refuse("detach_snapshot without handles"))
 		}
@@ -355,10 +370,10 @@ func (s *Server) do(req request, in []*os.File) (response, []*os.File) {
 	return response{}, nil
 }
 
-func (s *Server) reply(conn *net.UnixConn, resp response, files []*os.File) {
+func (s *Server) reply(conn *net.UnixConn, resp response, files []*os.File) error {
 	b, err := json.Marshal(resp)
 	if err != nil {
-		return
+		return err
 	}
 	var oob []byte
 	if len(files) > 0 {
@@ -370,7 +385,9 @@ func (s *Server) reply(conn *net.UnixConn, resp response, files []*os.File) {
 	}
 	if _, _, err := conn.WriteMsgUnix(b, oob, nil); err != nil {
 		s.Log.Warn("answer a caller", "err", err)
+		return err
 	}
+	return nil
 }
 
 // Client asks the root helper listening on SocketPath.

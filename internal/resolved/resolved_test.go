@@ -3,6 +3,7 @@ package resolved
 import (
 	"context"
 	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -86,5 +87,19 @@ func TestCheck(t *testing.T) {
 	err := (Host{RuntimeDir: run, NetNS: a, InitNetNS: b}).Check()
 	if !errors.Is(err, ErrNotManaged) || !strings.Contains(err.Error(), "net:[1]") {
 		t.Fatalf("other namespace: %v", err)
+	}
+	// The root helper under its unit may not read PID 1's namespace: it
+	// runs in the host's, and routes.
+	hidden := func(p string) (string, error) {
+		if p == b {
+			return "", &fs.PathError{Op: "readlink", Path: p, Err: fs.ErrPermission}
+		}
+		return os.Readlink(p)
+	}
+	if err := (Host{RuntimeDir: run, NetNS: a, InitNetNS: b, readlink: hidden}).Check(); err != nil {
+		t.Fatalf("PID 1's namespace hidden: %v", err)
+	}
+	if err := (Host{RuntimeDir: run + "-gone", NetNS: a, InitNetNS: b, readlink: hidden}).Check(); !errors.Is(err, ErrNotManaged) {
+		t.Fatalf("PID 1's namespace hidden, resolved not running: %v", err)
 	}
 }

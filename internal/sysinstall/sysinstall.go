@@ -336,8 +336,12 @@ WantedBy=multi-user.target
 // taps and nftables (CAP_NET_ADMIN), port 53 (CAP_NET_BIND_SERVICE),
 // giving its socket and the dm devices it makes to the owner (CAP_CHOWN),
 // and dm roots: device-mapper's ioctls admit only CAP_SYS_ADMIN, and
-// dmsetup makes /dev/mapper nodes where udev does not (CAP_MKNOD). Its
-// devices are only those: tun, loop and device-mapper. /proc/sys stays writable
+// dmsetup makes /dev/mapper nodes where udev does not (CAP_MKNOD, and
+// "m" on the device-mapper devices). Its devices are only those: tun,
+// loop and device-mapper. No SystemCallFilter yet: what dmsetup,
+// resolvectl and the netlink work need has not been measured under
+// systemd (these machines have none), and a filter that kills the helper
+// on some host's first dmsetup is worse than none. /proc/sys stays writable
 // for net.ipv4.ip_forward, and the kernel may still load the bridge, tun
 // and nf_tables modules its requests need (no ProtectKernelModules; the
 // helper itself cannot: CAP_SYS_MODULE is not in its bounding set).
@@ -345,6 +349,10 @@ var helperUnit = template.Must(template.New("helper").Parse(`# Installed by bang
 [Unit]
 Description=banger root helper: the privileged operations of {{.Owner}}'s bangerd
 Before=bangerd.service
+# The device allow-list below names loop and device-mapper devices by
+# their major numbers, which exist only once the modules are loaded.
+Wants=modprobe@loop.service modprobe@dm_mod.service
+After=modprobe@loop.service modprobe@dm_mod.service
 
 [Service]
 Type=simple
@@ -366,7 +374,7 @@ DeviceAllow=/dev/net/tun rw
 DeviceAllow=/dev/loop-control rw
 DeviceAllow=block-loop rw
 DeviceAllow=/dev/mapper/control rw
-DeviceAllow=block-device-mapper rw
+DeviceAllow=block-device-mapper rwm
 RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6
 RestrictNamespaces=yes
 RestrictRealtime=yes

@@ -88,6 +88,32 @@ var (
 // it (which also loads dm_mod where it is a module). That needs root, as
 // making snapshots does.
 func Available() error {
+	if err := dmAvailable(); err != nil {
+		return err
+	}
+	if _, err := system.LookPath("losetup"); err != nil {
+		return fmt.Errorf("dmsnap: losetup not found on PATH: %w (install util-linux)", err)
+	}
+	return nil
+}
+
+// AvailableFromFiles is Available for CreateFromFiles, which attaches
+// loops by descriptor (no losetup): device-mapper and dmsetup, and a
+// loop control device that opens (the loop module loaded; a service's
+// device allow-list permitting it).
+func AvailableFromFiles() error {
+	if err := dmAvailable(); err != nil {
+		return err
+	}
+	f, err := os.OpenFile("/dev/loop-control", os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("dmsnap: loop devices are not usable: %w (modprobe loop)", err)
+	}
+	f.Close()
+	return nil
+}
+
+func dmAvailable() error {
 	const noDM = "the kernel has no device-mapper; run `modprobe dm_snapshot`, or use a kernel built with CONFIG_BLK_DEV_DM and CONFIG_DM_SNAPSHOT"
 	if _, err := os.Stat(mapperControl); err != nil {
 		return fmt.Errorf("dmsnap: device-mapper is not available: %w (%s)", err, noDM)
@@ -102,9 +128,6 @@ func Available() error {
 	f.Close()
 	if _, err := system.LookPath("dmsetup"); err != nil {
 		return fmt.Errorf("dmsnap: dmsetup not found on PATH: %w (install it: the dmsetup package on Debian/Ubuntu, device-mapper on Fedora/Arch)", err)
-	}
-	if _, err := system.LookPath("losetup"); err != nil {
-		return fmt.Errorf("dmsnap: losetup not found on PATH: %w (install util-linux)", err)
 	}
 	return nil
 }

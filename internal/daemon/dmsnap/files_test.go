@@ -159,4 +159,25 @@ func TestCreateFromFilesFails(t *testing.T) {
 	if len(r.calls) != 0 {
 		t.Errorf("bad input ran %q", r.calls)
 	}
+	// The read-write case failed after the base's loop was attached: it
+	// cleared with the descriptor.
+	for deadline := time.Now().Add(5 * time.Second); len(loopsOn(base.Name())) > 0; {
+		if time.Now().After(deadline) {
+			t.Errorf("loops left on %s: %v", base.Name(), loopsOn(base.Name()))
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// loopsOn lists the loop devices the kernel says are attached to file.
+func loopsOn(file string) []string {
+	var out []string
+	paths, _ := filepath.Glob("/sys/block/loop*/loop/backing_file")
+	for _, p := range paths {
+		if b, err := os.ReadFile(p); err == nil && strings.TrimSpace(string(b)) == file {
+			out = append(out, filepath.Base(filepath.Dir(filepath.Dir(p))))
+		}
+	}
+	return out
 }
