@@ -4,9 +4,13 @@ package e2e
 
 import (
 	"os"
+	"os/exec"
 	"os/user"
+	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -32,8 +36,9 @@ func procStatus(t *testing.T, pid int, field string) string {
 // uid to have a passwd entry; any unprivileged user does) with no
 // capabilities, and banger's root helper, as root, makes the bridge, taps,
 // rules and the guests' DNS port for it. A VM is created, answers exec and
-// resolves NAME.vm, gets NAT, stops, starts and is deleted; nothing is
-// left, and the helper's log shows it did the privileged work.
+// resolves NAME.vm, gets NAT, stops, starts and is deleted; an OCI image
+// is pulled and converted without root; nothing is left, and the helper's
+// log shows it did the privileged work.
 func TestSystemMode(t *testing.T) {
 	kernelDir, rootfs := artifacts(t)
 	u, err := user.Lookup("nobody")
@@ -73,6 +78,22 @@ func TestSystemMode(t *testing.T) {
 	}
 	e.must("vm", "delete", "sys")
 	e.assertNoLeaks("after delete")
+
+	// An OCI image converts without root: the daemon unpacks it as
+	// itself and gives the files their owners inside the image.
+	e.must("image", "pull", nsRegistryImage(t, e.ns), "--name", "tiny")
+	img := filepath.Join(e.root, "state", "banger", "images", "tiny", "rootfs.ext4")
+	if fi, err := os.Stat(img); err != nil || fi.Sys().(*syscall.Stat_t).Uid != uint32(owner) {
+		t.Errorf("%s: %v, want the owner's", img, err)
+	}
+	for _, p := range []string{"/", "/etc/passwd"} {
+		out, err := exec.Command("debugfs", "-R", "stat "+p, img).Output()
+		if err != nil || !regexp.MustCompile(`User:\s+0\s+Group:\s+0\b`).Match(out) {
+			t.Errorf("%s in the pulled image is not root's (%v):\n%s", p, err, out)
+		}
+	}
+	e.must("image", "delete", "tiny")
+	e.assertNoLeaks("after an OCI pull")
 	for _, pid := range processesUnder(e.root) {
 		if pid == e.helper.Process.Pid || pid == e.daemon.Process.Pid {
 			continue // banger's own two, whose arguments name the root
