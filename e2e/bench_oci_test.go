@@ -66,7 +66,7 @@ func TestBenchOCIConvert(t *testing.T) {
 
 	var conv, rootless, base []time.Duration
 	var size int64
-	for i := 0; i < 2; i++ {
+	for i := 0; i < 3; i++ {
 		dest := filepath.Join(work, fmt.Sprintf("oci-%d.ext4", i))
 		start := time.Now()
 		res, err := oci.Pull(context.Background(), &system.Exec{}, ref, oci.Options{DestFile: dest, WorkDir: work})
