@@ -66,7 +66,7 @@ func (d *Daemon) disksOf(v store.VM) (root, work rootdisk.Disk, err error) {
 // the files the daemon opens.
 func (d *Daemon) diskRunner() rootdisk.Runner {
 	if d.viaHelper {
-		return helperDisks{Exec: d.runner, Snapshotter: d.priv}
+		return helperDisks{Exec: d.runner, Snapshotter: d.priv, vmsDir: d.layout.VMsDir}
 	}
 	return d.runner
 }
@@ -74,6 +74,16 @@ func (d *Daemon) diskRunner() rootdisk.Runner {
 type helperDisks struct {
 	*system.Exec
 	rootdisk.Snapshotter
+	vmsDir string
+}
+
+// SnapshotsAvailable: the helper can make snapshots, of files where VM
+// disks live (it refuses others: FUSE, NFS...).
+func (h helperDisks) SnapshotsAvailable() error {
+	if err := h.Snapshotter.SnapshotsAvailable(); err != nil {
+		return err
+	}
+	return privops.SnapshotFilesystem(h.vmsDir)
 }
 
 // chooseRootDisk picks the root disk strategy for a VM of vmmName over
@@ -111,6 +121,9 @@ func (d *Daemon) attachDisks(ctx context.Context, v *store.VM) (root, rootFmt, w
 	root, rootFmt, err = rd.Attach(ctx, d.diskRunner(), privops.SnapshotPrefix+v.ID, func(h dmsnap.Handles) error {
 		snapshot := rd
 		snapshot.DM = &h
+		if h == (dmsnap.Handles{}) {
+			snapshot.DM = nil // a failed attach took down all it made
+		}
 		v.RootDisk = encodeDisk(snapshot)
 		return d.store.UpdateVM(context.WithoutCancel(ctx), *v)
 	})

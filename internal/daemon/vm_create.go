@@ -571,15 +571,6 @@ func (d *Daemon) bootStepsFrom(v *store.VM, rs *restoreSpec) []step {
 			var err error
 			rootDev, rootFmt, workDev, workFmt, err = d.attachDisks(ctx, v)
 			if err != nil {
-				// What the attach recorded before failing (a snapshot's
-				// name, loops it could not finish) goes now, or the next
-				// start would find the disk "already attached".
-				if derr := d.detachDisks(ctx, v); derr != nil {
-					return nil, errors.Join(err, derr)
-				}
-				if uerr := d.store.UpdateVM(context.WithoutCancel(ctx), *v); uerr != nil {
-					return nil, errors.Join(err, uerr)
-				}
 				return nil, err
 			}
 			return func(ctx context.Context) error {

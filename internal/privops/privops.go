@@ -21,10 +21,12 @@ package privops
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -212,8 +214,14 @@ func madeByHelper(name string) error {
 		if err != nil || strings.TrimSpace(string(b)) != name {
 			continue
 		}
-		slaves, _ := filepath.Glob(filepath.Join(filepath.Dir(filepath.Dir(p)), "slaves", "*"))
+		dev := filepath.Dir(filepath.Dir(p))
+		slaves, _ := filepath.Glob(filepath.Join(dev, "slaves", "*"))
 		if len(slaves) == 0 {
+			// A device whose table never loaded (dmsetup create cut
+			// short) holds nothing: it may go.
+			if size, err := os.ReadFile(filepath.Join(dev, "size")); err == nil && strings.TrimSpace(string(size)) == "0" {
+				return nil
+			}
 			return refuse("%s has no loop devices under it; it is not a snapshot the helper made", name)
 		}
 		for _, sl := range slaves {
@@ -309,11 +317,36 @@ func (p Policy) checkSnapshotName(name string) error {
 // snapshotFilesystems are where the files of a snapshot may live: the
 // local filesystems banger's state is on. Not FUSE, NFS, procfs or the
 // like, whose I/O the owner could stall or steer under root's loop.
-var snapshotFilesystems = map[int64]string{
-	unix.EXT4_SUPER_MAGIC:  "ext2/3/4",
-	unix.XFS_SUPER_MAGIC:   "xfs",
-	unix.BTRFS_SUPER_MAGIC: "btrfs",
-	unix.TMPFS_MAGIC:       "tmpfs",
+var snapshotFilesystems = map[uint32]string{
+	unix.EXT4_SUPER_MAGIC:      "ext2/3/4",
+	unix.XFS_SUPER_MAGIC:       "xfs",
+	unix.BTRFS_SUPER_MAGIC:     "btrfs",
+	unix.TMPFS_MAGIC:           "tmpfs",
+	unix.F2FS_SUPER_MAGIC:      "f2fs",
+	unix.BCACHEFS_SUPER_MAGIC:  "bcachefs",
+	unix.OVERLAYFS_SUPER_MAGIC: "overlayfs",
+	zfsSuperMagic:              "zfs",
+}
+
+// zfsSuperMagic is OpenZFS's statfs type (out of tree, so not in x/sys).
+const zfsSuperMagic = 0x2fc12fc1
+
+// SnapshotFilesystem says whether files in dir may back a snapshot the
+// helper makes (the daemon asks before it picks dm for a VM there).
+func SnapshotFilesystem(dir string) error {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return err
+	}
+	return snapshotFilesystem(st)
+}
+
+func snapshotFilesystem(st unix.Statfs_t) error {
+	if _, ok := snapshotFilesystems[uint32(st.Type)]; !ok {
+		names := slices.Sorted(maps.Values(snapshotFilesystems))
+		return fmt.Errorf("the root helper builds snapshots only of files on %s, not on file system type %#x", strings.Join(names, ", "), uint32(st.Type))
+	}
+	return nil
 }
 
 // checkSnapshotFiles: each is a regular file on a local filesystem,
@@ -333,8 +366,8 @@ func (p Policy) checkSnapshotFiles(base, cow *os.File, owner int) error {
 		if err := unix.Fstatfs(int(f.Fd()), &fsst); err != nil {
 			return refuse("a snapshot's file system: %v", err)
 		}
-		if _, ok := snapshotFilesystems[int64(fsst.Type)]; !ok {
-			return refuse("a snapshot's files must be on ext4, xfs, btrfs or tmpfs (banger's state directory), not file system type %#x", fsst.Type)
+		if err := snapshotFilesystem(fsst); err != nil {
+			return refuse("%v", err)
 		}
 	}
 	fl, err := unix.FcntlInt(cow.Fd(), unix.F_GETFL, 0)

@@ -519,7 +519,8 @@ func snapshotFiles(t *testing.T) (base, cow, cowRO *os.File) {
 // descriptors.
 func TestSnapshotPolicy(t *testing.T) {
 	rec := &recorder{}
-	s := &Server{Ops: rec, Policy: testPolicy(t)}
+	// The test's files are its user's: that user is the owner.
+	s := &Server{Ops: rec, Policy: testPolicy(t), Owner: os.Getuid()}
 	base, cow, cowRO := snapshotFiles(t)
 	good := dmsnap.Handles{BaseLoop: "/dev/loop8", COWLoop: "/dev/loop9", DMName: "banger-0f1e", DMDev: "/dev/mapper/banger-0f1e", AutoClear: true}
 	notAuto, withFile, other := good, good, good
@@ -570,13 +571,16 @@ func TestSnapshotPolicy(t *testing.T) {
 			t.Errorf("%+v with %d files: %+v, want a bad_request refusal", c.req, len(c.files), resp.Error)
 		}
 	}
+	if resp, _ := s.do(request{Op: opAttachSnapshot, Name: "banger-0f1e"}, []*os.File{procFile, cow}); resp.Error == nil || !strings.Contains(resp.Error.Message, "not on file system type 0x9fa0") {
+		t.Errorf("a procfs file as the base: %+v, want refused for its file system", resp.Error)
+	}
 	if othersFiles != nil {
 		s.Owner = 4242
 		resp, _ := s.do(request{Op: opAttachSnapshot, Name: "banger-0f1e"}, othersFiles)
 		if resp.Error == nil || !strings.Contains(resp.Error.Message, "uid 4343's") {
 			t.Errorf("another uid's file as the base: %+v", resp.Error)
 		}
-		s.Owner = 0
+		s.Owner = os.Getuid()
 	}
 	if calls := rec.seen(); len(calls) != 0 {
 		t.Errorf("refused requests reached the kernel: %q", calls)
@@ -587,7 +591,11 @@ func TestSnapshotPolicy(t *testing.T) {
 	if resp, _ := s.do(request{Op: opDetachSnapshot, Handles: &good}, nil); resp.Error != nil {
 		t.Errorf("detach: %v", resp.Error)
 	}
-	if got, want := rec.seen(), []string{"attach banger-0f1e rootfs.ext4(ro) root.cow(rw)", "detach banger-0f1e"}; !slices.Equal(got, want) {
+	want := []string{"attach banger-0f1e rootfs.ext4(ro) root.cow(rw)", "detach banger-0f1e"}
+	if os.Getuid() != 0 { // an owner other than root gets the device
+		want = slices.Insert(want, 1, fmt.Sprintf("owner /dev/mapper/banger-0f1e %d:0", os.Getuid()))
+	}
+	if got := rec.seen(); !slices.Equal(got, want) {
 		t.Errorf("calls %q, want %q", got, want)
 	}
 }
@@ -703,7 +711,12 @@ func TestMadeByHelper(t *testing.T) {
 	write("block/dm-1/slaves/loop6/loop/autoclear", "1")
 	write("block/dm-2/dm/name", "banger-ondisk")
 	write("block/dm-2/slaves/sda2/size", "100")
-	for name, ok := range map[string]bool{"banger-helper": true, "banger-gone": true, "banger-rootmode": false, "banger-ondisk": false} {
+	write("block/dm-3/dm/name", "banger-halfmade") // a create cut short: no table
+	write("block/dm-3/size", "0")
+	write("block/dm-4/dm/name", "banger-linear") // a table of no devices, yet sized
+	write("block/dm-4/size", "2048")
+	for name, ok := range map[string]bool{"banger-helper": true, "banger-gone": true, "banger-rootmode": false, "banger-ondisk": false,
+		"banger-halfmade": true, "banger-linear": false} {
 		if err := madeByHelper(name); (err == nil) != ok {
 			t.Errorf("%s: %v, want allowed=%v", name, err, ok)
 		}

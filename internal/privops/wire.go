@@ -90,8 +90,9 @@ type Server struct {
 	Owner    int
 	OwnerGID int
 	Log      *slog.Logger
-	// snapMu serialises snapshot operations: an attach's chown never
-	// meets a detach of the same name.
+	// snapMu serialises snapshot operations, each with its answer: an
+	// attach's chown, or the teardown of one whose caller went away,
+	// never meets another operation on the same name.
 	snapMu sync.Mutex
 }
 
@@ -182,6 +183,12 @@ func (s *Server) handle(conn *net.UnixConn) {
 	if derr != nil {
 		s.reply(conn, response{Error: api.Errorf(api.CodeBadRequest, "root helper: unreadable request: %v", derr)}, nil)
 		return
+	}
+	if req.Op == opAttachSnapshot || req.Op == opDetachSnapshot {
+		// Held through the answer and a failed answer's teardown: no
+		// other snapshot operation comes between them.
+		s.snapMu.Lock()
+		defer s.snapMu.Unlock()
 	}
 	resp, out := s.do(req, files)
 	for _, f := range out {
@@ -301,8 +308,6 @@ func (s *Server) do(req request, in []*os.File) (response, []*os.File) {
 			return response{Unavailable: err.Error()}, nil
 		}
 	case opAttachSnapshot:
-		s.snapMu.Lock()
-		defer s.snapMu.Unlock()
 		if err := p.checkSnapshotName(req.Name); err != nil {
 			return fail(err)
 		}
@@ -324,8 +329,6 @@ func (s *Server) do(req request, in []*os.File) (response, []*os.File) {
 		}
 		return response{Handles: &h}, nil
 	case opDetachSnapshot:
-		s.snapMu.Lock()
-		defer s.snapMu.Unlock()
 		if req.Handles == nil {
 			return fail(refuse("detach_snapshot without handles"))
 		}

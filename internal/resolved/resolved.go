@@ -17,9 +17,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
+	"net"
 	"os"
 	"strings"
+	"time"
 )
 
 // Runner runs a host command from argv (internal/system.Exec in bangerd).
@@ -27,50 +28,45 @@ type Runner interface {
 	Run(ctx context.Context, argv ...string) ([]byte, error)
 }
 
-// Host describes where systemd-resolved keeps its state; tests point it
-// at temporary files.
+// Host describes where systemd-resolved is; tests point it at their own
+// directory and listener.
 type Host struct {
 	// RuntimeDir is systemd-resolved's runtime directory
 	// (/run/systemd/resolve); it exists while resolved runs.
 	RuntimeDir string
-	// NetNS and InitNetNS are the network namespace links of this process
-	// and of PID 1. resolved lives in the initial namespace and resolves
-	// link names there: routing from another namespace would name the
-	// wrong link (or none).
-	NetNS, InitNetNS string
-	// readlink reads a namespace link (os.Readlink; tests replace it).
-	readlink func(string) (string, error)
+	// Stub is resolved's stub listener (127.0.0.53:53). It answers only
+	// in the network namespace resolved runs in, which is what tells
+	// that this process is there too: resolvectl names a link by its
+	// index in the caller's namespace, and from another one would route
+	// some host link (or none). Reading PID 1's namespace instead needs
+	// CAP_SYS_PTRACE, which banger's root helper does not have, and
+	// names the wrong namespace in a PID namespace of a test's.
+	Stub string
 }
 
 // SystemHost is the real host.
-var SystemHost = Host{RuntimeDir: "/run/systemd/resolve", NetNS: "/proc/self/ns/net", InitNetNS: "/proc/1/ns/net"}
+var SystemHost = Host{RuntimeDir: "/run/systemd/resolve", Stub: "127.0.0.53:53"}
 
 // ErrNotManaged says systemd-resolved does not manage this host's DNS
 // (or banger runs in another network namespace than resolved).
 var ErrNotManaged = errors.New("systemd-resolved does not manage this host's DNS")
 
-// Check says whether routing through resolved can work here.
+// stubTimeout bounds the probe of resolved's stub listener.
+const stubTimeout = time.Second
+
+// Check says whether routing through resolved can work here: resolved
+// runs, and its stub listener answers from this network namespace (a
+// host whose resolved has DNSStubListener=no is taken for one without
+// resolved: NAME.vm then resolves through dns_listen).
 func (h Host) Check() error {
 	if _, err := os.Stat(h.RuntimeDir); err != nil {
 		return fmt.Errorf("%w (%s: %v)", ErrNotManaged, h.RuntimeDir, err)
 	}
-	readlink := h.readlink
-	if readlink == nil {
-		readlink = os.Readlink
+	c, err := net.DialTimeout("tcp", h.Stub, stubTimeout)
+	if err != nil {
+		return fmt.Errorf("%w in this network namespace (its stub listener %s does not answer here: %v)", ErrNotManaged, h.Stub, err)
 	}
-	self, err1 := readlink(h.NetNS)
-	init, err2 := readlink(h.InitNetNS)
-	if err1 == nil && errors.Is(err2, fs.ErrPermission) {
-		// PID 1's namespace is hidden from a root process without
-		// CAP_SYS_PTRACE — banger's root helper, whose unit bounds its
-		// capabilities. It is a system service in the host's namespace,
-		// where resolved is; a test's namespace it is run in is not
-		// hidden from it (it runs there with every capability).
-		return nil
-	}
-	if err1 != nil || err2 != nil || self != init {
-		return fmt.Errorf("%w in this network namespace (bangerd runs in %s, systemd-resolved in %s)", ErrNotManaged, self, init)
-	}
+	c.Close()
 	return nil
 }
 

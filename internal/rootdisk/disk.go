@@ -281,7 +281,10 @@ const attachSuffix = ".dmattach"
 //
 // record is called with the Handles after each resource dmsnap makes (and
 // once more with the final Handles) so the daemon can persist them; it may
-// be nil. On failure everything made is torn down and d.DM stays nil.
+// be nil. On failure what was made is torn down and d.DM stays nil; when
+// nothing is left, record is called a last time with the zero Handles, so
+// what was recorded does not outlive it (what could not be torn down
+// stays recorded, for a later Detach).
 //
 // dmsnap.Create insists on creating the COW file itself, and its teardown
 // deletes it; a dm disk's COW file must instead persist across boots. So
@@ -345,6 +348,12 @@ func (d *Disk) Attach(ctx context.Context, r Runner, dmName string, record func(
 		if rerr := removeAttachLink(d.Path); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
+		h.COWPath = ""
+		if h == (dmsnap.Handles{}) && record != nil {
+			if rerr := record(dmsnap.Handles{}); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+		}
 		return "", "", fmt.Errorf("rootdisk: attach %s: %w", d.Path, err)
 	}
 	h.COWPath = ""
@@ -382,6 +391,13 @@ func (d *Disk) attachWith(sn Snapshotter, dmName string, record func(dmsnap.Hand
 	defer cow.Close()
 	h, err := sn.AttachSnapshot(dmName, base, cow)
 	if err != nil {
+		// The helper made nothing, or took it down (or will, if it
+		// finishes after this caller gave up and cannot answer).
+		if record != nil {
+			if rerr := record(dmsnap.Handles{}); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+		}
 		return "", "", fmt.Errorf("rootdisk: attach %s: %w", d.Path, err)
 	}
 	if record != nil {

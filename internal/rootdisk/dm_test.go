@@ -227,8 +227,16 @@ func TestDM(t *testing.T) {
 	// A failed Attach leaves the COW file and tears down what it made.
 	f = newFakeDM()
 	f.failOn = "dmsetup create"
-	if _, _, err := dst.Attach(ctx, f, "banger-vm-b", nil); err == nil || !strings.Contains(err.Error(), "injected") {
+	var failed []dmsnap.Handles
+	if _, _, err := dst.Attach(ctx, f, "banger-vm-b", func(h dmsnap.Handles) error {
+		failed = append(failed, h)
+		return nil
+	}); err == nil || !strings.Contains(err.Error(), "injected") {
 		t.Fatalf("Attach with dmsetup failing = %v", err)
+	}
+	// The loops were recorded as made; the last record says none is left.
+	if len(failed) < 2 || failed[len(failed)-2].COWLoop == "" || failed[len(failed)-1] != (dmsnap.Handles{}) {
+		t.Errorf("records of a failed attach: %+v, want the loops then the zero handles", failed)
 	}
 	if !f.empty() || dst.DM != nil {
 		t.Errorf("failed Attach left loops %v, dms %v, DM %+v", f.loops, f.dms, dst.DM)
@@ -381,7 +389,16 @@ func TestDMThroughASnapshotter(t *testing.T) {
 	}
 	// And the helper refusing leaves nothing attached.
 	sn.calls, sn.attachErr = nil, errors.New("root helper refuses: no")
-	if _, _, err := d.Attach(ctx, sn, "banger-vm-a", nil); err == nil || d.DM != nil {
+	recorded = nil
+	if _, _, err := d.Attach(ctx, sn, "banger-vm-a", func(h dmsnap.Handles) error {
+		recorded = append(recorded, h)
+		return nil
+	}); err == nil || d.DM != nil {
 		t.Errorf("Attach the helper refused: %v, DM %+v", err, d.DM)
+	}
+	// The name recorded first is withdrawn: the next start finds no
+	// snapshot recorded.
+	if want := []dmsnap.Handles{{DMName: "banger-vm-a", AutoClear: true}, {}}; !slices.Equal(recorded, want) {
+		t.Errorf("recorded %+v, want %+v", recorded, want)
 	}
 }

@@ -253,7 +253,18 @@ func CreateFromFiles(ctx context.Context, r Runner, name string, base, cow *os.F
 	defer cowLoop.Close()
 	tbl := table(st.Size()/512, baseLoop.Path, cowLoop.Path)
 	if _, err := r.Run(ctx, "dmsetup", "create", name, "--table", tbl); err != nil {
-		return Handles{}, fmt.Errorf("dmsnap: create device-mapper device %s: %w", name, err)
+		err = fmt.Errorf("dmsnap: create device-mapper device %s: %w", name, err)
+		if isBusy(err) {
+			return Handles{}, err // the name is taken: not ours to remove
+		}
+		// dmsetup may have made the device before failing (its table
+		// refused, or killed waiting for udev): take it down.
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
+		if rerr := removeDM(cctx, r, name, nil); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		return Handles{}, err
 	}
 	return Handles{BaseLoop: baseLoop.Path, COWLoop: cowLoop.Path, DMName: name, DMDev: filepath.Join(mapperDir, name), AutoClear: true}, nil
 }

@@ -20,7 +20,7 @@ import (
 type kernelLoopsRunner struct {
 	t          *testing.T
 	base, cow  string
-	failCreate bool
+	failCreate string // stderr of a failing dmsetup create ("": it works)
 	mu         sync.Mutex
 	calls      []string
 	loops      []string
@@ -46,8 +46,8 @@ func (k *kernelLoopsRunner) Run(ctx context.Context, argv ...string) ([]byte, er
 			k.t.Errorf("origin ro=%q, cow ro=%q; want 1 and 0", ro, rw)
 		}
 		k.loops = []string{f[3], f[4]}
-		if k.failCreate {
-			return nil, cmdErr(argv, "device-mapper: reload ioctl on banger-x failed: Invalid argument")
+		if k.failCreate != "" {
+			return nil, cmdErr(argv, k.failCreate)
 		}
 	}
 	return nil, nil
@@ -132,11 +132,24 @@ func TestCreateFromFiles(t *testing.T) {
 // input reaches no loop at all.
 func TestCreateFromFilesFails(t *testing.T) {
 	base, cow := snapshotFiles(t)
-	r := &kernelLoopsRunner{t: t, base: base.Name(), cow: cow.Name(), failCreate: true}
+	r := &kernelLoopsRunner{t: t, base: base.Name(), cow: cow.Name(), failCreate: "device-mapper: reload ioctl on banger-files failed: Invalid argument"}
 	if h, err := CreateFromFiles(context.Background(), r, "banger-files", base, cow); err == nil || h != (Handles{}) || !strings.Contains(err.Error(), "create device-mapper device banger-files") {
 		t.Errorf("dmsetup failing: %+v, %v", h, err)
 	}
 	r.waitLoopsCleared()
+	// dmsetup may have made the device before its table was refused.
+	if len(r.calls) != 2 || r.calls[1] != "dmsetup remove banger-files" {
+		t.Errorf("after a failed create ran %q, want a dmsetup remove of the name", r.calls)
+	}
+	// A name already taken is someone else's: not removed.
+	r = &kernelLoopsRunner{t: t, base: base.Name(), cow: cow.Name(), failCreate: "device-mapper: create ioctl on banger-files failed: Device or resource busy"}
+	if _, err := CreateFromFiles(context.Background(), r, "banger-files", base, cow); err == nil {
+		t.Error("create over a taken name succeeded")
+	}
+	r.waitLoopsCleared()
+	if len(r.calls) != 1 {
+		t.Errorf("create over a taken name ran %q, want no removal", r.calls)
+	}
 
 	ro, err := os.Open(cow.Name())
 	if err != nil {

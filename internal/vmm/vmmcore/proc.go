@@ -22,9 +22,14 @@ var procDir = "/proc"
 // procStat is the part of /proc/PID/stat that identity checks need.
 type procStat struct {
 	state     byte
+	flags     uint64
 	threads   int
 	startTime uint64
 }
+
+// pfExiting is the kernel's PF_EXITING task flag: set as a killed
+// process starts to exit, before it tears down its memory.
+const pfExiting = 0x4
 
 // readStat parses /proc/PID/stat. The second field (comm) is in parentheses
 // and may itself contain spaces and parentheses, so fields are counted from
@@ -47,6 +52,10 @@ func readStat(pid int) (procStat, error) {
 	if len(fields) < 20 || len(fields[0]) != 1 {
 		return procStat{}, fmt.Errorf("parse /proc/%d/stat: %d fields after comm", pid, len(fields))
 	}
+	flags, err := strconv.ParseUint(fields[6], 10, 64)
+	if err != nil {
+		return procStat{}, fmt.Errorf("parse /proc/%d/stat flags: %w", pid, err)
+	}
 	threads, err := strconv.Atoi(fields[17])
 	if err != nil {
 		return procStat{}, fmt.Errorf("parse /proc/%d/stat thread count: %w", pid, err)
@@ -55,7 +64,7 @@ func readStat(pid int) (procStat, error) {
 	if err != nil {
 		return procStat{}, fmt.Errorf("parse /proc/%d/stat start time: %w", pid, err)
 	}
-	return procStat{state: fields[0][0], threads: threads, startTime: start}, nil
+	return procStat{state: fields[0][0], flags: flags, threads: threads, startTime: start}, nil
 }
 
 // ProcStartTime returns field 22 of /proc/PID/stat: when the process
@@ -98,6 +107,15 @@ func Matches(pid int, startTime uint64, match func(argv []string) bool) bool {
 	st, err := readStat(pid)
 	if err != nil || st.exited() || st.startTime != startTime {
 		return false
+	}
+	if st.flags&pfExiting != 0 {
+		// Exiting, and still holding its files: alive until it has
+		// finished. Its command line is not evidence now — read while
+		// its memory is torn down it comes back cut short, which once
+		// let a wait for a killed QEMU end while it still ran ("clean up
+		// after qemu pid N: it is still running", CI) — and pid and start
+		// time already name it.
+		return true
 	}
 	argv, err := ProcCmdline(pid)
 	if err != nil {

@@ -415,3 +415,39 @@ func TestCheckKVM(t *testing.T) {
 	kvmDevice, sysModules = old, oldMods
 	t.Logf("this host: CheckKVM() = %v", CheckKVM())
 }
+
+// TestMatchesWhileExiting: a killed VMM that has started to exit
+// (PF_EXITING) is alive until it has finished, whatever its command line
+// reads as meanwhile (cut short while its memory goes); the same reading
+// from a process that is not exiting is another program's.
+func TestMatchesWhileExiting(t *testing.T) {
+	dir := t.TempDir()
+	old := procDir
+	procDir = dir
+	t.Cleanup(func() { procDir = old })
+	const pid, start = 4321, 99
+	write := func(flags uint64) {
+		t.Helper()
+		f := strings.Fields(statLineThreads(pid, "qemu-system-x86", 'S', 7, start))
+		f[8] = fmt.Sprint(flags) // field 9: flags
+		if err := os.MkdirAll(filepath.Join(dir, fmt.Sprint(pid)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprint(pid), "stat"), []byte(strings.Join(f, " ")+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		// The first page of a long command line, without the socket.
+		if err := os.WriteFile(filepath.Join(dir, fmt.Sprint(pid), "cmdline"), []byte("qemu-system-x86_64\x00-machine\x00q35\x00"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	match := ArgMentions("/run/banger/vms/x/qmp.sock")
+	write(0x400000 | pfExiting)
+	if !Matches(pid, start, match) {
+		t.Error("an exiting VMM whose command line reads cut short counts as gone")
+	}
+	write(0x400000)
+	if Matches(pid, start, match) {
+		t.Error("a process that is not exiting and does not mention the socket counts as the VMM")
+	}
+}
