@@ -418,8 +418,8 @@ func TestCheckKVM(t *testing.T) {
 
 // TestMatchesWhileExiting: a killed VMM that has started to exit
 // (PF_EXITING) is alive until it has finished, whatever its command line
-// reads as meanwhile (cut short while its memory goes); the same reading
-// from a process that is not exiting is another program's.
+// reads as meanwhile (the read fails now and then during exit); the same
+// reading from a process that is not exiting is another program's.
 func TestMatchesWhileExiting(t *testing.T) {
 	dir := t.TempDir()
 	old := procDir
@@ -445,6 +445,16 @@ func TestMatchesWhileExiting(t *testing.T) {
 	write(0x400000 | pfExiting)
 	if !Matches(pid, start, match) {
 		t.Error("an exiting VMM whose command line reads cut short counts as gone")
+	}
+	// Or does not read at all.
+	if err := os.Chmod(filepath.Join(dir, fmt.Sprint(pid), "cmdline"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() != 0 && !Matches(pid, start, match) {
+		t.Error("an exiting VMM whose command line cannot be read counts as gone")
+	}
+	if err := os.Chmod(filepath.Join(dir, fmt.Sprint(pid), "cmdline"), 0o644); err != nil {
+		t.Fatal(err)
 	}
 	write(0x400000)
 	if Matches(pid, start, match) {
