@@ -120,13 +120,7 @@ func copyDirAt(ctx context.Context, src string, parentFd int, name string, own *
 // rootOwned makes the copy open at fd root's with perm, or (rootless)
 // records that.
 func rootOwned(fd int, typ fs.FileMode, perm uint32, own *owners) error {
-	if own == nil {
-		return setOwnerMode(fd, 0, 0, perm)
-	}
-	if err := unix.Fchmod(fd, stagePerm(perm, typ == fs.ModeDir)); err != nil {
-		return fmt.Errorf("chmod: %w", err)
-	}
-	return own.record(fd, "", owned{mode: goMode(typ, perm)})
+	return own.setFd(fd, owned{mode: goMode(typ, perm)}, perm)
 }
 
 func copySymlinkAt(src string, dirFd int, name string, own *owners) error {

@@ -125,13 +125,7 @@ func newExtractor(rootDir string, own *owners) (*extractor, error) {
 // its staging mode, recording the rest. xattrs are the rootless
 // recording's; applied ones are set by path (setXattrs).
 func (x *extractor) ownFd(fd int, typ fs.FileMode, uid, gid int, perm uint32, hdr *tar.Header) error {
-	if x.own == nil {
-		return setOwnerMode(fd, uid, gid, perm)
-	}
-	if err := unix.Fchmod(fd, stagePerm(perm, typ == fs.ModeDir)); err != nil {
-		return fmt.Errorf("chmod: %w", err)
-	}
-	return x.own.record(fd, "", owned{mode: goMode(typ, perm), uid: uid, gid: gid, xattrs: xattrsOf(hdr)})
+	return x.own.setFd(fd, owned{mode: goMode(typ, perm), uid: uid, gid: gid, xattrs: xattrsOf(hdr)}, perm)
 }
 
 // xattrsAt applies hdr's attributes to name in dirfd, unless rootless

@@ -52,6 +52,18 @@ func (o *owners) record(dirfd int, name string, m owned) error {
 	return nil
 }
 
+// setFd gives the inode open at fd m's owner and perm (a nil o: a root
+// unpack), or, rootless, its staging mode, recording m for the image.
+func (o *owners) setFd(fd int, m owned, perm uint32) error {
+	if o == nil {
+		return setOwnerMode(fd, m.uid, m.gid, perm)
+	}
+	if err := unix.Fchmod(fd, stagePerm(perm, m.mode.IsDir())); err != nil {
+		return fmt.Errorf("chmod: %w", err)
+	}
+	return o.record(fd, "", m)
+}
+
 // stagePerm is the mode a rootless unpack gives a staged file: the
 // image's permission bits without setuid, setgid and sticky (the host
 // never holds a setuid file of the image's), and always the builder's
