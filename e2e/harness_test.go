@@ -270,7 +270,8 @@ func (e *env) startHelper(config string) {
 		e.t.Fatal(err)
 	}
 	cmd := exec.Command("ip", "netns", "exec", e.ns, filepath.Join(e.bin, "bangerd"), "root-helper",
-		"--owner", strconv.Itoa(e.owner), "--socket", e.helperSock, "--config", config)
+		"--owner", strconv.Itoa(e.owner), "--socket", e.helperSock, "--config", config,
+		"--state-dir", filepath.Join(e.root, "state", "banger"), "--jail-dir", filepath.Join(e.root, "jail"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		e.t.Fatal(err)

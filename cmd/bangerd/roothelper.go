@@ -16,6 +16,7 @@ import (
 
 	"banger/internal/config"
 	"banger/internal/privops"
+	"banger/internal/vmm"
 )
 
 // rootHelperCmd is `bangerd root-helper`: the root half of a system
@@ -23,7 +24,7 @@ import (
 // bangerd, only the typed operations of package privops, on banger's own
 // bridge (from the configuration), taps and firewall tables.
 func rootHelperCmd() *cobra.Command {
-	var owner, socket, configFile string
+	var owner, socket, configFile, stateDir, jailDir string
 	cmd := &cobra.Command{
 		Use:   "root-helper --owner USER",
 		Short: "serve the privileged operations of an unprivileged bangerd (system mode)",
@@ -55,13 +56,25 @@ func rootHelperCmd() *cobra.Command {
 			log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: parseLevel(cfg.LogLevel)}))
 			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
-			srv := &privops.Server{Ops: privops.Local{}, Policy: policy, Owner: uid, OwnerGID: gid, Log: log}
+			var jails *privops.Jails
+			if cfg.Jailer != "off" {
+				// The jails' directory is root's; the jailer works in it
+				// as root.
+				if err := os.MkdirAll(jailDir, 0o755); err != nil {
+					return err
+				}
+				jails = &privops.Jails{Base: jailDir, StateDir: stateDir, Jailer: cfg.JailerBin, Firecracker: cfg.FirecrackerBin,
+					CgroupVersion: vmm.CgroupVersion()}
+			}
+			srv := &privops.Server{Ops: privops.Local{}, Policy: policy, Owner: uid, OwnerGID: gid, Log: log, Jails: jails}
 			return srv.Serve(ctx, socket)
 		},
 	}
 	cmd.Flags().StringVar(&owner, "owner", "", "the user (name or uid) whose bangerd the helper serves, besides root")
 	cmd.Flags().StringVar(&socket, "socket", privops.DefaultSocket, "Unix socket to serve on")
 	cmd.Flags().StringVar(&configFile, "config", filepath.Join(config.SystemConfigDir, "config.toml"), "banger's configuration (bridge_name and bridge_cidr bound what the helper touches)")
+	cmd.Flags().StringVar(&stateDir, "state-dir", config.SystemStateDir, "the owner daemon's state directory: the only place the files of a jailed VM come from")
+	cmd.Flags().StringVar(&jailDir, "jail-dir", config.SystemJailDir, "root's directory for the jails of the owner's Firecrackers, on the state directory's filesystem")
 	_ = cmd.MarkFlagRequired("owner")
 	return cmd
 }

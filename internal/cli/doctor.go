@@ -17,6 +17,7 @@ import (
 	"banger/internal/rpc"
 	"banger/internal/sysinstall"
 	"banger/internal/version"
+	"banger/internal/vmm"
 )
 
 func newDoctorCommand(app *App) *cobra.Command {
@@ -32,6 +33,7 @@ func newDoctorCommand(app *App) *cobra.Command {
 			}
 			var helper func(context.Context) error
 			var dmSnapshots func() error
+			var rootJails vmm.RootJails
 			var owner *int
 			var also []int // uids trusted besides root and the caller
 			trust := func(uid int) bool { return uid == 0 || uid == os.Getuid() }
@@ -51,6 +53,7 @@ func newDoctorCommand(app *App) *cobra.Command {
 				hc := &privops.Client{SocketPath: privops.DefaultSocket, Timeout: 5 * time.Second, DialWait: -1}
 				helper = func(context.Context) error { return hc.Ping() }
 				dmSnapshots = hc.SnapshotsAvailable
+				rootJails = hc
 			}
 			if app.socket != "" {
 				layout.SocketPath = app.socket
@@ -64,7 +67,7 @@ func newDoctorCommand(app *App) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			env := doctor.Env{Layout: layout, Config: cfg, ClientVersion: version.Version, RootHelper: helper, DMSnapshots: dmSnapshots, Owner: owner,
+			env := doctor.Env{Layout: layout, Config: cfg, ClientVersion: version.Version, RootHelper: helper, DMSnapshots: dmSnapshots, RootJails: rootJails, Owner: owner,
 				DaemonVersion: func(ctx context.Context) (string, error) {
 					// Asked only of a socket that passes the checks a
 					// command would make, and never started for it.

@@ -20,6 +20,7 @@ type Layout struct {
 	ImagesDir  string // StateDir/images
 	KernelsDir string // StateDir/kernels
 	SSHDir     string // StateDir/ssh
+	JailDir    string // StateDir/jail: jailed Firecrackers' chroots; SystemJailDir in system mode
 	SSHKey     string // SSHDir/id_ed25519 (public half at SSHKey+".pub")
 	KnownHosts string // SSHDir/known_hosts
 	CacheDir   string // $XDG_CACHE_HOME/banger
@@ -91,6 +92,7 @@ func layoutFrom(getenv func(string) string, uid int, exists func(string) bool) (
 		ImagesDir:  filepath.Join(state, "images"),
 		KernelsDir: filepath.Join(state, "kernels"),
 		SSHDir:     ssh,
+		JailDir:    filepath.Join(state, "jail"),
 		SSHKey:     filepath.Join(ssh, "id_ed25519"),
 		KnownHosts: filepath.Join(ssh, "known_hosts"),
 		CacheDir:   filepath.Join(cacheHome, "banger"),
@@ -106,6 +108,11 @@ const (
 	SystemStateDir   = "/var/lib/banger"
 	SystemCacheDir   = "/var/cache/banger"
 	SystemRuntimeDir = "/run/banger"
+	// SystemJailDir is root's: the root helper makes the jails of the
+	// owner's Firecrackers there (the jailer works in it as root, so no
+	// directory on its path may be the owner's). Beside the state
+	// directory, on its filesystem: the VMs' files are hard-linked in.
+	SystemJailDir = "/var/lib/banger-jail"
 )
 
 // SystemLayout is the layout of a system install: config in /etc/banger,
@@ -121,7 +128,9 @@ func SystemLayout(getenv func(string) string) (Layout, error) {
 		"XDG_RUNTIME_DIR": filepath.Dir(SystemRuntimeDir),
 		SocketEnv:         getenv(SocketEnv),
 	}
-	return layoutFrom(func(k string) string { return env[k] }, os.Getuid(), dirExists)
+	l, err := layoutFrom(func(k string) string { return env[k] }, os.Getuid(), dirExists)
+	l.JailDir = SystemJailDir
+	return l, err
 }
 
 // xdgDir returns $name when it holds an absolute path (the XDG spec says

@@ -34,6 +34,7 @@ func TestLayoutFromEnv(t *testing.T) {
 				ImagesDir:  "/home/u/.local/state/banger/images",
 				KernelsDir: "/home/u/.local/state/banger/kernels",
 				SSHDir:     "/home/u/.local/state/banger/ssh",
+				JailDir:    "/home/u/.local/state/banger/jail",
 				SSHKey:     "/home/u/.local/state/banger/ssh/id_ed25519",
 				KnownHosts: "/home/u/.local/state/banger/ssh/known_hosts",
 				CacheDir:   "/home/u/.cache/banger",
@@ -54,6 +55,7 @@ func TestLayoutFromEnv(t *testing.T) {
 				ImagesDir:  "/x/state/banger/images",
 				KernelsDir: "/x/state/banger/kernels",
 				SSHDir:     "/x/state/banger/ssh",
+				JailDir:    "/x/state/banger/jail",
 				SSHKey:     "/x/state/banger/ssh/id_ed25519",
 				KnownHosts: "/x/state/banger/ssh/known_hosts",
 				CacheDir:   "/x/cache/banger",
@@ -74,6 +76,7 @@ func TestLayoutFromEnv(t *testing.T) {
 				ImagesDir:  "/x/state/banger/images",
 				KernelsDir: "/x/state/banger/kernels",
 				SSHDir:     "/x/state/banger/ssh",
+				JailDir:    "/x/state/banger/jail",
 				SSHKey:     "/x/state/banger/ssh/id_ed25519",
 				KnownHosts: "/x/state/banger/ssh/known_hosts",
 				CacheDir:   "/x/cache/banger",
@@ -93,6 +96,7 @@ func TestLayoutFromEnv(t *testing.T) {
 				ImagesDir:  "/home/u/.local/state/banger/images",
 				KernelsDir: "/home/u/.local/state/banger/kernels",
 				SSHDir:     "/home/u/.local/state/banger/ssh",
+				JailDir:    "/home/u/.local/state/banger/jail",
 				SSHKey:     "/home/u/.local/state/banger/ssh/id_ed25519",
 				KnownHosts: "/home/u/.local/state/banger/ssh/known_hosts",
 				CacheDir:   "/home/u/.cache/banger",
@@ -273,8 +277,8 @@ func TestSystemLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := map[string]string{"config": "/etc/banger/config.toml", "state": "/var/lib/banger", "db": "/var/lib/banger/banger.db",
-		"cache": "/var/cache/banger", "runtime": "/run/banger", "socket": "/run/banger/bangerd.sock"}
-	got := map[string]string{"config": l.ConfigFile, "state": l.StateDir, "db": l.DBPath, "cache": l.CacheDir, "runtime": l.RuntimeDir, "socket": l.SocketPath}
+		"cache": "/var/cache/banger", "runtime": "/run/banger", "socket": "/run/banger/bangerd.sock", "jail": "/var/lib/banger-jail"}
+	got := map[string]string{"config": l.ConfigFile, "state": l.StateDir, "db": l.DBPath, "cache": l.CacheDir, "runtime": l.RuntimeDir, "socket": l.SocketPath, "jail": l.JailDir}
 	for k, w := range want {
 		if got[k] != w {
 			t.Errorf("system %s = %q, want %q", k, got[k], w)

@@ -206,8 +206,11 @@ func (d *Daemon) vmmIdentity(ip string) (string, error) {
 // when the driver jails it (a jailed Firecracker has no CAP_NET_ADMIN and
 // can attach only to a tap it owns). The tap is deleted when the VM
 // stops, and its ownership with it.
+//
+// In system mode the jailed VMM runs as the owner, whose taps the root
+// helper already made.
 func (d *Daemon) giveTapToJailedVMM(drv vmm.Driver, spec vmm.Spec) error {
-	if !jailed(drv) || spec.Tap == "" {
+	if !jailed(drv) || spec.Tap == "" || (d.viaHelper && spec.RunAs == "") {
 		return nil
 	}
 	var uid, gid int

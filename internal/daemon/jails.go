@@ -54,12 +54,17 @@ func (d *Daemon) sweepJails(ctx context.Context) {
 	if err != nil {
 		return
 	}
+	jails := d.rootJails()
 	for _, p := range d.jailLeftovers(vms) {
 		d.log.Warn("removing a jail or cgroup of a VM that does not run", "path", p)
 		var err error
-		if isWithin(d.cgroupRoot, p) {
+		switch {
+		case jails != nil:
+			// Root's jail and cgroups: the helper removes both.
+			err = jails.RemoveJail(filepath.Base(p))
+		case isWithin(d.cgroupRoot, p):
 			err = os.Remove(p) // a cgroup: rmdir, refused while it has tasks
-		} else {
+		default:
 			err = os.RemoveAll(p)
 		}
 		if err != nil {

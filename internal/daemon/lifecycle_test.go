@@ -541,12 +541,7 @@ func TestJailedLifecycle(t *testing.T) {
 	if !inOwnNetns(t) {
 		return
 	}
-	// The jailer makes cgroups under /sys/fs/cgroup: a tmpfs of the
-	// test's own (its mount namespace is private) stands for it.
-	if err := syscall.Mount("banger-test-cgroup", "/sys/fs/cgroup", "tmpfs", 0, ""); err != nil {
-		t.Fatal(err)
-	}
-	defer syscall.Unmount("/sys/fs/cgroup", syscall.MNT_DETACH)
+	standInCgroupfs(t)
 	l := newLifecycleWith(t, true)
 	if _, errMsg := l.create(api.VMCreateParams{Name: "j", VCPU: 1, MemoryMiB: 256}, ""); errMsg != "" {
 		t.Fatalf("create j: %s", errMsg)
@@ -627,6 +622,17 @@ func TestJailedLifecycle(t *testing.T) {
 		t.Errorf("jails left after delete: %v", left)
 	}
 	l.noLeaks("after delete")
+}
+
+// standInCgroupfs mounts a tmpfs of the test's own over /sys/fs/cgroup
+// (its mount namespace is private), where the stand-in jailer makes the
+// VMs' cgroups, until the test ends.
+func standInCgroupfs(t *testing.T) {
+	t.Helper()
+	if err := syscall.Mount("banger-test-cgroup", "/sys/fs/cgroup", "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Unmount("/sys/fs/cgroup", syscall.MNT_DETACH) })
 }
 
 func mustTap(t *testing.T, name string) (*netlink.Tuntap, bool) {

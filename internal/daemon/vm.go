@@ -82,13 +82,29 @@ func (d *Daemon) driverFor(name string) (vmm.Driver, error) {
 		pref = name
 	}
 	return vmm.SelectWith(vmm.Options{Pref: pref, FirecrackerBin: d.cfg.FirecrackerBin, QEMUBin: d.cfg.QEMUBin,
-		Jailer: d.cfg.Jailer, JailerBin: d.cfg.JailerBin, JailBase: d.jailBase(),
+		Jailer: d.cfg.Jailer, JailerBin: d.cfg.JailerBin, JailBase: d.jailBase(), RootJails: d.rootJails(),
 		QEMUAccel: d.cfg.QEMUAccel, KVMVerdictFile: filepath.Join(d.layout.StateDir, "kvm-stalled")})
 }
 
-// jailBase is where jailed Firecracker VMs get their chroots: in the
-// state directory, on the filesystem of their disks (hard-linked in).
-func (d *Daemon) jailBase() string { return filepath.Join(d.layout.StateDir, "jail") }
+// rootJails is the root helper that jails Firecracker for this daemon
+// when it is not root (system mode), else nil.
+func (d *Daemon) rootJails() vmm.RootJails {
+	if !d.viaHelper {
+		return nil
+	}
+	j, _ := d.priv.(vmm.RootJails)
+	return j
+}
+
+// jailBase is where jailed Firecracker VMs get their chroots, on the
+// filesystem of their disks (hard-linked in): in the state directory, or
+// root's beside it in system mode (config.Layout.JailDir).
+func (d *Daemon) jailBase() string {
+	if d.layout.JailDir != "" {
+		return d.layout.JailDir
+	}
+	return filepath.Join(d.layout.StateDir, "jail")
+}
 
 // refresh reconciles one VM's record with the host: a VM recorded as
 // running whose VMM is gone is marked stopped and its tap released.
@@ -154,7 +170,7 @@ func (d *Daemon) releaseRuntime(ctx context.Context, v *store.VM) {
 	// The driver removes what it keeps outside the runtime dir (a
 	// Firecracker jail); it refuses while the VMM still runs.
 	if v.PID != 0 {
-		if err := vmm.Cleanup(handleOf(*v)); err != nil {
+		if err := vmm.CleanupVia(handleOf(*v), d.rootJails()); err != nil {
 			d.log.Warn("clean up after the VMM", "vm", v.Name, "err", err)
 		}
 	}

@@ -661,7 +661,7 @@ func (d *Daemon) bootStepsFrom(v *store.VM, rs *restoreSpec) []step {
 				}
 				// What the VMM keeps outside the runtime dir (a jail and
 				// its cgroups) goes with it.
-				return errors.Join(vmm.Cleanup(handle), os.RemoveAll(paths.run))
+				return errors.Join(vmm.CleanupVia(handle, d.rootJails()), os.RemoveAll(paths.run))
 			}
 			// Recorded before the guest answers, so that a daemon that dies
 			// now leaves a VMM the next one can identify and kill; the VM

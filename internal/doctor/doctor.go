@@ -63,6 +63,9 @@ type Env struct {
 	// process cannot judge: the root helper makes them in system mode
 	// (nil: dmsnap.Available, in this process).
 	DMSnapshots func() error
+	// RootJails is the root helper as it runs Firecracker's jailer for
+	// an unprivileged daemon (system mode; nil in user mode).
+	RootJails vmm.RootJails
 	// ClientVersion is this CLI's version.
 	ClientVersion string
 	// CheckKVM says whether /dev/kvm runs guests (vmm.CheckKVM).
@@ -196,7 +199,10 @@ func (e *Env) kvm() Check {
 // uid when it answers.
 func (e *Env) vmmOptions() vmm.Options {
 	o := vmm.Options{Pref: e.Config.VMM, FirecrackerBin: e.Config.FirecrackerBin, QEMUBin: e.Config.QEMUBin, QEMUAccel: e.Config.QEMUAccel,
-		Jailer: e.Config.Jailer, JailerBin: e.Config.JailerBin, JailBase: filepath.Join(e.Layout.StateDir, "jail")}
+		Jailer: e.Config.Jailer, JailerBin: e.Config.JailerBin, JailBase: e.Layout.JailDir, RootJails: e.RootJails}
+	if o.JailBase == "" {
+		o.JailBase = filepath.Join(e.Layout.StateDir, "jail")
+	}
 	if e.daemonUID >= 0 {
 		root := e.daemonUID == 0
 		o.AsRoot = &root
@@ -241,6 +247,8 @@ func (e *Env) sandbox(d vmm.Driver) Check {
 		root = e.daemonUID == 0
 	}
 	switch j, ok := d.(interface{ Jailed() bool }); {
+	case ok && j.Jailed() && e.RootJails != nil && !root:
+		c.Detail = "each VM's Firecracker runs under the jailer, which banger's root helper launches: its own chroot, mount namespace and cgroup, as banger's owner"
 	case ok && j.Jailed():
 		c.Detail = "each VM's Firecracker runs under the jailer: its own chroot, uid and cgroup"
 	case ok:
@@ -255,6 +263,9 @@ func (e *Env) sandbox(d vmm.Driver) Check {
 			c.Detail += " (judged for the user running doctor: bangerd does not answer)"
 		}
 		c.Fix = "install the jailer from Firecracker's release next to firecracker and run bangerd as root (firecracker_jailer = \"auto\")"
+		if e.RootJails != nil {
+			c.Fix = "install the jailer and firecracker from Firecracker's release as root's files on root's PATH (/usr/local/bin); banger's root helper then runs them (firecracker_jailer = \"auto\")"
+		}
 	case root:
 		c.Detail = "QEMU runs under its seccomp sandbox and drops to a uid of its VM's own (-runas)"
 	default:

@@ -233,7 +233,7 @@ func TestPolicyRefusesWhatIsNotBangers(t *testing.T) {
 
 // serve runs a helper with rec on a socket in a directory others may
 // enter; it ends with the test.
-func serve(t *testing.T, rec HelperOps, owner int) string {
+func serve(t *testing.T, rec HelperOps, owner int, opts ...func(*Server)) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "privops")
 	if err != nil {
@@ -247,6 +247,9 @@ func serve(t *testing.T, rec HelperOps, owner int) string {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	s := &Server{Ops: rec, Policy: testPolicy(t), Owner: owner, OwnerGID: owner}
+	for _, o := range opts {
+		o(s)
+	}
 	go func() { done <- s.Serve(ctx, sock) }()
 	t.Cleanup(func() {
 		cancel()

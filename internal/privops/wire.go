@@ -20,6 +20,7 @@ import (
 	"banger/internal/hostnat"
 	"banger/internal/resolved"
 	"banger/internal/rpc"
+	"banger/internal/vmm/firecracker"
 )
 
 // Operation names on the wire.
@@ -37,6 +38,9 @@ const (
 	opSnapshotsOK     = "snapshots_available"
 	opAttachSnapshot  = "attach_snapshot"
 	opDetachSnapshot  = "detach_snapshot"
+	opJailAvailable   = "jail_available"
+	opStartJail       = "start_jail"
+	opRemoveJail      = "remove_jail"
 	opPing            = "ping"
 )
 
@@ -54,6 +58,8 @@ type request struct {
 	Spec   *hostnat.Spec `json:"spec,omitempty"`
 	// Handles name the snapshot detach_snapshot removes.
 	Handles *dmsnap.Handles `json:"handles,omitempty"`
+	// Jail is what start_jail puts in a jail.
+	Jail *firecracker.JailRequest `json:"jail,omitempty"`
 }
 
 // maxRequestFDs bounds the descriptors a request may carry
@@ -62,7 +68,7 @@ const maxRequestFDs = 2
 
 // requestFDs is how many descriptors each operation takes with its
 // request; any other count is refused.
-var requestFDs = map[string]int{opAttachSnapshot: 2}
+var requestFDs = map[string]int{opAttachSnapshot: 2, opStartJail: 1}
 
 // response is its outcome; descriptors travel beside it (SCM_RIGHTS), in
 // the order the operation documents.
@@ -78,6 +84,11 @@ type response struct {
 	// NotManaged: route_dns failed because systemd-resolved does not
 	// manage the host's DNS (resolved.ErrNotManaged), not a fault.
 	NotManaged bool `json:"not_managed,omitempty"`
+	// PID is the jailer start_jail launched; ExecName the name of the
+	// helper's firecracker binary (jail_available), which names the
+	// jails' directory.
+	PID      int    `json:"pid,omitempty"`
+	ExecName string `json:"exec_name,omitempty"`
 }
 
 // Server is the root helper: it serves Ops on a Unix socket to root and
@@ -90,6 +101,12 @@ type Server struct {
 	Owner    int
 	OwnerGID int
 	Log      *slog.Logger
+	// Jails, when set, runs Firecracker under its jailer for the owner
+	// (nil: the helper refuses to).
+	Jails *Jails
+	// jailMu serialises jail operations: a start never meets the
+	// removal of the same jail.
+	jailMu sync.Mutex
 	// snapMu serialises snapshot operations, each with its answer: an
 	// attach's chown, or the teardown of one whose caller went away,
 	// never meets another operation on the same name.
@@ -189,6 +206,10 @@ func (s *Server) handle(conn *net.UnixConn) {
 		// other snapshot operation comes between them.
 		s.snapMu.Lock()
 		defer s.snapMu.Unlock()
+	}
+	if req.Op == opStartJail || req.Op == opRemoveJail {
+		s.jailMu.Lock()
+		defer s.jailMu.Unlock()
 	}
 	resp, out := s.do(req, files)
 	for _, f := range out {
@@ -337,6 +358,33 @@ func (s *Server) do(req request, in []*os.File) (response, []*os.File) {
 		}
 		if err := s.Ops.DetachSnapshot(*req.Handles); err != nil {
 			return fail(err)
+		}
+	case opJailAvailable, opStartJail, opRemoveJail:
+		if s.Jails == nil {
+			if req.Op == opJailAvailable {
+				return response{Unavailable: "this root helper runs no jailer"}, nil
+			}
+			return fail(refuse("this root helper runs no jailer"))
+		}
+		switch req.Op {
+		case opJailAvailable:
+			if _, _, err := s.Jails.available(); err != nil {
+				return response{Unavailable: err.Error()}, nil
+			}
+			return response{ExecName: s.Jails.execName()}, nil
+		case opStartJail:
+			if req.Jail == nil {
+				return fail(refuse("start_jail without a jail"))
+			}
+			pid, err := s.Jails.start(p, *req.Jail, in[0], s.Owner, s.OwnerGID)
+			if err != nil {
+				return fail(err)
+			}
+			return response{PID: pid}, nil
+		case opRemoveJail:
+			if err := s.Jails.remove(req.Name); err != nil {
+				return fail(err)
+			}
 		}
 	case opPing:
 		// Answered once the caller passed the peer check: banger doctor
@@ -599,4 +647,33 @@ func (c *Client) ListenDNS(addr string) (net.PacketConn, net.Listener, error) {
 		return nil, nil, err
 	}
 	return pc, ln, nil
+}
+
+// JailAvailable asks whether the helper can run Firecracker under its
+// jailer, and the name of its firecracker binary (which names the jails'
+// directory); the error says why not.
+func (c *Client) JailAvailable() (string, error) {
+	resp, _, err := c.call(request{Op: opJailAvailable})
+	if err != nil {
+		return "", err
+	}
+	if resp.Unavailable != "" {
+		return "", errors.New(resp.Unavailable)
+	}
+	return resp.ExecName, nil
+}
+
+// StartJail asks the helper to make req's jail and launch the jailer in
+// it, its output appended to console (firecracker.JailHelper).
+func (c *Client) StartJail(req firecracker.JailRequest, console *os.File) (int, error) {
+	resp, _, err := c.call(request{Op: opStartJail, Name: req.ID, Jail: &req}, console)
+	if err != nil {
+		return 0, err
+	}
+	return resp.PID, nil
+}
+
+// RemoveJail asks the helper to remove the jail and cgroups of id.
+func (c *Client) RemoveJail(id string) error {
+	return c.simple(request{Op: opRemoveJail, Name: id})
 }

@@ -236,7 +236,7 @@ func (in *Installer) Uninstall(ctx context.Context, purge bool, deleteVMs func(c
 	}
 	in.logf("removed %s, %s and the binaries in %s", DaemonUnit, HelperUnit, in.BinDir())
 	if purge {
-		for _, d := range []string{config.SystemStateDir, config.SystemCacheDir, config.SystemConfigDir, config.SystemRuntimeDir, filepath.Dir(privops.DefaultSocket)} {
+		for _, d := range []string{config.SystemStateDir, config.SystemJailDir, config.SystemCacheDir, config.SystemConfigDir, config.SystemRuntimeDir, filepath.Dir(privops.DefaultSocket)} {
 			if err := os.RemoveAll(in.path(d)); err != nil {
 				errs = append(errs, err)
 			}
@@ -269,7 +269,7 @@ func RenderUnits(o UnitOptions) (daemon, helper string, err error) {
 		return "", "", fmt.Errorf("owner %q is not a user name systemd accepts", o.Owner.Name)
 	}
 	data := map[string]any{"Bin": o.BinDir, "Owner": o.Owner.Name, "KVM": o.Owner.KVM, "Socket": privops.DefaultSocket,
-		"RuntimeHelper": filepath.Base(filepath.Dir(privops.DefaultSocket)), "Config": filepath.Join(config.SystemConfigDir, "config.toml")}
+		"RuntimeHelper": filepath.Base(filepath.Dir(privops.DefaultSocket)), "Config": filepath.Join(config.SystemConfigDir, "config.toml"), "JailDir": config.SystemJailDir}
 	var d, h strings.Builder
 	if err := daemonUnit.Execute(&d, data); err != nil {
 		return "", "", err
@@ -312,6 +312,9 @@ CacheDirectoryMode=0700
 RuntimeDirectory=banger
 RuntimeDirectoryMode=0700
 RuntimeDirectoryPreserve=yes
+# The jails of its Firecrackers are root's; it reaches their sockets and
+# moves a jailed VM's saved snapshot out of its jail.
+ReadWritePaths=-{{.JailDir}}
 UMask=0077
 NoNewPrivileges=yes
 CapabilityBoundingSet=
@@ -338,7 +341,20 @@ WantedBy=multi-user.target
 // and dm roots: device-mapper's ioctls admit only CAP_SYS_ADMIN, and
 // dmsetup makes /dev/mapper nodes where udev does not (CAP_MKNOD, and
 // "m" on the device-mapper devices). Its devices are only those: tun,
-// loop and device-mapper. No SystemCallFilter yet: what dmsetup,
+// loop and device-mapper, and /dev/kvm for jailed Firecrackers.
+//
+// Jailed Firecrackers (privops.Jails): the helper reaches the owner's
+// files in its 0700 state directory (CAP_DAC_READ_SEARCH) and hard-links
+// files it does not own (CAP_FOWNER, fs.protected_hardlinks); the jailer
+// it launches needs a mount namespace (RestrictNamespaces=mnt,
+// CAP_SYS_ADMIN), chroot (CAP_SYS_CHROOT), the owner's uid and gid
+// (CAP_SETUID, CAP_SETGID), device nodes in the jail (CAP_MKNOD, "m" on
+// kvm and tun) and the VM's cgroups (no ProtectControlGroups).
+// ReadWritePaths=/var/lib, not the two directories: a hard link cannot
+// cross from one bind mount to another even on one filesystem (EXDEV),
+// and each ReadWritePaths entry is a bind mount of its own. KillMode=
+// process: the VMMs it launches are not the service's to kill.
+// No SystemCallFilter yet: what dmsetup,
 // resolvectl and the netlink work need has not been measured under
 // systemd (these machines have none), and a filter that kills the helper
 // on some host's first dmsetup is worse than none. /proc/sys stays writable
@@ -358,25 +374,27 @@ After=modprobe@loop.service modprobe@dm_mod.service
 Type=simple
 ExecStart={{.Bin}}/bangerd root-helper --owner {{.Owner}} --socket {{.Socket}} --config {{.Config}}
 Restart=on-failure
+KillMode=process
 RuntimeDirectory={{.RuntimeHelper}}
 RuntimeDirectoryMode=0755
 UMask=0077
 NoNewPrivileges=yes
-CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_CHOWN CAP_SYS_ADMIN CAP_MKNOD
+CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_CHOWN CAP_SYS_ADMIN CAP_MKNOD CAP_DAC_READ_SEARCH CAP_FOWNER CAP_SYS_CHROOT CAP_SETUID CAP_SETGID
 ProtectSystem=strict
+ReadWritePaths=/var/lib
 ProtectHome=yes
 PrivateTmp=yes
-ProtectControlGroups=yes
 ProtectClock=yes
 ProtectHostname=yes
 DevicePolicy=closed
-DeviceAllow=/dev/net/tun rw
+DeviceAllow=/dev/net/tun rwm
+DeviceAllow=/dev/kvm rwm
 DeviceAllow=/dev/loop-control rw
 DeviceAllow=block-loop rw
 DeviceAllow=/dev/mapper/control rw
 DeviceAllow=block-device-mapper rwm
 RestrictAddressFamilies=AF_UNIX AF_NETLINK AF_INET AF_INET6
-RestrictNamespaces=yes
+RestrictNamespaces=mnt
 RestrictRealtime=yes
 RestrictSUIDSGID=yes
 LockPersonality=yes

@@ -183,13 +183,14 @@ func TestUnitsVerify(t *testing.T) {
 		t.Errorf("systemd-analyze verify: %v\n%s", err, out)
 	}
 	for _, w := range []string{"User=daemon", "NoNewPrivileges=yes", "CapabilityBoundingSet=\n", "ProtectSystem=strict", "ProtectHome=read-only",
-		"KillMode=process", "RuntimeDirectoryPreserve=yes", "--root-helper /run/banger-root/helper.sock"} {
+		"KillMode=process", "RuntimeDirectoryPreserve=yes", "--root-helper /run/banger-root/helper.sock", "ReadWritePaths=-/var/lib/banger-jail\n"} {
 		if !strings.Contains(daemon, w) {
 			t.Errorf("%s lacks %q", DaemonUnit, w)
 		}
 	}
-	for _, w := range []string{"CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_CHOWN CAP_SYS_ADMIN CAP_MKNOD\n", "NoNewPrivileges=yes", "ProtectSystem=strict",
-		"ProtectHome=yes", "PrivateTmp=yes", "DeviceAllow=/dev/net/tun rw", "DeviceAllow=block-device-mapper rw", "DeviceAllow=block-loop rw", "--owner daemon"} {
+	for _, w := range []string{"CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_CHOWN CAP_SYS_ADMIN CAP_MKNOD CAP_DAC_READ_SEARCH CAP_FOWNER CAP_SYS_CHROOT CAP_SETUID CAP_SETGID\n",
+		"NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=/var/lib\n", "KillMode=process", "RestrictNamespaces=mnt\n",
+		"ProtectHome=yes", "PrivateTmp=yes", "DeviceAllow=/dev/net/tun rwm", "DeviceAllow=/dev/kvm rwm", "DeviceAllow=block-device-mapper rw", "DeviceAllow=block-loop rw", "--owner daemon"} {
 		if !strings.Contains(helper, w) {
 			t.Errorf("%s lacks %q", HelperUnit, w)
 		}

@@ -51,10 +51,23 @@ type Options struct {
 	// needs it); nil: this process's own uid decides. banger doctor sets
 	// it from the daemon it asks.
 	AsRoot *bool
+	// RootJails, when set, is banger's root helper, which runs the jailer
+	// for a daemon that is not root (system mode); "auto" then jails
+	// when it says it can, with JailBase its jails' directory.
+	RootJails RootJails
 	// KVMVerdictFile, when set, remembers across daemon restarts that this
 	// host's KVM stalled a guest (see qemu.Config.VerdictFile), so "auto"
 	// goes straight to TCG instead of probing again.
 	KVMVerdictFile string
+}
+
+// RootJails is banger's root helper as it jails Firecracker for a daemon
+// that is not root (privops.Client).
+type RootJails interface {
+	firecracker.JailHelper
+	// JailAvailable says whether it can, and the name of its firecracker
+	// binary; the error says why not.
+	JailAvailable() (execName string, err error)
 }
 
 // probe is what the choice depends on; tests replace it.
@@ -197,6 +210,17 @@ func jailerChoice(o Options, p probe, fcPath string) (*firecracker.JailerConfig,
 	root := p.root()
 	if o.AsRoot != nil {
 		root = *o.AsRoot
+	}
+	if !root && o.RootJails != nil {
+		exec, err := o.RootJails.JailAvailable()
+		if err == nil {
+			return &firecracker.JailerConfig{Helper: o.RootJails, ExecName: exec, ChrootBase: o.JailBase}, "", nil
+		}
+		why = "banger's root helper cannot run the jailer: " + err.Error()
+		if mode == "on" {
+			return nil, why, fmt.Errorf("firecracker_jailer = \"on\" but %s; fix that or set it to \"auto\" or \"off\"", why)
+		}
+		return nil, why, nil
 	}
 	switch {
 	case !root:

@@ -147,6 +147,16 @@ func Cleanup(h Handle) error {
 	return d.(Cleaner).Cleanup(h)
 }
 
+// CleanupVia is Cleanup for a daemon whose Firecracker jails banger's root
+// helper makes (system mode; jails nil otherwise): the helper removes a
+// jailed VMM's jail and cgroups, which are root's.
+func CleanupVia(h Handle, jails RootJails) error {
+	if jails != nil && JailedHandle(h) {
+		return firecracker.New(firecracker.Config{Jailer: &firecracker.JailerConfig{Helper: jails}}).Cleanup(h)
+	}
+	return Cleanup(h)
+}
+
 // Alive reports whether the VMM h names runs, whichever driver started it.
 func Alive(h Handle) bool {
 	switch h.Driver {

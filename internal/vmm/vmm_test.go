@@ -282,6 +282,26 @@ func TestJailerChoice(t *testing.T) {
 			}
 		})
 	}
+	// A daemon that is not root jails through banger's root helper when
+	// it says it can; when it cannot, "auto" says why and "on" fails.
+	can := &rootJails{exec: "firecracker"}
+	j, _, err := jailerChoice(Options{RootJails: can, JailBase: "/var/lib/banger-jail"}, notRoot, fcPath)
+	if err != nil || j == nil || j.Helper != can || j.ExecName != "firecracker" || j.ChrootBase != "/var/lib/banger-jail" {
+		t.Errorf("through a helper that can: %+v, %v", j, err)
+	}
+	cannot := &rootJails{err: errors.New(`jailer_bin "jailer" was not found on the root helper's PATH`)}
+	if j, why, err := jailerChoice(Options{RootJails: cannot}, notRoot, fcPath); err != nil || j != nil ||
+		why != `banger's root helper cannot run the jailer: jailer_bin "jailer" was not found on the root helper's PATH` {
+		t.Errorf("through a helper that cannot: %+v, %q, %v", j, why, err)
+	}
+	if _, _, err := jailerChoice(Options{Jailer: "on", RootJails: cannot}, notRoot, fcPath); err == nil ||
+		!strings.Contains(err.Error(), `firecracker_jailer = "on" but banger's root helper cannot run the jailer`) {
+		t.Errorf("on, through a helper that cannot: %v", err)
+	}
+	if j, _, _ := jailerChoice(Options{Jailer: "off", RootJails: can}, notRoot, fcPath); j != nil {
+		t.Error(`firecracker_jailer = "off" jailed through the helper`)
+	}
+
 	// Select hands the choice to the driver.
 	d, err := selectDriver(Options{Pref: "firecracker"}, fakeHost(nil, "firecracker", "jailer"))
 	if err != nil {
@@ -291,3 +311,15 @@ func TestJailerChoice(t *testing.T) {
 		t.Error("Select(firecracker) on a root host with the jailer gave an unjailed driver")
 	}
 }
+
+// rootJails stands in for banger's root helper as a jail maker.
+type rootJails struct {
+	exec string
+	err  error
+}
+
+func (r *rootJails) JailAvailable() (string, error) { return r.exec, r.err }
+func (r *rootJails) StartJail(firecracker.JailRequest, *os.File) (int, error) {
+	return 0, errors.New("not started")
+}
+func (r *rootJails) RemoveJail(string) error { return nil }

@@ -288,7 +288,8 @@ func (d *Driver) Start(ctx context.Context, spec vmmcore.Spec) (vmmcore.Handle, 
 			return vmmcore.Handle{}, fmt.Errorf("start vm %s: %w", spec.Name, err)
 		}
 	}
-	if d.cfg.Jailer != nil {
+	helper := d.jailHelper()
+	if d.cfg.Jailer != nil && helper == nil {
 		if err := d.prepareJail(l, spec); err != nil {
 			_ = os.RemoveAll(l.jailDir)
 			return vmmcore.Handle{}, fmt.Errorf("start vm %s: %w", spec.Name, err)
@@ -300,19 +301,28 @@ func (d *Driver) Start(ctx context.Context, spec vmmcore.Spec) (vmmcore.Handle, 
 		return vmmcore.Handle{}, fmt.Errorf("start vm %s: %w", spec.Name, err)
 	}
 	defer console.Close()
-	argv := d.command(l)
-	vmmcore.MarkBoot(console, DriverName, argv)
-
-	disks, err := openDisks(l)
-	if err != nil {
-		d.removeFiles(l)
-		return vmmcore.Handle{}, fmt.Errorf("start vm %s: %w", spec.Name, err)
-	}
-	pid, err := d.launch(argv, console, disks)
-	closeAll(disks)
-	if err != nil {
-		d.removeFiles(l)
-		return vmmcore.Handle{}, fmt.Errorf("start vm %s: %w (install Firecracker from https://github.com/firecracker-microvm/firecracker/releases, or set vmm = \"qemu\")", spec.Name, err)
+	var pid int
+	if helper != nil {
+		// The helper makes the jail and runs the jailer: this daemon
+		// may do neither.
+		vmmcore.MarkBoot(console, DriverName, []string{"jailer", "--id", l.id, "(launched by banger's root helper)"})
+		if pid, err = helper.StartJail(d.jailRequest(l, spec), console); err != nil {
+			return vmmcore.Handle{}, fmt.Errorf("start vm %s: %w", spec.Name, err)
+		}
+	} else {
+		argv := d.command(l)
+		vmmcore.MarkBoot(console, DriverName, argv)
+		disks, err := openDisks(l)
+		if err != nil {
+			d.removeFiles(l)
+			return vmmcore.Handle{}, fmt.Errorf("start vm %s: %w", spec.Name, err)
+		}
+		pid, err = d.launch(argv, console, disks)
+		closeAll(disks)
+		if err != nil {
+			d.removeFiles(l)
+			return vmmcore.Handle{}, fmt.Errorf("start vm %s: %w (install Firecracker from https://github.com/firecracker-microvm/firecracker/releases, or set vmm = \"qemu\")", spec.Name, err)
+		}
 	}
 	h := vmmcore.Handle{Driver: DriverName, PID: pid, APISocket: l.apiHost}
 	fail := func(err error) (vmmcore.Handle, error) {
@@ -395,9 +405,18 @@ func (d *Driver) abort(h vmmcore.Handle, l layout) {
 	defer cancel()
 	_ = vmmcore.WaitGone(ctx, func() bool { return Alive(h) }, 20*time.Millisecond)
 	d.removeFiles(l)
-	if l.jailDir != "" {
+	if l.jailDir != "" && d.jailHelper() == nil {
 		_ = removeCgroups(d.cgroupRoot(), d.parentCgroup(), l.id)
 	}
+}
+
+// jailHelper is the root helper that makes this driver's jails, if one
+// does.
+func (d *Driver) jailHelper() JailHelper {
+	if d.cfg.Jailer == nil {
+		return nil
+	}
+	return d.cfg.Jailer.Helper
 }
 
 // cgroupRoot and parentCgroup are where the jailer puts VMs' cgroups
@@ -423,7 +442,12 @@ func (d *Driver) removeFiles(l layout) {
 	_ = os.Remove(l.apiHost)
 	_ = os.Remove(l.vsockHost)
 	if l.jailDir != "" {
-		_ = os.RemoveAll(l.jailDir)
+		if h := d.jailHelper(); h != nil {
+			// The helper's RemoveJail takes the cgroups too.
+			_ = h.RemoveJail(l.id)
+		} else {
+			_ = os.RemoveAll(l.jailDir)
+		}
 	}
 }
 
@@ -455,6 +479,9 @@ func (d *Driver) Cleanup(h vmmcore.Handle) error {
 		return fmt.Errorf("clean up after firecracker pid %d: it is still running; stop or kill it first", h.PID)
 	}
 	if jailDir, id, ok := jailOf(h.APISocket); ok {
+		if helper := d.jailHelper(); helper != nil {
+			return helper.RemoveJail(id)
+		}
 		if err := os.RemoveAll(jailDir); err != nil {
 			return fmt.Errorf("remove jail: %w", err)
 		}
@@ -479,9 +506,7 @@ func Alive(h vmmcore.Handle) bool {
 
 func matcher(h vmmcore.Handle) func([]string) bool {
 	if _, id, ok := jailOf(h.APISocket); ok {
-		return func(argv []string) bool {
-			return hasID(argv, id) && vmmcore.ArgMentions(jailAPISocket)(argv)
-		}
+		return jailMatcher(id)
 	}
 	return vmmcore.ArgMentions(h.APISocket)
 }

@@ -58,6 +58,49 @@ type JailerConfig struct {
 	// CgroupRoot is where cgroups are mounted (default /sys/fs/cgroup);
 	// Cleanup removes the VM's cgroups there.
 	CgroupRoot string
+	// Helper, when set, does the jail's root work in the daemon's stead
+	// (system mode: bangerd runs as its owner, and the jailer must be
+	// root): it makes the jail, places the VM's files in it and launches
+	// the jailer with its own binaries as the owner, and removes the jail
+	// and cgroups once the VMM has exited. Binary, UID, GID and the cgroup
+	// settings are then the helper's; ExecName is the name of its
+	// firecracker binary, which names the jails' directory.
+	Helper   JailHelper
+	ExecName string
+}
+
+// JailHelper does what a jail needs root for, for a daemon that is not
+// root: banger's root helper (package privops) in a system install.
+type JailHelper interface {
+	// StartJail makes the jail of req.ID under the chroot base, places
+	// req.Files in it and launches the jailer there, its output appended
+	// to console. It returns the jailer's pid, which becomes
+	// Firecracker's (the jailer execs it).
+	StartJail(req JailRequest, console *os.File) (pid int, err error)
+	// RemoveJail removes the jail and cgroups of id; it refuses while a
+	// VMM of that id runs.
+	RemoveJail(id string) error
+}
+
+// JailRequest is what a JailHelper is asked to put in a VM's jail.
+type JailRequest struct {
+	ID        string `json:"id"`
+	MemoryMiB int    `json:"memory_mib"`
+	// Files are the host files (or a dm root's /dev/mapper node) and
+	// where each goes in the jail: one of JailPaths.
+	Files []JailFile `json:"files"`
+}
+
+// JailFile is one file placed in a jail.
+type JailFile struct {
+	Src string `json:"src"`
+	Dst string `json:"dst"`
+}
+
+// JailPaths are the paths inside a jail at which Start places a VM's
+// files; a JailHelper places nothing anywhere else.
+func JailPaths() []string {
+	return []string{"/kernel", "/initrd", "/root.img", "/work.img", "/config.img", jailIncoming, jailIncoming + MemFileSuffix}
 }
 
 // Cgroup defaults: the parent of every VM's cgroup, the mount point, and
@@ -74,15 +117,21 @@ const (
 // jailLayout fills l for a jailed start.
 func (d *Driver) jailLayout(l layout, spec vmmcore.Spec) (layout, error) {
 	j := d.cfg.Jailer
-	bin := d.cfg.Binary
-	if !filepath.IsAbs(bin) || !strings.Contains(filepath.Base(bin), "firecracker") {
-		return layout{}, api.Errorf(api.CodeBadRequest,
-			"the jailer needs the firecracker binary as an absolute path whose name contains \"firecracker\", got %q", bin)
+	exec := j.ExecName
+	if j.Helper == nil {
+		bin := d.cfg.Binary
+		if !filepath.IsAbs(bin) || !strings.Contains(filepath.Base(bin), "firecracker") {
+			return layout{}, api.Errorf(api.CodeBadRequest,
+				"the jailer needs the firecracker binary as an absolute path whose name contains \"firecracker\", got %q", bin)
+		}
+		exec = filepath.Base(bin)
+	} else if exec == "" {
+		exec = DefaultBinary
 	}
 	if !filepath.IsAbs(j.ChrootBase) {
 		return layout{}, api.Errorf(api.CodeBadRequest, "jailer chroot base %q must be an absolute path", j.ChrootBase)
 	}
-	l.jailDir = filepath.Join(j.ChrootBase, filepath.Base(bin), l.id)
+	l.jailDir = filepath.Join(j.ChrootBase, exec, l.id)
 	root := filepath.Join(l.jailDir, "root")
 	var err error
 	if l.apiHost, err = vmmcore.SocketPath(root, jailAPISocket); err != nil {
@@ -225,13 +274,45 @@ func placeInJail(src, dst, root string) error {
 	return nil
 }
 
+// jailRequest is what a JailHelper is asked to put in l's jail: the
+// files prepareJail would place, at the same paths.
+func (d *Driver) jailRequest(l layout, spec vmmcore.Spec) JailRequest {
+	req := JailRequest{ID: l.id, MemoryMiB: spec.MemoryMiB}
+	for _, f := range []JailFile{
+		{spec.KernelPath, l.guestPaths.kernel},
+		{spec.InitrdPath, l.guestPaths.initrd},
+		{spec.RootDisk, l.guestPaths.root},
+		{spec.WorkDisk, l.guestPaths.work},
+		{spec.ConfigDisk, l.guestPaths.config},
+	} {
+		if f.Src != "" {
+			req.Files = append(req.Files, f)
+		}
+	}
+	if spec.IncomingState != "" {
+		files := d.StateFiles(spec.IncomingState)
+		req.Files = append(req.Files, JailFile{files[0], l.guestPaths.state}, JailFile{files[1], l.guestPaths.mem})
+	}
+	return req
+}
+
 func (d *Driver) jailerCommand(l layout) []string {
-	j := d.cfg.Jailer
+	return JailerArgv(*d.cfg.Jailer, d.cfg.Binary, l.id, l.uid, l.gid, l.memMiB)
+}
+
+// JailerArgv is the jailer's command line that runs the firecracker
+// binary exec for VM id as uid:gid in j's chroot base, with the VM's
+// cgroups (when j.CgroupVersion says which) bounding memory to memMiB
+// and the slack, and tasks.
+func JailerArgv(j JailerConfig, exec, id string, uid, gid, memMiB int) []string {
+	if j.ParentCgroup == "" {
+		j.ParentCgroup = DefaultParentCgroup
+	}
 	argv := []string{j.Binary,
-		"--id", l.id,
-		"--exec-file", d.cfg.Binary,
-		"--uid", strconv.Itoa(l.uid),
-		"--gid", strconv.Itoa(l.gid),
+		"--id", id,
+		"--exec-file", exec,
+		"--uid", strconv.Itoa(uid),
+		"--gid", strconv.Itoa(gid),
 		"--chroot-base-dir", j.ChrootBase,
 	}
 	if v := j.CgroupVersion; v == 1 || v == 2 {
@@ -242,11 +323,52 @@ func (d *Driver) jailerCommand(l layout) []string {
 		argv = append(argv,
 			"--cgroup-version", strconv.Itoa(v),
 			"--parent-cgroup", j.ParentCgroup,
-			"--cgroup", fmt.Sprintf("%s=%d", mem, int64(l.memMiB+cgroupMemSlackMiB)<<20),
+			"--cgroup", fmt.Sprintf("%s=%d", mem, int64(memMiB+cgroupMemSlackMiB)<<20),
 			"--cgroup", fmt.Sprintf("pids.max=%d", cgroupPidsMax))
 	}
 	return append(argv, "--", "--api-sock", jailAPISocket)
 }
+
+// RemoveCgroups removes the cgroups the jailer made for VM id under
+// root (the cgroup mount) and parent, once its VMM has exited.
+func RemoveCgroups(root, parent, id string) error { return removeCgroups(root, parent, id) }
+
+// JailedVMMRuns reports whether a jailed Firecracker (or the jailer
+// about to become one) of VM id runs on this host: a process whose
+// command line carries the id and the jail's API socket.
+func JailedVMMRuns(id string) bool {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return true // cannot tell: say it may
+	}
+	match := jailMatcher(id)
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		// The command line first: Matches takes a process that is
+		// exiting for the one its pid and start time name, whatever
+		// it runs.
+		argv, err := vmmcore.ProcCmdline(pid)
+		if err != nil || !match(argv) {
+			continue
+		}
+		st, err := vmmcore.ProcStartTime(pid)
+		if err == nil && vmmcore.Matches(pid, st, match) {
+			return true
+		}
+	}
+	return false
+}
+
+func jailMatcher(id string) func([]string) bool {
+	return func(argv []string) bool { return hasID(argv, id) && vmmcore.ArgMentions(jailAPISocket)(argv) }
+}
+
+// ValidID reports whether id is a jail id Start makes (instanceID's
+// alphabet, at most 64 characters).
+func ValidID(id string) bool { return id != "" && instanceID(id) == id }
 
 // cgroupDirs are the directories the jailer makes for VM id: under the
 // unified root (v2), or under each controller banger limits (v1).

@@ -103,7 +103,9 @@ func (d *Driver) SaveState(ctx context.Context, h vmmcore.Handle, path string) e
 }
 
 // moveOut moves a jailed save's files to where the caller wants them,
-// owned by root: the jailed uid keeps no hold on them.
+// owned by root when the daemon is (the jailed uid keeps no hold on
+// them); a daemon that is not root jails its VMMs as itself, and the
+// files stay its own.
 func moveOut(from, to []string) error {
 	for i := range from {
 		if err := os.Rename(from[i], to[i]); err != nil {
@@ -114,6 +116,9 @@ func moveOut(from, to []string) error {
 				return err
 			}
 			_ = os.Remove(from[i])
+		}
+		if os.Geteuid() != 0 {
+			continue
 		}
 		if err := os.Chown(to[i], 0, 0); err != nil {
 			return err
