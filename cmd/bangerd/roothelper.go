@@ -63,6 +63,11 @@ func rootHelperCmd() *cobra.Command {
 				if err := os.MkdirAll(jailDir, 0o755); err != nil {
 					return err
 				}
+				// 0755 whatever the umask (the unit's is 0077): the owner
+				// reaches its VMMs' sockets in there.
+				if err := os.Chmod(jailDir, 0o755); err != nil {
+					return err
+				}
 				jails = &privops.Jails{Base: jailDir, StateDir: stateDir, Jailer: cfg.JailerBin, Firecracker: cfg.FirecrackerBin,
 					CgroupVersion: vmm.CgroupVersion()}
 			}

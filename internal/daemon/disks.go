@@ -14,6 +14,7 @@ import (
 	"banger/internal/rootdisk"
 	"banger/internal/store"
 	"banger/internal/system"
+	"banger/internal/vmm/firecracker"
 )
 
 // A VM's disks are rootdisk.Disks recorded on its row as JSON: the root
@@ -75,11 +76,18 @@ type helperDisks struct {
 	*system.Exec
 	rootdisk.Snapshotter
 	vmsDir string
+	// noDevice, when set, is why the VM's VMM may not be given a device
+	// (a dm root).
+	noDevice string
 }
 
 // SnapshotsAvailable: the helper can make snapshots, of files where VM
-// disks live (it refuses others: FUSE, NFS...).
+// disks live (it refuses others: FUSE, NFS...), for a VMM that may hold
+// a device.
 func (h helperDisks) SnapshotsAvailable() error {
+	if h.noDevice != "" {
+		return errors.New(h.noDevice)
+	}
 	if err := h.Snapshotter.SnapshotsAvailable(); err != nil {
 		return err
 	}
@@ -88,8 +96,19 @@ func (h helperDisks) SnapshotsAvailable() error {
 
 // chooseRootDisk picks the root disk strategy for a VM of vmmName over
 // base: root_disk from the config, or the best the host can do.
+//
+// A Firecracker the root helper jails gets no dm root: its jail would
+// hold a device node of the owner's, on a filesystem the owner could
+// hard-link it away on, that outlives the device (privops.Jails).
 func (d *Daemon) chooseRootDisk(vmmName, base string) (rootdisk.Strategy, error) {
-	s, err := rootdisk.Choose(d.cfg.RootDisk, vmmName, d.layout.VMsDir, base, d.diskRunner())
+	r := d.diskRunner()
+	if hd, ok := r.(helperDisks); ok && vmmName == firecracker.DriverName {
+		if drv, err := d.driverFor(vmmName); err == nil && jailed(drv) {
+			hd.noDevice = "a Firecracker jailed by banger's root helper is given files only, not a device"
+			r = hd
+		}
+	}
+	s, err := rootdisk.Choose(d.cfg.RootDisk, vmmName, d.layout.VMsDir, base, r)
 	if err != nil {
 		return "", api.Errorf(api.CodeBadRequest, "%v", err)
 	}

@@ -5,12 +5,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"banger/internal/api"
 	"banger/internal/privops"
+	"banger/internal/rootdisk"
 	"banger/internal/vmm/firecracker"
 	"banger/internal/vmm/vmmcore"
 )
@@ -39,7 +41,10 @@ func (h *helperJails) seen() []string {
 	return slices.Clone(h.calls)
 }
 
-func (h *helperJails) JailAvailable() (string, error) { return "firecracker", nil }
+// SnapshotsAvailable: dm roots would work (were the VMM not jailed).
+func (h *helperJails) SnapshotsAvailable() error { return nil }
+
+func (h *helperJails) JailAvailable() (string, string, error) { return "firecracker", h.base, nil }
 
 func (h *helperJails) StartJail(req firecracker.JailRequest, console *os.File) (int, error) {
 	h.rec("start " + req.ID)
@@ -88,10 +93,20 @@ func TestJailsThroughTheHelper(t *testing.T) {
 	l.d.driverOverride = firecracker.New(firecracker.Config{Binary: l.fc, StartTimeout: 10 * time.Second,
 		Jailer: &firecracker.JailerConfig{Helper: hj, ExecName: "firecracker", ChrootBase: l.d.jailBase()}})
 
+	// Files only: a dm root's node in the jail would outlive its device.
+	l.d.cfg.RootDisk = string(rootdisk.DM)
+	if _, errMsg := l.create(api.VMCreateParams{Name: "d", VCPU: 1, MemoryMiB: 256}, ""); !strings.Contains(errMsg,
+		`root_disk = "dm": a Firecracker jailed by banger's root helper is given files only, not a device`) {
+		t.Errorf("a dm root for a VMM the helper jails: %q", errMsg)
+	}
+	l.d.cfg.RootDisk = rootdisk.Auto
 	if _, errMsg := l.create(api.VMCreateParams{Name: "j", VCPU: 1, MemoryMiB: 256}, ""); errMsg != "" {
 		t.Fatalf("create j: %s", errMsg)
 	}
 	v := l.running("j")
+	if rd, _, err := l.d.disksOf(v); err != nil || rd.Strategy == rootdisk.DM {
+		t.Errorf("root disk %+v (%v), want a file", rd, err)
+	}
 	id := shortID(v.ID)
 	jail := filepath.Join(l.d.jailBase(), "firecracker", id)
 	if v.APISocket != filepath.Join(jail, "root", "run", "firecracker.socket") {

@@ -55,12 +55,18 @@ func (d *Daemon) sweepJails(ctx context.Context) {
 		return
 	}
 	jails := d.rootJails()
+	asked := map[string]bool{}
 	for _, p := range d.jailLeftovers(vms) {
+		if jails != nil && (asked[filepath.Base(p)] || isWithin(d.cgroupRoot, p)) {
+			// The helper removes a jail with its cgroups, once; a
+			// cgroup without a jail of the helper's is not its own.
+			continue
+		}
 		d.log.Warn("removing a jail or cgroup of a VM that does not run", "path", p)
 		var err error
 		switch {
 		case jails != nil:
-			// Root's jail and cgroups: the helper removes both.
+			asked[filepath.Base(p)] = true
 			err = jails.RemoveJail(filepath.Base(p))
 		case isWithin(d.cgroupRoot, p):
 			err = os.Remove(p) // a cgroup: rmdir, refused while it has tasks

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -31,12 +32,19 @@ import (
 //   - A file comes from the owner's state directory, opened beneath it
 //     without leaving it (os.Root), must be a regular file of the owner's
 //     and is hard-linked in (never copied, chowned or opened for its
-//     contents); a dm root is a /dev/mapper/banger-* node, checked in
-//     sysfs, made anew in the jail. Each goes only to one of
-//     firecracker.JailPaths.
+//     contents), only to one of firecracker.JailPaths. No device node: a
+//     dm root's node in the jail would be the owner's, on a persistent
+//     filesystem it could hard-link it away on, and outlive the device
+//     whose number a later one (someone's LUKS volume) takes.
 //   - The jailer and firecracker binaries are the configuration's
 //     (jailer_bin, firecracker_bin), found on root's PATH, and must be
-//     root's files that only root may write.
+//     root's files that only root may write; the jailer is given the
+//     resolved path, whose name is the jails' directory.
+//   - The jail's own directory stays root's and closed (0700) until the
+//     launched process runs as the owner: the jailer hands the chroot to
+//     the owner and then still makes device nodes and directories in it
+//     by path, as root, which the owner must not reach meanwhile (to
+//     swap a name for a hard link to a file of root's).
 //
 // Jailed this way, Firecracker runs as the owner, as it does unjailed in
 // system mode, inside its chroot, mount namespace and cgroups. (A root
@@ -59,11 +67,9 @@ type Jails struct {
 	CgroupRoot    string
 }
 
-// execName is the name of the firecracker binary, which names the
-// directory of the jails under Base.
-func (j *Jails) execName() string { return filepath.Base(j.Firecracker) }
-
-// available says whether jails can be made here, and under which name.
+// available says whether jails can be made here, with which binaries
+// (resolved: the jailer names a jail's directory after the real name of
+// the binary it runs).
 func (j *Jails) available() (jailer, fc string, err error) {
 	if err := rootsPath(j.Base, true); err != nil {
 		return "", "", fmt.Errorf("the jails' directory: %w", err)
@@ -80,16 +86,25 @@ func (j *Jails) available() (jailer, fc string, err error) {
 	return jailer, fc, nil
 }
 
-// rootsBinary finds name on PATH and checks that only root can change it.
+// rootsBinary finds name on PATH, checks that only root can change it
+// (the name where it was found, and the file it resolves to) and returns
+// the resolved path.
 func rootsBinary(name, key string) (string, error) {
 	path, err := system.LookPath(name)
 	if err != nil {
 		return "", fmt.Errorf("%s %q was not found on the root helper's PATH (%v); it ships with Firecracker's release", key, name, err)
 	}
-	if err := rootsPath(path, false); err != nil {
+	if err := rootsPath(filepath.Dir(path), true); err != nil {
 		return "", fmt.Errorf("%s: %w", key, err)
 	}
-	return path, nil
+	real, err := filepath.EvalSymlinks(path)
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", key, err)
+	}
+	if err := rootsPath(real, false); err != nil {
+		return "", fmt.Errorf("%s: %w", key, err)
+	}
+	return real, nil
 }
 
 // rootsPath checks that path (after its symlinks) and every directory
@@ -126,12 +141,13 @@ func rootsPath(path string, dir bool) error {
 	}
 }
 
-// jailDir is the jail of VM id.
-func (j *Jails) jailDir(id string) string { return filepath.Join(j.Base, j.execName(), id) }
+// jailDropTimeout bounds the wait for a launched jailer to run as the
+// owner (it has then built the jail and execs Firecracker).
+const jailDropTimeout = 10 * time.Second
 
 // start makes the jail of req.ID, places req.Files in it and launches the
 // jailer as uid:gid, its output to console. It returns the pid.
-func (j *Jails) start(p Policy, req firecracker.JailRequest, console *os.File, uid, gid int) (int, error) {
+func (j *Jails) start(req firecracker.JailRequest, console *os.File, uid, gid int) (int, error) {
 	if !firecracker.ValidID(req.ID) {
 		return 0, refuse("jail id %q: letters, digits and hyphens only, at most 64", req.ID)
 	}
@@ -153,9 +169,9 @@ func (j *Jails) start(p Policy, req firecracker.JailRequest, console *os.File, u
 	if err != nil {
 		return 0, err
 	}
-	dir := j.jailDir(req.ID)
+	dir := filepath.Join(j.Base, filepath.Base(fc), req.ID)
 	if _, err := os.Lstat(dir); err == nil {
-		if firecracker.JailedVMMRuns(req.ID) {
+		if firecracker.JailedVMMRuns(req.ID, uid, 0) {
 			return 0, api.Errorf(api.CodeOperationFailed, "the VMM of jail %s still runs; stop it first", req.ID)
 		}
 		// What a VMM that died left (the jailer would refuse its device
@@ -164,7 +180,7 @@ func (j *Jails) start(p Policy, req firecracker.JailRequest, console *os.File, u
 			return 0, fmt.Errorf("remove a stale jail: %w", err)
 		}
 	}
-	made, err := j.fill(p, dir, req, uid, gid)
+	made, err := j.fill(dir, req, uid, gid)
 	if err != nil {
 		if made {
 			_ = os.RemoveAll(dir)
@@ -178,12 +194,48 @@ func (j *Jails) start(p Policy, req firecracker.JailRequest, console *os.File, u
 		_ = os.RemoveAll(dir)
 		return 0, fmt.Errorf("launch the jailer: %w", err)
 	}
+	// The owner reaches the jail (its VMM's sockets) only once nothing
+	// runs there as root.
+	err = waitRunsAs(pid, uid, jailDropTimeout)
+	if err == nil {
+		err = os.Chmod(dir, 0o755)
+	}
+	if err != nil {
+		if start, serr := vmmcore.ProcStartTime(pid); serr == nil {
+			_ = vmmcore.Kill(pid, start, func([]string) bool { return true })
+		}
+		_ = os.RemoveAll(dir)
+		return 0, fmt.Errorf("jail %s: %w", req.ID, err)
+	}
 	return pid, nil
+}
+
+// waitRunsAs waits until process pid runs as uid (real, effective, saved
+// and filesystem ids all), or has exited, or limit has passed.
+func waitRunsAs(pid, uid int, limit time.Duration) error {
+	want := strconv.Itoa(uid)
+	for deadline := time.Now().Add(limit); ; time.Sleep(5 * time.Millisecond) {
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+		if err != nil {
+			return fmt.Errorf("the jailer exited before it ran Firecracker as uid %d (its output is in the VM's console log)", uid)
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if ids, ok := strings.CutPrefix(line, "Uid:"); ok && slices.Equal(strings.Fields(ids), []string{want, want, want, want}) {
+				return nil
+			}
+			if st, ok := strings.CutPrefix(line, "State:"); ok && strings.HasPrefix(strings.TrimSpace(st), "Z") {
+				return fmt.Errorf("the jailer exited before it ran Firecracker as uid %d (its output is in the VM's console log)", uid)
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("the jailer did not run Firecracker as uid %d within %s", uid, limit)
+		}
+	}
 }
 
 // fill makes dir/root and puts the VM's files in it; made says whether
 // it made anything to remove.
-func (j *Jails) fill(p Policy, dir string, req firecracker.JailRequest, uid, gid int) (made bool, err error) {
+func (j *Jails) fill(dir string, req firecracker.JailRequest, uid, gid int) (made bool, err error) {
 	var base unix.Stat_t
 	if err := unix.Stat(j.Base, &base); err != nil {
 		return false, err
@@ -194,35 +246,42 @@ func (j *Jails) fill(p Policy, dir string, req firecracker.JailRequest, uid, gid
 	}
 	defer state.Close()
 	root := filepath.Join(dir, "root")
-	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
+	// Modes set, not asked of mkdir: the helper's umask is 0077. The
+	// jail's own directory stays closed until start opens it.
+	if err := mkdirMode(filepath.Dir(dir), 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return false, err
 	}
-	if err := os.Mkdir(dir, 0o755); err != nil {
+	if err := mkdirMode(dir, 0o700); err != nil {
 		return false, err
 	}
-	if err := os.Mkdir(root, 0o755); err != nil {
+	if err := mkdirMode(root, 0o755); err != nil {
 		return true, err
 	}
 	// Firecracker makes its sockets in /run, as the owner.
 	run := filepath.Join(root, "run")
-	if err := os.Mkdir(run, 0o755); err != nil {
+	if err := mkdirMode(run, 0o755); err != nil {
 		return true, err
 	}
 	if err := os.Chown(run, uid, gid); err != nil {
 		return true, err
 	}
 	for _, f := range req.Files {
-		dst := filepath.Join(root, f.Dst)
-		if name, ok := strings.CutPrefix(f.Src, "/dev/mapper/"); ok {
-			err = placeDM(p, name, dst, uid, gid)
-		} else {
-			err = j.link(state, base.Dev, f.Src, dst, uid)
+		if strings.HasPrefix(f.Src, "/dev/") {
+			return true, refuse("jail %s: %s: a device cannot go into a jail whose VMM runs as the owner (its node there would be the owner's and outlive the device); give the VM a root disk that is a file (root_disk = \"auto\" does)", req.ID, f.Src)
 		}
-		if err != nil {
+		if err := j.link(state, base.Dev, f.Src, filepath.Join(root, f.Dst), uid); err != nil {
 			return true, fmt.Errorf("jail %s: %w", req.ID, err)
 		}
 	}
 	return true, nil
+}
+
+// mkdirMode makes directory p with exactly mode perm.
+func mkdirMode(p string, perm os.FileMode) error {
+	if err := os.Mkdir(p, perm); err != nil {
+		return err
+	}
+	return os.Chmod(p, perm)
 }
 
 // link hard-links the owner's file src, beneath the state directory, to
@@ -256,41 +315,27 @@ func (j *Jails) link(state *os.Root, dev uint64, src, dst string, uid int) error
 	return nil
 }
 
-// placeDM makes at dst a node of the dm device name (a banger snapshot,
-// as sysfs confirms), the owner's.
-func placeDM(p Policy, name, dst string, uid, gid int) error {
-	if err := p.checkSnapshotName(name); err != nil {
-		return err
-	}
-	var st unix.Stat_t
-	if err := unix.Stat("/dev/mapper/"+name, &st); err != nil {
-		return err
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFBLK {
-		return refuse("/dev/mapper/%s is not a block device", name)
-	}
-	if got := dmName(unix.Major(st.Rdev), unix.Minor(st.Rdev)); got != name {
-		return refuse("/dev/mapper/%s is device %d:%d, which is not that dm device", name, unix.Major(st.Rdev), unix.Minor(st.Rdev))
-	}
-	if err := unix.Mknod(dst, unix.S_IFBLK|0o600, int(st.Rdev)); err != nil {
-		return fmt.Errorf("make a node of %s in the jail: %w", name, err)
-	}
-	return os.Chown(dst, uid, gid)
-}
-
-// remove removes the jail and cgroups of id, whose VMM has exited.
-func (j *Jails) remove(id string) error {
+// remove removes the jail and cgroups of id, whose VMM (the owner's or
+// root's process: no other user's can hold it up) has exited.
+func (j *Jails) remove(id string, owner int) error {
 	if !firecracker.ValidID(id) {
 		return refuse("jail id %q: letters, digits and hyphens only, at most 64", id)
 	}
-	if firecracker.JailedVMMRuns(id) {
+	if firecracker.JailedVMMRuns(id, owner, 0) {
 		return api.Errorf(api.CodeOperationFailed, "the VMM of jail %s still runs; stop it first", id)
 	}
 	var errs []error
-	// RemoveAll does not follow the symlinks the owner's VMM may have
-	// left in its root.
-	if err := os.RemoveAll(j.jailDir(id)); err != nil {
-		errs = append(errs, err)
+	// The jail of id under each binary's name (the binary may have
+	// changed since). RemoveAll does not follow the symlinks the
+	// owner's VMM may have left in its root.
+	execs, _ := os.ReadDir(j.Base)
+	for _, e := range execs {
+		if !e.IsDir() {
+			continue
+		}
+		if err := os.RemoveAll(filepath.Join(j.Base, e.Name(), id)); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	root, parent := j.CgroupRoot, j.ParentCgroup
 	if root == "" {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -16,6 +17,17 @@ import (
 
 // jailOwner is the owner the jail tests' helper serves.
 const jailOwner = 4242
+
+// standInJailer says how it was run, then becomes the owner (as the real
+// jailer does before it execs Firecracker) and waits a minute at most,
+// its command line still the jailer's.
+const standInJailer = `#!/bin/sh
+echo "stand-in jailer: $*"
+exec setpriv --reuid=4242 --regid=4242 --clear-groups sh -c 'i=0; while [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done' jailer "$@"
+`
+
+// deadJailer fails before it drops its privileges.
+const deadJailer = "#!/bin/sh\necho \"stand-in jailer: cannot make the jail\"\nexit 1\n"
 
 // jailWorld is a helper whose Jails work in a directory of the test's:
 // the owner's state directory with a VM's files (the owner's), root's
@@ -62,8 +74,7 @@ func newJailWorld(t *testing.T) *jailWorld {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	jailer := "#!/bin/sh\necho \"stand-in jailer: $*\"\ni=0\nwhile [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done\n"
-	if err := os.WriteFile(filepath.Join(w.bin, "jailer"), []byte(jailer), 0o755); err != nil {
+	if err := os.WriteFile(filepath.Join(w.bin, "jailer"), []byte(standInJailer), 0o755); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(w.bin, "firecracker"), []byte("not run\n"), 0o755); err != nil {
@@ -108,8 +119,10 @@ func kill(t *testing.T, pid int) {
 // VMM runs; and once it has exited removes jail and cgroup.
 func TestStartJail(t *testing.T) {
 	w := newJailWorld(t)
-	if name, err := w.c.JailAvailable(); err != nil || name != "firecracker" {
-		t.Fatalf("JailAvailable = %q, %v", name, err)
+	// The unit's umask.
+	defer syscall.Umask(syscall.Umask(0o077))
+	if name, base, err := w.c.JailAvailable(); err != nil || name != "firecracker" || base != w.base {
+		t.Fatalf("JailAvailable = %q, %q, %v", name, base, err)
 	}
 	req := firecracker.JailRequest{ID: "vm1", MemoryMiB: 256, Files: w.files}
 	pid, err := w.c.StartJail(req, w.console(t))
@@ -138,10 +151,11 @@ func TestStartJail(t *testing.T) {
 			t.Errorf("jail %s is not a hard link of %s (%v, %v)", f.Dst, f.Src, err1, err2)
 		}
 	}
-	owners := map[string]uint32{root: 0, filepath.Dir(root): 0, filepath.Join(root, "run"): jailOwner}
-	for p, uid := range owners {
-		if fi, err := os.Stat(p); err != nil || fi.Sys().(*syscall.Stat_t).Uid != uid {
-			t.Errorf("%s: %v, want uid %d", p, err, uid)
+	// Root's, and open to the owner (its VMM's sockets) now that the
+	// jailer runs as the owner.
+	for p, uid := range map[string]uint32{root: 0, filepath.Dir(root): 0, filepath.Dir(filepath.Dir(root)): 0, filepath.Join(root, "run"): jailOwner} {
+		if fi, err := os.Stat(p); err != nil || fi.Sys().(*syscall.Stat_t).Uid != uid || fi.Mode().Perm() != 0o755 {
+			t.Errorf("%s: %v, want uid %d, mode 0755", p, err, uid)
 		}
 	}
 	if !firecracker.JailedVMMRuns("vm1") {
@@ -158,6 +172,22 @@ func TestStartJail(t *testing.T) {
 	}
 
 	kill(t, pid)
+	// Another user's process that looks like the VMM holds nothing up.
+	impostor := exec.Command("setpriv", "--reuid=4343", "--regid=4343", "--clear-groups", "sh", "-c", "sleep 30",
+		"x", "--id", "vm1", "--", "--api-sock", "/run/firecracker.socket")
+	if err := impostor.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = impostor.Process.Kill(); _ = impostor.Wait() }()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		fi, err := os.Stat(fmt.Sprintf("/proc/%d", impostor.Process.Pid))
+		if err == nil && fi.Sys().(*syscall.Stat_t).Uid == 4343 && firecracker.JailedVMMRuns("vm1") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the impostor never ran as uid 4343")
+		}
+	}
 	// The jailer would have made the VM's cgroup.
 	cgroup := filepath.Join(w.cg, "banger", "vm1")
 	if err := os.MkdirAll(cgroup, 0o755); err != nil {
@@ -211,7 +241,13 @@ func TestStartJailRefuses(t *testing.T) {
 		{"through a symlink", firecracker.JailRequest{ID: "e", MemoryMiB: 256, Files: with(filepath.Join(w.state, "etc/hostname"), "/root.img")}, nil, "escapes"},
 		{"directory", firecracker.JailRequest{ID: "dir", MemoryMiB: 256, Files: with(filepath.Join(w.state, "vms/v"), "/root.img")}, nil, "is not a regular file"},
 		{"not the owner's", firecracker.JailRequest{ID: "r", MemoryMiB: 256, Files: with(rootsFile, "/root.img")}, nil, "belongs to uid 0, not to banger's owner (4242)"},
-		{"dm name", firecracker.JailRequest{ID: "dm", MemoryMiB: 256, Files: with("/dev/mapper/control", "/root.img")}, nil, "control"},
+		{"device", firecracker.JailRequest{ID: "dm", MemoryMiB: 256, Files: with("/dev/mapper/banger-x", "/root.img")}, nil,
+			"/dev/mapper/banger-x: a device cannot go into a jail whose VMM runs as the owner"},
+		{"jailer dies", firecracker.JailRequest{ID: "jd", MemoryMiB: 256, Files: w.files},
+			func() func() {
+				_ = os.WriteFile(w.jails.Jailer, []byte(deadJailer), 0o755)
+				return func() { _ = os.WriteFile(w.jails.Jailer, []byte(standInJailer), 0o755) }
+			}, "jail jd: the jailer exited before it ran Firecracker as uid 4242"},
 		{"owner's base", firecracker.JailRequest{ID: "b", MemoryMiB: 256, Files: w.files},
 			func() func() { _ = os.Chown(w.base, jailOwner, -1); return func() { _ = os.Chown(w.base, 0, -1) } },
 			"must belong to root and be writable by root only"},

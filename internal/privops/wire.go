@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -86,9 +87,10 @@ type response struct {
 	NotManaged bool `json:"not_managed,omitempty"`
 	// PID is the jailer start_jail launched; ExecName the name of the
 	// helper's firecracker binary (jail_available), which names the
-	// jails' directory.
+	// jails' directory, and JailBase where its jails are.
 	PID      int    `json:"pid,omitempty"`
 	ExecName string `json:"exec_name,omitempty"`
+	JailBase string `json:"jail_base,omitempty"`
 }
 
 // Server is the root helper: it serves Ops on a Unix socket to root and
@@ -368,21 +370,22 @@ func (s *Server) do(req request, in []*os.File) (response, []*os.File) {
 		}
 		switch req.Op {
 		case opJailAvailable:
-			if _, _, err := s.Jails.available(); err != nil {
+			_, fc, err := s.Jails.available()
+			if err != nil {
 				return response{Unavailable: err.Error()}, nil
 			}
-			return response{ExecName: s.Jails.execName()}, nil
+			return response{ExecName: filepath.Base(fc), JailBase: s.Jails.Base}, nil
 		case opStartJail:
 			if req.Jail == nil {
 				return fail(refuse("start_jail without a jail"))
 			}
-			pid, err := s.Jails.start(p, *req.Jail, in[0], s.Owner, s.OwnerGID)
+			pid, err := s.Jails.start(*req.Jail, in[0], s.Owner, s.OwnerGID)
 			if err != nil {
 				return fail(err)
 			}
 			return response{PID: pid}, nil
 		case opRemoveJail:
-			if err := s.Jails.remove(req.Name); err != nil {
+			if err := s.Jails.remove(req.Name, s.Owner); err != nil {
 				return fail(err)
 			}
 		}
@@ -650,17 +653,17 @@ func (c *Client) ListenDNS(addr string) (net.PacketConn, net.Listener, error) {
 }
 
 // JailAvailable asks whether the helper can run Firecracker under its
-// jailer, and the name of its firecracker binary (which names the jails'
-// directory); the error says why not.
-func (c *Client) JailAvailable() (string, error) {
+// jailer, the name of its firecracker binary (which names the jails'
+// directory) and where its jails are; the error says why not.
+func (c *Client) JailAvailable() (execName, base string, err error) {
 	resp, _, err := c.call(request{Op: opJailAvailable})
 	if err != nil {
-		return "", err
+		return "", "", err
 	}
 	if resp.Unavailable != "" {
-		return "", errors.New(resp.Unavailable)
+		return "", "", errors.New(resp.Unavailable)
 	}
-	return resp.ExecName, nil
+	return resp.ExecName, resp.JailBase, nil
 }
 
 // StartJail asks the helper to make req's jail and launch the jailer in

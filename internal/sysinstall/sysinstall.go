@@ -344,8 +344,11 @@ WantedBy=multi-user.target
 // loop and device-mapper, and /dev/kvm for jailed Firecrackers.
 //
 // Jailed Firecrackers (privops.Jails): the helper reaches the owner's
-// files in its 0700 state directory (CAP_DAC_READ_SEARCH) and hard-links
-// files it does not own (CAP_FOWNER, fs.protected_hardlinks); the jailer
+// files in its 0700 state directory (CAP_DAC_READ_SEARCH), hard-links
+// files it does not own (CAP_FOWNER, fs.protected_hardlinks) and removes
+// jails whose root the owner's VMM has had (CAP_DAC_OVERRIDE, which the
+// jailer needs too: it makes /dev in the chroot after giving it to the
+// owner); the jailer
 // it launches needs a mount namespace (RestrictNamespaces=mnt,
 // CAP_SYS_ADMIN), chroot (CAP_SYS_CHROOT), the owner's uid and gid
 // (CAP_SETUID, CAP_SETGID), device nodes in the jail (CAP_MKNOD, "m" on
@@ -379,7 +382,7 @@ RuntimeDirectory={{.RuntimeHelper}}
 RuntimeDirectoryMode=0755
 UMask=0077
 NoNewPrivileges=yes
-CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_CHOWN CAP_SYS_ADMIN CAP_MKNOD CAP_DAC_READ_SEARCH CAP_FOWNER CAP_SYS_CHROOT CAP_SETUID CAP_SETGID
+CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_CHOWN CAP_SYS_ADMIN CAP_MKNOD CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER CAP_SYS_CHROOT CAP_SETUID CAP_SETGID
 ProtectSystem=strict
 ReadWritePaths=/var/lib
 ProtectHome=yes

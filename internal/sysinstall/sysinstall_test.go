@@ -188,7 +188,7 @@ func TestUnitsVerify(t *testing.T) {
 			t.Errorf("%s lacks %q", DaemonUnit, w)
 		}
 	}
-	for _, w := range []string{"CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_CHOWN CAP_SYS_ADMIN CAP_MKNOD CAP_DAC_READ_SEARCH CAP_FOWNER CAP_SYS_CHROOT CAP_SETUID CAP_SETGID\n",
+	for _, w := range []string{"CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_BIND_SERVICE CAP_CHOWN CAP_SYS_ADMIN CAP_MKNOD CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_FOWNER CAP_SYS_CHROOT CAP_SETUID CAP_SETGID\n",
 		"NoNewPrivileges=yes", "ProtectSystem=strict", "ReadWritePaths=/var/lib\n", "KillMode=process", "RestrictNamespaces=mnt\n",
 		"ProtectHome=yes", "PrivateTmp=yes", "DeviceAllow=/dev/net/tun rwm", "DeviceAllow=/dev/kvm rwm", "DeviceAllow=block-device-mapper rw", "DeviceAllow=block-loop rw", "--owner daemon"} {
 		if !strings.Contains(helper, w) {

@@ -65,9 +65,9 @@ type Options struct {
 // that is not root (privops.Client).
 type RootJails interface {
 	firecracker.JailHelper
-	// JailAvailable says whether it can, and the name of its firecracker
-	// binary; the error says why not.
-	JailAvailable() (execName string, err error)
+	// JailAvailable says whether it can, the name of its firecracker
+	// binary and where it makes jails; the error says why not.
+	JailAvailable() (execName, base string, err error)
 }
 
 // probe is what the choice depends on; tests replace it.
@@ -212,7 +212,10 @@ func jailerChoice(o Options, p probe, fcPath string) (*firecracker.JailerConfig,
 		root = *o.AsRoot
 	}
 	if !root && o.RootJails != nil {
-		exec, err := o.RootJails.JailAvailable()
+		exec, base, err := o.RootJails.JailAvailable()
+		if err == nil && filepath.Clean(base) != filepath.Clean(o.JailBase) {
+			err = fmt.Errorf("its jails are in %s, and this daemon looks for them in %s (bangerd root-helper --jail-dir)", base, o.JailBase)
+		}
 		if err == nil {
 			return &firecracker.JailerConfig{Helper: o.RootJails, ExecName: exec, ChrootBase: o.JailBase}, "", nil
 		}

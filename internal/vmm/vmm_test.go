@@ -284,7 +284,7 @@ func TestJailerChoice(t *testing.T) {
 	}
 	// A daemon that is not root jails through banger's root helper when
 	// it says it can; when it cannot, "auto" says why and "on" fails.
-	can := &rootJails{exec: "firecracker"}
+	can := &rootJails{exec: "firecracker", base: "/var/lib/banger-jail"}
 	j, _, err := jailerChoice(Options{RootJails: can, JailBase: "/var/lib/banger-jail"}, notRoot, fcPath)
 	if err != nil || j == nil || j.Helper != can || j.ExecName != "firecracker" || j.ChrootBase != "/var/lib/banger-jail" {
 		t.Errorf("through a helper that can: %+v, %v", j, err)
@@ -301,6 +301,10 @@ func TestJailerChoice(t *testing.T) {
 	if j, _, _ := jailerChoice(Options{Jailer: "off", RootJails: can}, notRoot, fcPath); j != nil {
 		t.Error(`firecracker_jailer = "off" jailed through the helper`)
 	}
+	if j, why, _ := jailerChoice(Options{RootJails: can, JailBase: "/srv/jails"}, notRoot, fcPath); j != nil ||
+		!strings.Contains(why, "its jails are in /var/lib/banger-jail, and this daemon looks for them in /srv/jails") {
+		t.Errorf("a helper whose jails are elsewhere: %+v, %q", j, why)
+	}
 
 	// Select hands the choice to the driver.
 	d, err := selectDriver(Options{Pref: "firecracker"}, fakeHost(nil, "firecracker", "jailer"))
@@ -314,11 +318,11 @@ func TestJailerChoice(t *testing.T) {
 
 // rootJails stands in for banger's root helper as a jail maker.
 type rootJails struct {
-	exec string
-	err  error
+	exec, base string
+	err        error
 }
 
-func (r *rootJails) JailAvailable() (string, error) { return r.exec, r.err }
+func (r *rootJails) JailAvailable() (string, string, error) { return r.exec, r.base, r.err }
 func (r *rootJails) StartJail(firecracker.JailRequest, *os.File) (int, error) {
 	return 0, errors.New("not started")
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -335,8 +336,10 @@ func RemoveCgroups(root, parent, id string) error { return removeCgroups(root, p
 
 // JailedVMMRuns reports whether a jailed Firecracker (or the jailer
 // about to become one) of VM id runs on this host: a process whose
-// command line carries the id and the jail's API socket.
-func JailedVMMRuns(id string) bool {
+// command line carries the id and the jail's API socket, and, when uids
+// are given, that runs as one of them (another user's process cannot
+// hold a jail up).
+func JailedVMMRuns(id string, uids ...int) bool {
 	ents, err := os.ReadDir("/proc")
 	if err != nil {
 		return true // cannot tell: say it may
@@ -353,6 +356,12 @@ func JailedVMMRuns(id string) bool {
 		argv, err := vmmcore.ProcCmdline(pid)
 		if err != nil || !match(argv) {
 			continue
+		}
+		if len(uids) > 0 {
+			var st unix.Stat_t
+			if unix.Stat("/proc/"+e.Name(), &st) != nil || !slices.Contains(uids, int(st.Uid)) {
+				continue
+			}
 		}
 		st, err := vmmcore.ProcStartTime(pid)
 		if err == nil && vmmcore.Matches(pid, st, match) {
