@@ -130,8 +130,17 @@ func (r *recorder) OpenTap(name string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
+	r.mu.Lock()
 	r.pipeR = pr
+	r.mu.Unlock()
 	return pw, nil
+}
+
+// tapPipe is the read end of the last tap OpenTap made.
+func (r *recorder) tapPipe() *os.File {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.pipeR
 }
 
 func (r *recorder) ListenDNS(addr string) (net.PacketConn, net.Listener, error) {
@@ -286,7 +295,7 @@ func TestClientGetsDescriptors(t *testing.T) {
 		t.Fatalf("the tap descriptor the client got does not work: %v", err)
 	}
 	f.Close()
-	got, _ := io.ReadAll(rec.pipeR)
+	got, _ := io.ReadAll(rec.tapPipe())
 	if string(got) != "frame" {
 		t.Errorf("through the passed descriptor: %q, want frame", got)
 	}
