@@ -124,3 +124,86 @@ func (o *owners) inodes(rootDir string) ([]guestfs.Inode, error) {
 	})
 	return out, err
 }
+
+// customize runs edit on the tree at rootDir. Rootless (own set), the
+// inodes it made — every path whose inode is not the one it had before —
+// are recorded as root's with the type and mode they have, and lose on
+// the host the setuid, setgid and sticky bits they keep in the image.
+// An inode is known by its number and birth time: a file the edit
+// replaces often gets the number of the one it removed.
+func customize(rootDir string, own *owners, edit func(tree string) error) error {
+	var before map[string]inodeID
+	if own != nil {
+		var err error
+		if before, err = pathInodes(rootDir); err != nil {
+			return err
+		}
+	}
+	if err := edit(rootDir); err != nil {
+		return err
+	}
+	if own == nil {
+		return nil
+	}
+	return filepath.WalkDir(rootDir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		id, err := identify(p)
+		if err != nil {
+			return err
+		}
+		if was, ok := before[p]; ok && was == id {
+			return nil
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		perm := st.Mode & 0o7777
+		m := owned{mode: goMode(d.Type(), perm)}
+		if d.Type()&fs.ModeSymlink == 0 {
+			if err := unix.Chmod(p, stagePerm(perm, d.IsDir())); err != nil {
+				return err
+			}
+		}
+		return own.record(unix.AT_FDCWD, p, m)
+	})
+}
+
+// inodeID tells one inode from another that later takes its number:
+// the birth time where the filesystem keeps one, else the change time
+// (then a file edited in place counts as made anew).
+type inodeID struct {
+	ino       uint64
+	sec, nsec int64
+}
+
+func identify(p string) (inodeID, error) {
+	var stx unix.Statx_t
+	if err := unix.Statx(unix.AT_FDCWD, p, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_INO|unix.STATX_BTIME|unix.STATX_CTIME, &stx); err != nil {
+		return inodeID{}, err
+	}
+	t := stx.Ctime
+	if stx.Mask&unix.STATX_BTIME != 0 {
+		t = stx.Btime
+	}
+	return inodeID{ino: stx.Ino, sec: t.Sec, nsec: int64(t.Nsec)}, nil
+}
+
+// pathInodes maps each path of the tree at dir to its inode.
+func pathInodes(dir string) (map[string]inodeID, error) {
+	out := map[string]inodeID{}
+	err := filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		id, err := identify(p)
+		if err != nil {
+			return err
+		}
+		out[p] = id
+		return nil
+	})
+	return out, err
+}

@@ -65,6 +65,12 @@ type Options struct {
 	ExtraTrees []ExtraTree
 	// Limits bound the unpacked image (zero fields: the defaults).
 	Limits Limits
+	// Customize, when set, edits the unpacked tree (its directory) after
+	// the layers and ExtraTrees, before the filesystem is made. Rootless,
+	// every path it makes or replaces becomes root's with the mode it
+	// leaves there (setuid bits included, which the host file then
+	// loses); it must replace files, not chmod or chown them in place.
+	Customize func(tree string) error
 	// Rootless unpacks without root, for an unprivileged daemon: the
 	// staging tree is the caller's own (no setuid bit, device node or
 	// foreign owner ever on the host) and the image's owners, modes,
@@ -124,39 +130,12 @@ var platform = v1.Platform{OS: "linux", Architecture: "amd64"}
 // and unsafe images are api.CodeBadRequest errors; a missing image or tag
 // is api.CodeNotFound.
 func Pull(ctx context.Context, r Runner, ref string, opts Options) (res Result, err error) {
-	if opts.DestFile == "" {
-		return Result{}, errors.New("oci pull: no destination file given")
+	if err := opts.check(); err != nil {
+		return Result{}, err
 	}
-	if opts.SizeBytes < 0 {
-		return Result{}, api.Errorf(api.CodeBadRequest, "image size %d is negative; give a positive size or none", opts.SizeBytes)
-	}
-	for _, t := range opts.ExtraTrees {
-		if err := t.check(); err != nil {
-			return Result{}, err
-		}
-	}
-	if os.Geteuid() != 0 && !opts.Rootless {
-		return Result{}, errors.New("converting an OCI image as root keeps file owners and device nodes by making them; without root, set Rootless")
-	}
-	var own *owners
-	if opts.Rootless {
-		own = newOwners()
-	}
-	progress := opts.Progress
-	if progress == nil {
-		progress = func(string, int64, int64) {}
-	}
-	workDir := opts.WorkDir
-	if workDir == "" {
-		workDir = filepath.Dir(opts.DestFile)
-	}
-
 	img, res, err := resolveImage(ctx, ref, opts)
 	if err != nil {
 		return Result{}, err
-	}
-	if opts.FreeBytes == nil {
-		opts.FreeBytes = statfsFree
 	}
 	// Unpacked, the layers take at least what they take compressed: refuse
 	// at once a cache filesystem that cannot hold even that.
@@ -168,17 +147,102 @@ func Pull(ctx context.Context, r Runner, ref string, opts Options) (res Result, 
 			}
 		}
 	}
-	if err := checkFree(opts.FreeBytes, workDir, compressed, "unpack "+ref+" (its compressed layers alone)"); err != nil {
+	if err := checkFree(opts.freeBytes(), opts.workDir(), compressed, "unpack "+ref+" (its compressed layers alone)"); err != nil {
 		return Result{}, err
 	}
+	err = build(ctx, r, ref, opts, &res, func(rootDir string, own *owners) error {
+		return unpackImage(ctx, img, rootDir, opts.progress(), opts.Limits, own)
+	})
+	return res, err
+}
+
+// ConvertTar is Pull for a root filesystem held in the tar archive at
+// tarFile (one layer: owners, modes, devices and attributes as its
+// headers say), such as mmdebstrap --format=tar writes; Result's image
+// configuration and digests are empty.
+func ConvertTar(ctx context.Context, r Runner, tarFile string, opts Options) (res Result, err error) {
+	if err := opts.check(); err != nil {
+		return Result{}, err
+	}
+	f, err := os.Open(tarFile)
+	if err != nil {
+		return Result{}, err
+	}
+	defer f.Close()
+	err = build(ctx, r, tarFile, opts, &res, func(rootDir string, own *owners) error {
+		x, err := newExtractor(rootDir, own)
+		if err != nil {
+			return err
+		}
+		defer x.close()
+		x.lim = opts.Limits.withDefaults()
+		if err := x.apply(ctx, 0, filepath.Base(tarFile), f); err != nil {
+			return err
+		}
+		return x.finish()
+	})
+	return res, err
+}
+
+// check refuses options no conversion can take.
+func (opts Options) check() error {
+	if opts.DestFile == "" {
+		return errors.New("oci pull: no destination file given")
+	}
+	if opts.SizeBytes < 0 {
+		return api.Errorf(api.CodeBadRequest, "image size %d is negative; give a positive size or none", opts.SizeBytes)
+	}
+	for _, t := range opts.ExtraTrees {
+		if err := t.check(); err != nil {
+			return err
+		}
+	}
+	if os.Geteuid() != 0 && !opts.Rootless {
+		return errors.New("converting an OCI image as root keeps file owners and device nodes by making them; without root, set Rootless")
+	}
+	return nil
+}
+
+func (opts Options) progress() Progress {
+	if opts.Progress == nil {
+		return func(string, int64, int64) {}
+	}
+	return opts.Progress
+}
+
+func (opts Options) workDir() string {
+	if opts.WorkDir == "" {
+		return filepath.Dir(opts.DestFile)
+	}
+	return opts.WorkDir
+}
+
+func (opts Options) freeBytes() func(string) (int64, error) {
+	if opts.FreeBytes == nil {
+		return statfsFree
+	}
+	return opts.FreeBytes
+}
+
+// build makes opts.DestFile from the tree unpack fills (label names the
+// source in errors): staging tree, extra trees, Customize, the
+// filesystem, and rootless the owners and modes in it. res gets what it
+// measured. On error nothing is left.
+func build(ctx context.Context, r Runner, label string, opts Options, res *Result, unpack func(rootDir string, own *owners) error) (err error) {
+	var own *owners
+	if opts.Rootless {
+		own = newOwners()
+	}
+	progress := opts.progress()
+	workDir := opts.workDir()
 
 	// Make DestFile first, exclusively: it is ours to remove from here on.
 	dest, err := os.OpenFile(opts.DestFile, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			return Result{}, api.Errorf(api.CodeAlreadyExists, "%s already exists; remove it or pull to another file", opts.DestFile)
+			return api.Errorf(api.CodeAlreadyExists, "%s already exists; remove it or pull to another file", opts.DestFile)
 		}
-		return Result{}, fmt.Errorf("create %s: %w", opts.DestFile, err)
+		return fmt.Errorf("create %s: %w", opts.DestFile, err)
 	}
 	dest.Close()
 	defer func() {
@@ -191,66 +255,71 @@ func Pull(ctx context.Context, r Runner, ref string, opts Options) (res Result, 
 	// reach its setuid files or device nodes.
 	stage, err := os.MkdirTemp(workDir, "oci-staging-*")
 	if err != nil {
-		return Result{}, fmt.Errorf("make staging directory in %s: %w", workDir, err)
+		return fmt.Errorf("make staging directory in %s: %w", workDir, err)
 	}
 	defer os.RemoveAll(stage)
 	rootDir := filepath.Join(stage, "rootfs")
 	if err := os.Mkdir(rootDir, 0o755); err != nil {
-		return Result{}, fmt.Errorf("make staging root: %w", err)
+		return fmt.Errorf("make staging root: %w", err)
 	}
 	if err := os.Chmod(rootDir, 0o755); err != nil { // umask
-		return Result{}, err
+		return err
 	}
 	if own != nil {
 		// mkfs.ext4 -d makes the root 0755 root:root unless the image's
 		// "./" entry says otherwise.
 		if err := own.record(unix.AT_FDCWD, rootDir, owned{mode: fs.ModeDir | 0o755}); err != nil {
-			return Result{}, err
+			return err
 		}
 	}
 
-	if err := unpackImage(ctx, img, rootDir, progress, opts.Limits, own); err != nil {
-		return Result{}, fmt.Errorf("pull %s: %w", ref, err)
+	if err := unpack(rootDir, own); err != nil {
+		return fmt.Errorf("pull %s: %w", label, err)
 	}
 
 	found, err := detect(rootDir)
 	if err != nil {
-		return Result{}, err
+		return err
 	}
 	res.HasSystemd, res.HasSSHD, res.PackageManager = found.systemd, found.sshd, found.pkgManager
 	if err := addExtraTrees(ctx, rootDir, opts.ExtraTrees, own); err != nil {
-		return Result{}, err
+		return err
+	}
+	if opts.Customize != nil {
+		if err := customize(rootDir, own, opts.Customize); err != nil {
+			return err
+		}
 	}
 
 	res.ContentBytes, res.Inodes, err = treeUsage(rootDir)
 	if err != nil {
-		return Result{}, fmt.Errorf("measure unpacked image: %w", err)
+		return fmt.Errorf("measure unpacked image: %w", err)
 	}
 	size, err := fsSize(res.ContentBytes, opts.SizeBytes)
 	if err != nil {
-		return Result{}, err
+		return err
 	}
 	res.SizeBytes = size
 
 	// The filesystem holds the whole content (its file is sparse beyond).
-	if err := checkFree(opts.FreeBytes, filepath.Dir(opts.DestFile), res.ContentBytes, "write the "+ref+" filesystem"); err != nil {
-		return Result{}, err
+	if err := checkFree(opts.freeBytes(), filepath.Dir(opts.DestFile), res.ContentBytes, "write the "+label+" filesystem"); err != nil {
+		return err
 	}
 	var fixes []guestfs.Inode
 	if own != nil {
 		if fixes, err = own.inodes(rootDir); err != nil {
-			return Result{}, fmt.Errorf("pull %s: %w", ref, err)
+			return fmt.Errorf("pull %s: %w", label, err)
 		}
 	}
 	progress("mkfs", 0, res.ContentBytes)
 	if err := makeExt4(ctx, r, rootDir, opts.DestFile, size, res.Inodes, own == nil); err != nil {
-		return Result{}, err
+		return err
 	}
 	if err := guestfs.Open(r, opts.DestFile).SetInodes(ctx, fixes); err != nil {
-		return Result{}, fmt.Errorf("give the unpacked files of %s their owners and modes: %w", ref, err)
+		return fmt.Errorf("give the unpacked files of %s their owners and modes: %w", label, err)
 	}
 	progress("mkfs", res.ContentBytes, res.ContentBytes)
-	return res, nil
+	return nil
 }
 
 // resolveImage finds the linux/amd64 image ref names and fills the

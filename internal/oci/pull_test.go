@@ -135,6 +135,9 @@ type rootlessPull struct {
 	Ref   string
 	Dir   string
 	Trees []ExtraTree
+	// Tar, when set, is converted (ConvertTar) instead of Ref pulled, with
+	// testCustomize.
+	Tar string
 }
 
 // rootlessChild does the pull pullRootless asked for, when this process
@@ -151,8 +154,15 @@ func rootlessChild() bool {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	res, err := Pull(ctx, &system.Exec{}, p.Ref, Options{DestFile: p.Dir + "/rootfs.ext4", WorkDir: p.Dir + "/work",
-		ExtraTrees: p.Trees, Rootless: true, retry: fastRetry})
+	opts := Options{DestFile: p.Dir + "/rootfs.ext4", WorkDir: p.Dir + "/work", ExtraTrees: p.Trees, Rootless: true, retry: fastRetry}
+	var res Result
+	var err error
+	if p.Tar != "" {
+		opts.Customize = testCustomize
+		res, err = ConvertTar(ctx, &system.Exec{}, p.Tar, opts)
+	} else {
+		res, err = Pull(ctx, &system.Exec{}, p.Ref, opts)
+	}
 	if err != nil {
 		fmt.Printf("RESULT error %v\n", err)
 		return true
@@ -167,6 +177,12 @@ func rootlessChild() bool {
 // the result and the image file, which must be that uid's. trees must be
 // readable by it.
 func pullRootless(t *testing.T, ref string, trees []ExtraTree) (Result, string) {
+	t.Helper()
+	return rootlessChildDoes(t, rootlessPull{Ref: ref, Trees: trees})
+}
+
+// rootlessChildDoes runs p (its Dir filled in) in the child.
+func rootlessChildDoes(t *testing.T, p rootlessPull) (Result, string) {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "oci-rootless")
 	if err != nil {
@@ -189,7 +205,8 @@ func pullRootless(t *testing.T, ref string, trees []ExtraTree) (Result, string) 
 	if err := os.WriteFile(bin, self, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	spec, _ := json.Marshal(rootlessPull{Ref: ref, Dir: dir, Trees: trees})
+	p.Dir = dir
+	spec, _ := json.Marshal(p)
 	cmd := exec.Command(bin, "-test.run", "^"+t.Name()+"$", "-test.count=1")
 	cmd.Env = append(os.Environ(), "BANGER_OCI_ROOTLESS_PULL="+string(spec))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: rootlessUID, Gid: rootlessUID}}
