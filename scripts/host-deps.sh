@@ -2,7 +2,7 @@
 # Installs the Debian packages banger needs on the host. Idempotent: skips
 # apt entirely when everything is already there.
 set -euo pipefail
-pkgs=(qemu-system-x86 qemu-utils e2fsprogs xfsprogs git openssh-client iproute2 iptables nftables mmdebstrap busybox-static cpio xz-utils zstd ca-certificates systemd)
+pkgs=(qemu-system-x86 qemu-utils e2fsprogs xfsprogs git openssh-client iproute2 iptables nftables mmdebstrap fakechroot fakeroot busybox-static cpio xz-utils zstd ca-certificates systemd)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

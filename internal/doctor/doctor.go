@@ -137,6 +137,8 @@ var tools = []tool{
 	{"debugfs", "e2fsprogs", "reading and editing images", true},
 	{"ssh", "openssh-client", "vm ssh, vm exec", true},
 	{"mmdebstrap", "mmdebstrap", "building catalog images (image pull debian-bookworm)", false},
+	{"fakechroot", "fakechroot", "building catalog images without root (system mode)", false},
+	{"fakeroot", "fakeroot", "building catalog images without root (system mode)", false},
 	{"dpkg-deb", "dpkg", "building kernels from Debian packages", false},
 	{"dmsetup", "dmsetup", "device-mapper root disks", false},
 	{"losetup", "mount", "device-mapper root disks", false},

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"banger/internal/artifact"
+	"banger/internal/oci"
 )
 
 // DebianBookwormName is the catalog name of the image BuildDebianBookworm
@@ -87,14 +88,16 @@ type BuildOptions struct {
 }
 
 // BuildDebianBookworm builds the image "debian-bookworm" into
-// opts.DestDir. It needs root: mmdebstrap installs packages as root and
-// depmod runs chrooted in the new tree.
+// opts.DestDir. As root, mmdebstrap installs the packages into a
+// directory, depmod runs chrooted in it, and mkfs.ext4 copies it. Without
+// root (a system install's daemon) mmdebstrap runs them under fakechroot
+// and fakeroot and writes a tar whose headers carry the owners, which
+// the rootless OCI conversion turns into the filesystem (oci.ConvertTar),
+// with banger's edits of the tree made there (they become root's) and
+// depmod run under fakechroot.
 func BuildDebianBookworm(ctx context.Context, r Runner, opts BuildOptions) (Manifest, error) {
 	if err := opts.check(); err != nil {
 		return Manifest{}, fmt.Errorf("build image %s: %w", DebianBookwormName, err)
-	}
-	if os.Geteuid() != 0 {
-		return Manifest{}, fmt.Errorf("build image %s: needs root (mmdebstrap installs packages as root), and this bangerd runs as uid %d: run bangerd as root (user mode); a system install's daemon is unprivileged, so build the image with a root bangerd and banger image register its rootfs.ext4", DebianBookwormName, os.Geteuid())
 	}
 	if opts.Progress == nil {
 		opts.Progress = func(string) {}
@@ -171,49 +174,75 @@ func buildDebianBookworm(ctx context.Context, r Runner, opts BuildOptions, tree,
 		}
 	}
 
+	rootless := os.Geteuid() != 0
 	opts.Progress("mmdebstrap")
-	argv := []string{"mmdebstrap", "--mode=root", "--format=directory", "--variant=minbase",
+	mode, format, target := "--mode=root", "--format=directory", tree
+	if rootless {
+		// fakechroot mode runs dpkg and the maintainer scripts under
+		// fakechroot and fakeroot; only the tar it writes keeps owners.
+		mode, format, target = "--mode=fakechroot", "--format=tar", tree+".tar"
+	}
+	argv := []string{"mmdebstrap", mode, format, "--variant=minbase",
 		"--include=" + strings.Join(DebianBookwormPackages, ",")}
 	for _, f := range dpkgPathFilters {
 		argv = append(argv, "--dpkgopt="+f)
 	}
-	argv = append(argv, bookworm, tree)
+	argv = append(argv, bookworm, target)
 	argv = append(argv, sources...)
 	if _, err := r.Run(ctx, argv...); err != nil {
-		return Manifest{}, fmt.Errorf("mmdebstrap: %w (is mmdebstrap installed and a Debian mirror reachable?)", err)
+		return Manifest{}, fmt.Errorf("mmdebstrap: %w (is mmdebstrap installed%s and a Debian mirror reachable?)", err, map[bool]string{true: ", with fakechroot and fakeroot,"}[rootless])
 	}
 
-	opts.Progress("customize")
-	if err := customizeTree(tree); err != nil {
-		return Manifest{}, err
-	}
-	if opts.KernelModulesDir != "" {
-		opts.Progress("kernel modules")
-		if err := installModules(ctx, r, tree, opts.KernelModulesDir, opts.KernelVersion); err != nil {
-			return Manifest{}, err
+	var pkgs []Package
+	edit := func(tree string) error {
+		opts.Progress("customize")
+		if err := customizeTree(tree); err != nil {
+			return err
 		}
-	}
-	if len(opts.ExtraFiles) > 0 {
-		opts.Progress("extra files")
-		if err := writeExtraFiles(tree, opts.ExtraFiles); err != nil {
-			return Manifest{}, err
+		if opts.KernelModulesDir != "" {
+			opts.Progress("kernel modules")
+			if err := installModules(ctx, r, rootless, tree, opts.KernelModulesDir, opts.KernelVersion); err != nil {
+				return err
+			}
 		}
+		if len(opts.ExtraFiles) > 0 {
+			opts.Progress("extra files")
+			if err := writeExtraFiles(tree, opts.ExtraFiles); err != nil {
+				return err
+			}
+		}
+		status, err := os.Open(filepath.Join(tree, "var/lib/dpkg/status"))
+		if err != nil {
+			return fmt.Errorf("list packages: %w", err)
+		}
+		defer status.Close()
+		pkgs, err = parseDpkgStatus(status)
+		return err
 	}
 
-	status, err := os.Open(filepath.Join(tree, "var/lib/dpkg/status"))
-	if err != nil {
-		return Manifest{}, fmt.Errorf("list packages: %w", err)
-	}
-	pkgs, err := parseDpkgStatus(status)
-	status.Close()
-	if err != nil {
-		return Manifest{}, err
-	}
-
-	opts.Progress("mkfs")
 	rootfs := filepath.Join(out, RootFSFile)
-	if err := makeExt4(ctx, r, tree, rootfs, opts.SizeBytes); err != nil {
-		return Manifest{}, err
+	if rootless {
+		_, err := oci.ConvertTar(ctx, r, target, oci.Options{DestFile: rootfs, WorkDir: filepath.Dir(tree),
+			SizeBytes: opts.SizeBytes, Rootless: true, Customize: edit,
+			Progress: func(stage string, done, _ int64) {
+				if stage == "mkfs" && done == 0 {
+					opts.Progress("mkfs")
+				}
+			}})
+		if rerr := os.Remove(target); err == nil && rerr != nil {
+			err = rerr
+		}
+		if err != nil {
+			return Manifest{}, err
+		}
+	} else {
+		if err := edit(tree); err != nil {
+			return Manifest{}, err
+		}
+		opts.Progress("mkfs")
+		if err := makeExt4(ctx, r, tree, rootfs, opts.SizeBytes); err != nil {
+			return Manifest{}, err
+		}
 	}
 
 	opts.Progress("manifest")
@@ -237,8 +266,9 @@ func buildDebianBookworm(ctx context.Context, r Runner, opts BuildOptions, tree,
 }
 
 // installModules places the kernel's modules tree and builds its indexes
-// with the image's own depmod, so udev in the guest can load modules.
-func installModules(ctx context.Context, r Runner, tree, src, version string) error {
+// with the image's own depmod, chrooted (under fakechroot when rootless),
+// so udev in the guest can load modules.
+func installModules(ctx context.Context, r Runner, rootless bool, tree, src, version string) error {
 	if _, err := os.Stat(filepath.Join(src, "modules.order")); err != nil {
 		return fmt.Errorf("kernel modules %s: %w (want a /lib/modules/<version> tree)", src, err)
 	}
@@ -254,7 +284,15 @@ func installModules(ctx context.Context, r Runner, tree, src, version string) er
 	if err := copyIntoRoot(root, src, dst); err != nil {
 		return fmt.Errorf("copy kernel modules: %w", err)
 	}
-	if _, err := r.Run(ctx, "chroot", tree, "/sbin/depmod", "-a", version); err != nil {
+	argv := []string{"chroot", tree, "/sbin/depmod", "-a", version}
+	if rootless {
+		// Debian's depmod is a symlink to /bin/kmod, which the kernel
+		// would look up on the host, not in fakechroot's tree: bash
+		// finds it there and runs it under the name kmod acts on.
+		argv = []string{"fakechroot", "chroot", tree, "/bin/bash", "-c",
+			`exec -a depmod "$(readlink -f /sbin/depmod)" -a "$1"`, "depmod", version}
+	}
+	if _, err := r.Run(ctx, argv...); err != nil {
 		return fmt.Errorf("depmod %s in the image: %w", version, err)
 	}
 	return nil
