@@ -91,7 +91,10 @@ func TestRootlessCatalogImage(t *testing.T) {
 	}
 	spec, _ := json.Marshal(rootlessBuild{Dir: dir, Modules: filepath.Join(kernelDir, km.ModulesDir), Version: km.Version})
 	cmd := exec.Command(bin, "-test.run", "^TestRootlessCatalogImage$", "-test.count=1", "-test.timeout=40m")
-	cmd.Env = append(os.Environ(), "BANGER_E2E_ROOTLESS_BUILD="+string(spec), "HOME="+dir, "TMPDIR="+dir)
+	cmd.Env = append(os.Environ(), "BANGER_E2E_ROOTLESS_BUILD="+string(spec), "HOME="+dir,
+		// As under the daemon's unit, where /tmp is read-only: the build
+		// makes its temporary files in its work directory.
+		"TMPDIR=/nonexistent-tmp")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: rootlessBuilder, Gid: rootlessBuilder}}
 	out, err := cmd.CombinedOutput()
 	t.Logf("the build as uid %d:\n%s", rootlessBuilder, lastLines(string(out), 40))

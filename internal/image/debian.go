@@ -184,6 +184,11 @@ func buildDebianBookworm(ctx context.Context, r Runner, opts BuildOptions, tree,
 	}
 	argv := []string{"mmdebstrap", mode, format, "--variant=minbase",
 		"--include=" + strings.Join(DebianBookwormPackages, ",")}
+	if rootless {
+		// A tar is made in a temporary directory of $TMPDIR's: the work
+		// directory's, not /tmp (read-only to a system install's daemon).
+		argv = append([]string{"env", "TMPDIR=" + filepath.Dir(tree)}, argv...)
+	}
 	for _, f := range dpkgPathFilters {
 		argv = append(argv, "--dpkgopt="+f)
 	}
