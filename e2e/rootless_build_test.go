@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -71,40 +72,7 @@ func TestRootlessCatalogImage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Built from the host's mirrors, in the host's namespace; no VM runs
-	// until the env's namespace.
-	dir, err := os.MkdirTemp(cacheDir(), "rootless-build-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	if err := os.Chown(dir, rootlessBuilder, rootlessBuilder); err != nil {
-		t.Fatal(err)
-	}
-	self, err := os.ReadFile(os.Args[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(dir, "e2e.test")
-	if err := os.WriteFile(bin, self, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	spec, _ := json.Marshal(rootlessBuild{Dir: dir, Modules: filepath.Join(kernelDir, km.ModulesDir), Version: km.Version})
-	cmd := exec.Command(bin, "-test.run", "^TestRootlessCatalogImage$", "-test.count=1", "-test.timeout=40m")
-	cmd.Env = append(os.Environ(), "BANGER_E2E_ROOTLESS_BUILD="+string(spec), "HOME="+dir,
-		// As under the daemon's unit, where /tmp is read-only: the build
-		// makes its temporary files in its work directory.
-		"TMPDIR=/nonexistent-tmp")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: rootlessBuilder, Gid: rootlessBuilder}}
-	out, err := cmd.CombinedOutput()
-	t.Logf("the build as uid %d:\n%s", rootlessBuilder, lastLines(string(out), 40))
-	if err != nil || !strings.Contains(string(out), "RESULT ok") {
-		t.Fatalf("the build as uid %d failed: %v", rootlessBuilder, err)
-	}
-	rootfs := filepath.Join(dir, "image", "rootfs.ext4")
-	if fi, err := os.Stat(rootfs); err != nil || fi.Sys().(*syscall.Stat_t).Uid != rootlessBuilder {
-		t.Fatalf("%s: %v, want a file of uid %d", rootfs, err, rootlessBuilder)
-	}
+	rootfs, _ := buildRootless(t, kernelDir, km)
 	if out, err := exec.Command("e2fsck", "-f", "-n", rootfs).CombinedOutput(); err != nil {
 		t.Errorf("e2fsck: %v\n%s", err, out)
 	}
@@ -142,6 +110,51 @@ func TestRootlessCatalogImage(t *testing.T) {
 	}
 	e.must("vm", "delete", "r")
 	e.assertNoLeaks("after the rootless image's VM")
+}
+
+// buildRootless builds the catalog image as rootlessBuilder, from the
+// host's mirrors in the host's namespace (no VM runs there), with /tmp
+// read-only as under a system install's unit, and returns its rootfs
+// (removed when the test ends) and how long the build took.
+func buildRootless(t *testing.T, kernelDir string, km kernel.Manifest) (string, time.Duration) {
+	t.Helper()
+	dir, err := os.MkdirTemp(cacheDir(), "rootless-build-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	if err := os.Chown(dir, rootlessBuilder, rootlessBuilder); err != nil {
+		t.Fatal(err)
+	}
+	self, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, "e2e.test")
+	if err := os.WriteFile(bin, self, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	spec, _ := json.Marshal(rootlessBuild{Dir: dir, Modules: filepath.Join(kernelDir, km.ModulesDir), Version: km.Version})
+	// /tmp read-only in a mount namespace of the child's own: the build
+	// keeps its temporary files in its work directory.
+	uid := strconv.Itoa(rootlessBuilder)
+	cmd := exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c",
+		`mount --bind /tmp /tmp && mount -o remount,bind,ro /tmp && exec "$@"`, "sh",
+		"setpriv", "--reuid="+uid, "--regid="+uid, "--clear-groups",
+		bin, "-test.run", "^TestRootlessCatalogImage$", "-test.count=1", "-test.timeout=40m")
+	cmd.Env = append(os.Environ(), "BANGER_E2E_ROOTLESS_BUILD="+string(spec), "HOME="+dir)
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	took := time.Since(start)
+	t.Logf("the build as uid %d:\n%s", rootlessBuilder, lastLines(string(out), 40))
+	if err != nil || !strings.Contains(string(out), "RESULT ok") {
+		t.Fatalf("the build as uid %d failed: %v", rootlessBuilder, err)
+	}
+	rootfs := filepath.Join(dir, "image", "rootfs.ext4")
+	if fi, err := os.Stat(rootfs); err != nil || fi.Sys().(*syscall.Stat_t).Uid != rootlessBuilder {
+		t.Fatalf("%s: %v, want a file of uid %d", rootfs, err, rootlessBuilder)
+	}
+	return rootfs, took
 }
 
 // listImage lists every file of the ext4 image at img as
