@@ -86,9 +86,9 @@ func TestRootlessCatalogImage(t *testing.T) {
 	// it again at every boot: checked in the VM below).
 	want, got := listImage(t, rootRootfs), listImage(t, rootfs)
 	for p, w := range map[string]string{
-		"./var/lib/apt/lists/partial":      "d 700 42 0",
-		"./var/cache/apt/archives/partial": "d 700 42 0",
-		"./var/log/journal":                "d 755 0 0",
+		"./var/lib/apt/lists/partial":      "d 700 42 0 ",
+		"./var/cache/apt/archives/partial": "d 700 42 0 ",
+		"./var/log/journal":                "d 755 0 0 ",
 	} {
 		if got[p] == w {
 			got[p] = want[p]
@@ -158,13 +158,13 @@ func buildRootless(t *testing.T, kernelDir string, km kernel.Manifest) (string, 
 }
 
 // listImage lists every file of the ext4 image at img as
-// "path type mode uid gid" (its own mount namespace: nothing stays
-// mounted).
+// "path type mode uid gid symlink-target" (its own mount namespace:
+// nothing stays mounted).
 func listImage(t *testing.T, img string) map[string]string {
 	t.Helper()
 	mnt := t.TempDir()
 	out, err := exec.Command("unshare", "-m", "sh", "-c",
-		`mount -o ro,loop,noload "$1" "$2" && cd "$2" && find . -printf '%p %y %m %U %G\n'`, "sh", img, mnt).Output()
+		`mount -o ro,loop,noload "$1" "$2" && cd "$2" && find . -printf '%p %y %m %U %G %l\n'`, "sh", img, mnt).Output()
 	if err != nil {
 		t.Fatalf("list %s: %v", img, err)
 	}

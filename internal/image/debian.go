@@ -137,7 +137,8 @@ func (o BuildOptions) check() error {
 	if (o.KernelModulesDir == "") != (o.KernelVersion == "") {
 		return errors.New("KernelModulesDir and KernelVersion go together: set both or neither")
 	}
-	if o.KernelVersion != "" && (strings.ContainsAny(o.KernelVersion, "/\x00") || o.KernelVersion == "." || o.KernelVersion == "..") {
+	if o.KernelVersion != "" && (strings.ContainsAny(o.KernelVersion, "/\x00") || o.KernelVersion == "." || o.KernelVersion == ".." ||
+		strings.HasPrefix(o.KernelVersion, "-")) {
 		return fmt.Errorf("kernel version %q is not a directory name", o.KernelVersion)
 	}
 	if o.SizeBytes != 0 && o.SizeBytes < minSizeBytes {
@@ -200,6 +201,13 @@ func buildDebianBookworm(ctx context.Context, r Runner, opts BuildOptions, tree,
 
 	var pkgs []Package
 	edit := func(tree string) error {
+		if rootless {
+			// Unpacked: the tar is no longer needed, and the disk it
+			// takes is (tar, tree and filesystem would all be there).
+			if err := os.Remove(target); err != nil {
+				return err
+			}
+		}
 		opts.Progress("customize")
 		if err := customizeTree(tree); err != nil {
 			return err
@@ -227,17 +235,13 @@ func buildDebianBookworm(ctx context.Context, r Runner, opts BuildOptions, tree,
 
 	rootfs := filepath.Join(out, RootFSFile)
 	if rootless {
-		_, err := oci.ConvertTar(ctx, r, target, oci.Options{DestFile: rootfs, WorkDir: filepath.Dir(tree),
+		if _, err := oci.ConvertTar(ctx, r, target, oci.Options{DestFile: rootfs, WorkDir: filepath.Dir(tree),
 			SizeBytes: opts.SizeBytes, Rootless: true, Customize: edit,
 			Progress: func(stage string, done, _ int64) {
 				if stage == "mkfs" && done == 0 {
 					opts.Progress("mkfs")
 				}
-			}})
-		if rerr := os.Remove(target); err == nil && rerr != nil {
-			err = rerr
-		}
-		if err != nil {
+			}}); err != nil {
 			return Manifest{}, err
 		}
 	} else {

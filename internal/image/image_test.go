@@ -389,6 +389,7 @@ func TestBuildOptionsCheck(t *testing.T) {
 		{"no dest", func(o *BuildOptions) { o.DestDir = "" }, "required"},
 		{"modules without version", func(o *BuildOptions) { o.KernelModulesDir = "/k/modules" }, "go together"},
 		{"version with slash", func(o *BuildOptions) { o.KernelModulesDir, o.KernelVersion = "/k", "../x" }, "not a directory name"},
+		{"version like an option", func(o *BuildOptions) { o.KernelModulesDir, o.KernelVersion = "/k", "-b.." }, "not a directory name"},
 		{"too small", func(o *BuildOptions) { o.SizeBytes = 100 << 20 }, "minimum"},
 		{"relative extra file", func(o *BuildOptions) { o.ExtraFiles = map[string]File{"etc/x": {}} }, "clean absolute path"},
 		{"unclean extra file", func(o *BuildOptions) { o.ExtraFiles = map[string]File{"/etc/../x": {}} }, "clean absolute path"},

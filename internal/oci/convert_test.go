@@ -12,7 +12,7 @@ import (
 
 // testCustomize edits a converted tree as an image build does: it
 // replaces a file of another owner and group, adds a setuid program and
-// a symlink.
+// a symlink, and links and renames files that were there.
 func testCustomize(tree string) error {
 	if err := os.Remove(filepath.Join(tree, "etc/shadow")); err != nil {
 		return err
@@ -26,7 +26,14 @@ func testCustomize(tree string) error {
 	if err := os.Chmod(filepath.Join(tree, "usr/bin/new"), 0o711|os.ModeSetuid); err != nil {
 		return err
 	}
-	return os.Symlink("keep", filepath.Join(tree, "etc/alias"))
+	// What was there before keeps its owner and mode wherever it goes.
+	if err := os.Link(filepath.Join(tree, "usr/bin/su"), filepath.Join(tree, "usr/bin/su2")); err != nil {
+		return err
+	}
+	if err := os.Rename(filepath.Join(tree, "etc/keep"), filepath.Join(tree, "etc/kept")); err != nil {
+		return err
+	}
+	return os.Symlink("kept", filepath.Join(tree, "etc/alias"))
 }
 
 // convertTarEntries are a root filesystem's tar: other owners, a group,
@@ -73,7 +80,8 @@ func TestConvertTarRootless(t *testing.T) {
 		mode     uint32
 		uid, gid int
 	}{
-		{"/etc/keep", "regular", 0o600, 7, 8},
+		{"/etc/kept", "regular", 0o600, 7, 8},
+		{"/usr/bin/su2", "regular", 0o4755, 0, 0},
 		{"/etc/shadow", "regular", 0o640, 0, 0},
 		{"/usr/bin/su", "regular", 0o4755, 0, 0},
 		{"/usr/bin/new", "regular", 0o4711, 0, 0},

@@ -126,16 +126,19 @@ func (o *owners) inodes(rootDir string) ([]guestfs.Inode, error) {
 }
 
 // customize runs edit on the tree at rootDir. Rootless (own set), the
-// inodes it made — every path whose inode is not the one it had before —
-// are recorded as root's with the type and mode they have, and lose on
-// the host the setuid, setgid and sticky bits they keep in the image.
-// An inode is known by its number and birth time: a file the edit
-// replaces often gets the number of the one it removed.
+// inodes it made are recorded as root's with the type and mode they
+// have, and lose on the host the setuid, setgid and sticky bits they
+// keep in the image; an inode that was there before (renamed, linked
+// anew, edited in place) keeps its record. An inode is known by its
+// number and birth time: a file the edit replaces often gets the number
+// of the one it removed, and without birth times (a filesystem that
+// keeps none) that cannot be told from the same file, so a rootless
+// edit is refused there.
 func customize(rootDir string, own *owners, edit func(tree string) error) error {
-	var before map[string]inodeID
+	var before map[inodeID]bool
 	if own != nil {
 		var err error
-		if before, err = pathInodes(rootDir); err != nil {
+		if before, err = treeInodes(rootDir); err != nil {
 			return err
 		}
 	}
@@ -153,7 +156,7 @@ func customize(rootDir string, own *owners, edit func(tree string) error) error 
 		if err != nil {
 			return err
 		}
-		if was, ok := before[p]; ok && was == id {
+		if before[id] {
 			return nil
 		}
 		var st unix.Stat_t
@@ -172,8 +175,7 @@ func customize(rootDir string, own *owners, edit func(tree string) error) error 
 }
 
 // inodeID tells one inode from another that later takes its number:
-// the birth time where the filesystem keeps one, else the change time
-// (then a file edited in place counts as made anew).
+// its number and birth time.
 type inodeID struct {
 	ino       uint64
 	sec, nsec int64
@@ -181,19 +183,18 @@ type inodeID struct {
 
 func identify(p string) (inodeID, error) {
 	var stx unix.Statx_t
-	if err := unix.Statx(unix.AT_FDCWD, p, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_INO|unix.STATX_BTIME|unix.STATX_CTIME, &stx); err != nil {
+	if err := unix.Statx(unix.AT_FDCWD, p, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_INO|unix.STATX_BTIME, &stx); err != nil {
 		return inodeID{}, err
 	}
-	t := stx.Ctime
-	if stx.Mask&unix.STATX_BTIME != 0 {
-		t = stx.Btime
+	if stx.Mask&unix.STATX_BTIME == 0 {
+		return inodeID{}, fmt.Errorf("%s: its filesystem keeps no birth times, which editing an image without root needs (to tell the files an edit makes from those it finds); give banger a cache directory on ext4, xfs or btrfs", p)
 	}
-	return inodeID{ino: stx.Ino, sec: t.Sec, nsec: int64(t.Nsec)}, nil
+	return inodeID{ino: stx.Ino, sec: stx.Btime.Sec, nsec: int64(stx.Btime.Nsec)}, nil
 }
 
-// pathInodes maps each path of the tree at dir to its inode.
-func pathInodes(dir string) (map[string]inodeID, error) {
-	out := map[string]inodeID{}
+// treeInodes lists the inodes of the tree at dir.
+func treeInodes(dir string) (map[inodeID]bool, error) {
+	out := map[inodeID]bool{}
 	err := filepath.WalkDir(dir, func(p string, _ fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -202,7 +203,7 @@ func pathInodes(dir string) (map[string]inodeID, error) {
 		if err != nil {
 			return err
 		}
-		out[p] = id
+		out[id] = true
 		return nil
 	})
 	return out, err

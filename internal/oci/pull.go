@@ -150,7 +150,7 @@ func Pull(ctx context.Context, r Runner, ref string, opts Options) (res Result, 
 	if err := checkFree(opts.freeBytes(), opts.workDir(), compressed, "unpack "+ref+" (its compressed layers alone)"); err != nil {
 		return Result{}, err
 	}
-	err = build(ctx, r, ref, opts, &res, func(rootDir string, own *owners) error {
+	err = build(ctx, r, "pull "+ref, opts, &res, func(rootDir string, own *owners) error {
 		return unpackImage(ctx, img, rootDir, opts.progress(), opts.Limits, own)
 	})
 	return res, err
@@ -164,12 +164,13 @@ func ConvertTar(ctx context.Context, r Runner, tarFile string, opts Options) (re
 	if err := opts.check(); err != nil {
 		return Result{}, err
 	}
-	f, err := os.Open(tarFile)
-	if err != nil {
-		return Result{}, err
-	}
-	defer f.Close()
-	err = build(ctx, r, tarFile, opts, &res, func(rootDir string, own *owners) error {
+	err = build(ctx, r, "convert "+tarFile, opts, &res, func(rootDir string, own *owners) error {
+		// Closed once unpacked: a caller may remove the tar then.
+		f, err := os.Open(tarFile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
 		x, err := newExtractor(rootDir, own)
 		if err != nil {
 			return err
@@ -224,8 +225,8 @@ func (opts Options) freeBytes() func(string) (int64, error) {
 	return opts.FreeBytes
 }
 
-// build makes opts.DestFile from the tree unpack fills (label names the
-// source in errors): staging tree, extra trees, Customize, the
+// build makes opts.DestFile from the tree unpack fills (label, "pull
+// REF" or "convert FILE", heads its errors): staging tree, extra trees, Customize, the
 // filesystem, and rootless the owners and modes in it. res gets what it
 // measured. On error nothing is left.
 func build(ctx context.Context, r Runner, label string, opts Options, res *Result, unpack func(rootDir string, own *owners) error) (err error) {
@@ -240,7 +241,7 @@ func build(ctx context.Context, r Runner, label string, opts Options, res *Resul
 	dest, err := os.OpenFile(opts.DestFile, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if err != nil {
 		if errors.Is(err, fs.ErrExist) {
-			return api.Errorf(api.CodeAlreadyExists, "%s already exists; remove it or pull to another file", opts.DestFile)
+			return api.Errorf(api.CodeAlreadyExists, "%s already exists; remove it or write to another file", opts.DestFile)
 		}
 		return fmt.Errorf("create %s: %w", opts.DestFile, err)
 	}
@@ -274,7 +275,7 @@ func build(ctx context.Context, r Runner, label string, opts Options, res *Resul
 	}
 
 	if err := unpack(rootDir, own); err != nil {
-		return fmt.Errorf("pull %s: %w", label, err)
+		return fmt.Errorf("%s: %w", label, err)
 	}
 
 	found, err := detect(rootDir)
@@ -302,13 +303,13 @@ func build(ctx context.Context, r Runner, label string, opts Options, res *Resul
 	res.SizeBytes = size
 
 	// The filesystem holds the whole content (its file is sparse beyond).
-	if err := checkFree(opts.freeBytes(), filepath.Dir(opts.DestFile), res.ContentBytes, "write the "+label+" filesystem"); err != nil {
+	if err := checkFree(opts.freeBytes(), filepath.Dir(opts.DestFile), res.ContentBytes, "write the filesystem"); err != nil {
 		return err
 	}
 	var fixes []guestfs.Inode
 	if own != nil {
 		if fixes, err = own.inodes(rootDir); err != nil {
-			return fmt.Errorf("pull %s: %w", label, err)
+			return fmt.Errorf("%s: %w", label, err)
 		}
 	}
 	progress("mkfs", 0, res.ContentBytes)
@@ -316,7 +317,7 @@ func build(ctx context.Context, r Runner, label string, opts Options, res *Resul
 		return err
 	}
 	if err := guestfs.Open(r, opts.DestFile).SetInodes(ctx, fixes); err != nil {
-		return fmt.Errorf("give the unpacked files of %s their owners and modes: %w", label, err)
+		return fmt.Errorf("%s: give the unpacked files their owners and modes: %w", label, err)
 	}
 	progress("mkfs", res.ContentBytes, res.ContentBytes)
 	return nil

@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // Exec runs commands on the host.
@@ -53,6 +54,10 @@ func (x *Exec) Run(ctx context.Context, argv ...string) ([]byte, error) {
 	return x.RunInput(ctx, nil, argv...)
 }
 
+// cancelWaitDelay bounds how long a cancelled command's output is
+// waited for once its process group is killed.
+const cancelWaitDelay = 5 * time.Second
+
 // RunInput is Run with stdin fed from input.
 func (x *Exec) RunInput(ctx context.Context, input []byte, argv ...string) ([]byte, error) {
 	if len(argv) == 0 {
@@ -62,6 +67,12 @@ func (x *Exec) RunInput(ctx context.Context, input []byte, argv ...string) ([]by
 	if x != nil && x.Env != nil {
 		cmd.Env = append(os.Environ(), x.Env...)
 	}
+	// A cancelled command ends with everything it started: wrappers such
+	// as fakeroot run their command as a child, which would otherwise
+	// run on holding the output pipes (and Wait with them).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = cancelWaitDelay
 	if input != nil {
 		cmd.Stdin = bytes.NewReader(input)
 	}
