@@ -205,6 +205,7 @@ func (j *Jails) start(req firecracker.JailRequest, console *os.File, uid, gid in
 			_ = vmmcore.Kill(pid, start, func([]string) bool { return true })
 		}
 		_ = os.RemoveAll(dir)
+		_ = j.removeCgroups(req.ID) // the jailer may have made them
 		return 0, fmt.Errorf("jail %s: %w", req.ID, err)
 	}
 	return pid, nil
@@ -337,6 +338,14 @@ func (j *Jails) remove(id string, owner int) error {
 			errs = append(errs, err)
 		}
 	}
+	if err := j.removeCgroups(id); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// removeCgroups removes the cgroups the jailer made for id.
+func (j *Jails) removeCgroups(id string) error {
 	root, parent := j.CgroupRoot, j.ParentCgroup
 	if root == "" {
 		root = firecracker.DefaultCgroupRoot
@@ -344,8 +353,5 @@ func (j *Jails) remove(id string, owner int) error {
 	if parent == "" {
 		parent = firecracker.DefaultParentCgroup
 	}
-	if err := firecracker.RemoveCgroups(root, parent, id); err != nil {
-		errs = append(errs, err)
-	}
-	return errors.Join(errs...)
+	return firecracker.RemoveCgroups(root, parent, id)
 }

@@ -26,8 +26,9 @@ echo "stand-in jailer: $*"
 exec setpriv --reuid=4242 --regid=4242 --clear-groups sh -c 'i=0; while [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done' jailer "$@"
 `
 
-// deadJailer fails before it drops its privileges.
-const deadJailer = "#!/bin/sh\necho \"stand-in jailer: cannot make the jail\"\nexit 1\n"
+// deadJailer fails before it drops its privileges, once it has made
+// the VM's cgroup (under $BANGER_TEST_CGROUPS).
+const deadJailer = "#!/bin/sh\nmkdir -p \"$BANGER_TEST_CGROUPS/banger/jd\"\necho \"stand-in jailer: cannot make the jail\"\nexit 1\n"
 
 // jailWorld is a helper whose Jails work in a directory of the test's:
 // the owner's state directory with a VM's files (the owner's), root's
@@ -212,6 +213,7 @@ func TestStartJail(t *testing.T) {
 // and that a refused start leaves no jail behind.
 func TestStartJailRefuses(t *testing.T) {
 	w := newJailWorld(t)
+	t.Setenv("BANGER_TEST_CGROUPS", w.cg)
 	rootsFile := filepath.Join(w.state, "vms", "v", "roots.img")
 	if err := os.WriteFile(rootsFile, nil, 0o644); err != nil {
 		t.Fatal(err)
@@ -271,6 +273,9 @@ func TestStartJailRefuses(t *testing.T) {
 			}
 			if left, _ := os.ReadDir(filepath.Join(w.base, "firecracker")); len(left) != 0 {
 				t.Errorf("a refused start left %v", left)
+			}
+			if left, _ := os.ReadDir(filepath.Join(w.cg, "banger")); len(left) != 0 {
+				t.Errorf("a refused start left cgroups %v", left)
 			}
 		})
 	}
