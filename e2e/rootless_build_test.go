@@ -169,7 +169,7 @@ func listImage(t *testing.T, img string) map[string]string {
 		t.Fatalf("list %s: %v", img, err)
 	}
 	m := map[string]string{}
-	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+	for _, line := range strings.Split(strings.TrimRight(string(out), "\n"), "\n") {
 		p, rest, _ := strings.Cut(line, " ")
 		m[p] = rest
 	}
