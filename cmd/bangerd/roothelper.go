@@ -22,7 +22,8 @@ import (
 // rootHelperCmd is `bangerd root-helper`: the root half of a system
 // install (bangerd-root.service). It does, for the owner's unprivileged
 // bangerd, only the typed operations of package privops, on banger's own
-// bridge (from the configuration), taps and firewall tables.
+// bridge (from the configuration), taps, firewall tables, dm snapshots
+// and Firecracker jails (in --jail-dir, of files from --state-dir).
 func rootHelperCmd() *cobra.Command {
 	var owner, socket, configFile, stateDir, jailDir string
 	cmd := &cobra.Command{

@@ -154,3 +154,27 @@ func TestJailsThroughTheHelper(t *testing.T) {
 		t.Errorf("helper calls\n%q\nwant\n%q", calls, want)
 	}
 }
+
+// TestJailsRefuseRoot: a dm root (made before the helper could jail)
+// starts unjailed, or with firecracker_jailer = "on" fails saying what to
+// do; anything else keeps its jail.
+func TestJailsRefuseRoot(t *testing.T) {
+	cases := []struct {
+		s            rootdisk.Strategy
+		helperJailed bool
+		jailer       string
+		unjail       bool
+		err          string
+	}{
+		{rootdisk.DM, true, "auto", true, ""},
+		{rootdisk.DM, true, "on", false, `vm v has a dm root disk, which a Firecracker jailed by banger's root helper cannot hold`},
+		{rootdisk.DM, false, "auto", false, ""},
+		{rootdisk.Copy, true, "on", false, ""},
+	}
+	for _, c := range cases {
+		unjail, err := jailsRefuseRoot("v", c.s, c.helperJailed, c.jailer)
+		if unjail != c.unjail || (err == nil) != (c.err == "") || (err != nil && !strings.Contains(err.Error(), c.err)) {
+			t.Errorf("jailsRefuseRoot(%s, %v, %s) = %v, %v; want %v, %q", c.s, c.helperJailed, c.jailer, unjail, err, c.unjail, c.err)
+		}
+	}
+}

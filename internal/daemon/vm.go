@@ -12,6 +12,7 @@ import (
 	"banger/internal/api"
 	"banger/internal/config"
 	"banger/internal/hostnet"
+	"banger/internal/rootdisk"
 	"banger/internal/sshx"
 	"banger/internal/store"
 	"banger/internal/vmm"
@@ -84,6 +85,41 @@ func (d *Daemon) driverFor(name string) (vmm.Driver, error) {
 	return vmm.SelectWith(vmm.Options{Pref: pref, FirecrackerBin: d.cfg.FirecrackerBin, QEMUBin: d.cfg.QEMUBin,
 		Jailer: d.cfg.Jailer, JailerBin: d.cfg.JailerBin, JailBase: d.jailBase(), RootJails: d.rootJails(),
 		QEMUAccel: d.cfg.QEMUAccel, KVMVerdictFile: filepath.Join(d.layout.StateDir, "kvm-stalled")})
+}
+
+// driverForVM is driverFor(v.VMM) for starting v. A VM whose root is a
+// dm device (made before the root helper could jail Firecracker here)
+// runs its Firecracker unjailed: a jail through the helper holds files
+// only (privops.Jails).
+func (d *Daemon) driverForVM(v store.VM) (vmm.Driver, error) {
+	drv, err := d.driverFor(v.VMM)
+	if err != nil || d.driverOverride != nil {
+		return drv, err
+	}
+	rd, _, err := d.disksOf(v)
+	if err != nil {
+		return nil, err
+	}
+	unjail, err := jailsRefuseRoot(v.Name, rd.Strategy, d.rootJails() != nil && jailed(drv), d.cfg.Jailer)
+	if err != nil || !unjail {
+		return drv, err
+	}
+	return vmm.SelectWith(vmm.Options{Pref: v.VMM, FirecrackerBin: d.cfg.FirecrackerBin, QEMUBin: d.cfg.QEMUBin,
+		Jailer: "off", QEMUAccel: d.cfg.QEMUAccel, KVMVerdictFile: filepath.Join(d.layout.StateDir, "kvm-stalled")})
+}
+
+// jailsRefuseRoot says whether VM name, whose root disk is of strategy s,
+// must run unjailed because its Firecracker would be jailed by the root
+// helper (helperJailed), which takes no device; with firecracker_jailer
+// = "on" (jailer) that is an error.
+func jailsRefuseRoot(name string, s rootdisk.Strategy, helperJailed bool, jailer string) (bool, error) {
+	if !helperJailed || s != rootdisk.DM {
+		return false, nil
+	}
+	if jailer == "on" {
+		return false, api.Errorf(api.CodeBadRequest, "vm %s has a dm root disk, which a Firecracker jailed by banger's root helper cannot hold (it is given files only); recreate the VM (it then gets a file root) or set firecracker_jailer = \"auto\", which runs this one unjailed", name)
+	}
+	return true, nil
 }
 
 // rootJails is the root helper that jails Firecracker for this daemon

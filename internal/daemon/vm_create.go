@@ -582,7 +582,7 @@ func (d *Daemon) bootStepsFrom(v *store.VM, rs *restoreSpec) []step {
 		}},
 		// The VMM is recorded on the row the moment it exists (Launched).
 		{stageStartVMM, []journalAct{{Do: actKillVMM, VM: v.Name, ID: v.ID}}, func(ctx context.Context) (func(context.Context) error, error) {
-			drv, err := d.driverFor(v.VMM)
+			drv, err := d.driverForVM(*v)
 			if err != nil {
 				return nil, err
 			}

@@ -34,7 +34,7 @@ func TestBuildDebianBookworm(t *testing.T) {
 		t.Skip("set BANGER_BUILD_TESTS=1 to build the Debian image (downloads ~150 MB, needs root)")
 	}
 	if os.Geteuid() != 0 {
-		t.Skip("building the image needs root (mmdebstrap, chroot)")
+		t.Skip("this test needs root: it boots the image in a network namespace of its own (the build itself works without; e2e TestRootlessCatalogImage)")
 	}
 	for _, tool := range []string{"mmdebstrap", "mkfs.ext4", "debugfs", "dumpe2fs", "chroot"} {
 		if _, err := system.LookPath(tool); err != nil {

@@ -151,6 +151,16 @@ func (in *Installer) Install(ctx context.Context) error {
 		}
 	}
 	in.logf("installed %s into %s", strings.Join(Binaries, ", "), in.BinDir())
+	// Root's directory for the jails, there before either unit starts:
+	// the daemon's unit may write it (ReadWritePaths), and an entry
+	// missing when its namespace is set up would be dropped.
+	jails := in.path(config.SystemJailDir)
+	if err := os.MkdirAll(jails, 0o755); err != nil {
+		return err
+	}
+	if err := os.Chmod(jails, 0o755); err != nil {
+		return err
+	}
 	// Installed before: the units are replaced and restarted (new
 	// binaries, a new owner), and a failure leaves them, not nothing.
 	reinstall := Installed(in.Root)
@@ -313,7 +323,8 @@ RuntimeDirectory=banger
 RuntimeDirectoryMode=0700
 RuntimeDirectoryPreserve=yes
 # The jails of its Firecrackers are root's; it reaches their sockets and
-# moves a jailed VM's saved snapshot out of its jail.
+# moves a jailed VM's saved snapshot out of its jail (a copy: its state
+# directory is another bind mount).
 ReadWritePaths=-{{.JailDir}}
 UMask=0077
 NoNewPrivileges=yes

@@ -64,6 +64,11 @@ func TestInstallAndUninstall(t *testing.T) {
 	if !slices.Equal(r.calls, want) {
 		t.Errorf("install ran %q, want %q", r.calls, want)
 	}
+	// The jails' directory is there before the units start, root's 0755.
+	jails := filepath.Join(root, "var/lib/banger-jail")
+	if fi, err := os.Stat(jails); err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o755 {
+		t.Errorf("%s: %v, want a 0755 directory", jails, err)
+	}
 	if !Installed(root) {
 		t.Error("Installed says no after an install")
 	}
@@ -99,8 +104,10 @@ func TestInstallAndUninstall(t *testing.T) {
 	if !deleted {
 		t.Error("--purge did not delete the VMs first")
 	}
-	if _, err := os.Stat(state); !os.IsNotExist(err) {
-		t.Errorf("--purge left the state: %v", err)
+	for _, p := range []string{state, jails} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("--purge left %s: %v", p, err)
+		}
 	}
 }
 

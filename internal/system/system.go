@@ -71,7 +71,15 @@ func (x *Exec) RunInput(ctx context.Context, input []byte, argv ...string) ([]by
 	// as fakeroot run their command as a child, which would otherwise
 	// run on holding the output pipes (and Wait with them).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.Cancel = func() error {
+		if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); err != nil {
+			if errors.Is(err, syscall.ESRCH) {
+				return os.ErrProcessDone // it had exited: no cancel error
+			}
+			return err
+		}
+		return nil
+	}
 	cmd.WaitDelay = cancelWaitDelay
 	if input != nil {
 		cmd.Stdin = bytes.NewReader(input)

@@ -87,8 +87,8 @@ type JailHelper interface {
 type JailRequest struct {
 	ID        string `json:"id"`
 	MemoryMiB int    `json:"memory_mib"`
-	// Files are the host files (or a dm root's /dev/mapper node) and
-	// where each goes in the jail: one of JailPaths.
+	// Files are the host files and where each goes in the jail: one of
+	// JailPaths.
 	Files []JailFile `json:"files"`
 }
 
@@ -164,8 +164,8 @@ func (d *Driver) jailLayout(l layout, spec vmmcore.Spec) (layout, error) {
 	return l, nil
 }
 
-// jailIncoming is where a jailed restore finds its copy of the snapshot
-// it loads (removed once loaded: Firecracker maps the memory privately
+// jailIncoming is where a jailed restore finds its copy (its hard link,
+// when the root helper made the jail) of the snapshot it loads (removed once loaded: Firecracker maps the memory privately
 // and keeps the mapping); jailSave is where a jailed save writes one
 // before it is moved out. They differ so that a save of a restored VM
 // never truncates a file its guest memory is mapped from.

@@ -171,8 +171,8 @@ func (d *Driver) restore(ctx context.Context, c *client, spec vmmcore.Spec, l la
 		return err
 	}
 	if l.jailDir != "" {
-		// The jail's copy is mapped now; its blocks go back to the
-		// filesystem when the VMM exits.
+		// The jail's copy (or link) is mapped now; a copy's blocks go
+		// back to the filesystem when the VMM exits.
 		for _, f := range []string{l.guestPaths.state, l.guestPaths.mem} {
 			_ = os.Remove(filepath.Join(l.jailDir, "root", f))
 		}
