@@ -71,7 +71,7 @@ func (h *helperJails) RemoveJail(id string) error {
 	if err := os.RemoveAll(filepath.Join(h.base, "firecracker", id)); err != nil {
 		return err
 	}
-	return firecracker.RemoveCgroups("/sys/fs/cgroup", firecracker.DefaultParentCgroup, id)
+	return firecracker.RemoveCgroups("", "", id)
 }
 
 // TestJailsThroughTheHelper: in system mode the root helper makes and

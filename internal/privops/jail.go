@@ -205,7 +205,7 @@ func (j *Jails) start(req firecracker.JailRequest, console *os.File, uid, gid in
 			_ = vmmcore.Kill(pid, start, func([]string) bool { return true })
 		}
 		_ = os.RemoveAll(dir)
-		_ = j.removeCgroups(req.ID) // the jailer may have made them
+		_ = firecracker.RemoveCgroups(j.CgroupRoot, j.ParentCgroup, req.ID) // the jailer may have made them
 		return 0, fmt.Errorf("jail %s: %w", req.ID, err)
 	}
 	return pid, nil
@@ -338,20 +338,8 @@ func (j *Jails) remove(id string, owner int) error {
 			errs = append(errs, err)
 		}
 	}
-	if err := j.removeCgroups(id); err != nil {
+	if err := firecracker.RemoveCgroups(j.CgroupRoot, j.ParentCgroup, id); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
-}
-
-// removeCgroups removes the cgroups the jailer made for id.
-func (j *Jails) removeCgroups(id string) error {
-	root, parent := j.CgroupRoot, j.ParentCgroup
-	if root == "" {
-		root = firecracker.DefaultCgroupRoot
-	}
-	if parent == "" {
-		parent = firecracker.DefaultParentCgroup
-	}
-	return firecracker.RemoveCgroups(root, parent, id)
 }

@@ -406,7 +406,7 @@ func (d *Driver) abort(h vmmcore.Handle, l layout) {
 	_ = vmmcore.WaitGone(ctx, func() bool { return Alive(h) }, 20*time.Millisecond)
 	d.removeFiles(l)
 	if l.jailDir != "" && d.jailHelper() == nil {
-		_ = removeCgroups(d.cgroupRoot(), d.parentCgroup(), l.id)
+		_ = d.removeCgroups(l.id)
 	}
 }
 
@@ -419,20 +419,13 @@ func (d *Driver) jailHelper() JailHelper {
 	return d.cfg.Jailer.Helper
 }
 
-// cgroupRoot and parentCgroup are where the jailer puts VMs' cgroups
-// (the defaults when the driver was made for a Handle only).
-func (d *Driver) cgroupRoot() string {
-	if d.cfg.Jailer != nil && d.cfg.Jailer.CgroupRoot != "" {
-		return d.cfg.Jailer.CgroupRoot
+// removeCgroups removes VM id's cgroups where this driver's jailer puts
+// them (the defaults when the driver was made for a Handle only).
+func (d *Driver) removeCgroups(id string) error {
+	if j := d.cfg.Jailer; j != nil {
+		return removeCgroups(j.CgroupRoot, j.ParentCgroup, id)
 	}
-	return DefaultCgroupRoot
-}
-
-func (d *Driver) parentCgroup() string {
-	if d.cfg.Jailer != nil && d.cfg.Jailer.ParentCgroup != "" {
-		return d.cfg.Jailer.ParentCgroup
-	}
-	return DefaultParentCgroup
+	return removeCgroups("", "", id)
 }
 
 // Jailed reports whether VMs start under the jailer.
@@ -485,7 +478,7 @@ func (d *Driver) Cleanup(h vmmcore.Handle) error {
 		if err := os.RemoveAll(jailDir); err != nil {
 			return fmt.Errorf("remove jail: %w", err)
 		}
-		return removeCgroups(d.cgroupRoot(), d.parentCgroup(), id)
+		return d.removeCgroups(id)
 	}
 	var errs []error
 	for _, f := range []string{h.APISocket, AgentSocket(h)} {

@@ -331,7 +331,8 @@ func JailerArgv(j JailerConfig, exec, id string, uid, gid, memMiB int) []string 
 }
 
 // RemoveCgroups removes the cgroups the jailer made for VM id under
-// root (the cgroup mount) and parent, once its VMM has exited.
+// root (the cgroup mount) and parent (empty: the defaults), once its VMM
+// has exited.
 func RemoveCgroups(root, parent, id string) error { return removeCgroups(root, parent, id) }
 
 // JailedVMMRuns reports whether a jailed Firecracker (or the jailer
@@ -390,8 +391,15 @@ func cgroupDirs(root, parent, id string) []string {
 }
 
 // removeCgroups removes the cgroups of the exited VMM id (the jailer
-// leaves them behind). A cgroup that still has tasks cannot go.
+// leaves them behind) under root and parent (empty: the defaults). A
+// cgroup that still has tasks cannot go.
 func removeCgroups(root, parent, id string) error {
+	if root == "" {
+		root = DefaultCgroupRoot
+	}
+	if parent == "" {
+		parent = DefaultParentCgroup
+	}
 	var errs []error
 	for _, dir := range cgroupDirs(root, parent, id) {
 		err := unix.Rmdir(dir)
